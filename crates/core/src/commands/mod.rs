@@ -1,0 +1,174 @@
+//! Command dispatch (`ExecuteCommand`, `CommandHandler`, `DecodeCommand`): the same path
+//! for the serial console, Backlog and (later) MQTT, web and HTTP.
+//!
+//! Tables are searched in the firmware's order: the core commands (`kTasmotaCommands`)
+//! first, then the MQTT driver's (`kMqttCommands`), which only answer while SetOption3
+//! is on. A name matches case-insensitively and the reply uses the table's spelling.
+
+mod mqtt;
+mod tasmota;
+
+pub use mqtt::DEFAULT_FINGERPRINTS;
+
+use alloc::format;
+use alloc::string::String;
+
+use crate::device::{Device, RESPONSE_ERROR};
+use crate::grammar;
+use crate::json::escape;
+use crate::topic::Prefix;
+
+/// The command being handled (`XdrvMailbox`).
+#[derive(Clone, Debug)]
+pub(crate) struct Mailbox {
+    /// The reply key: the table's spelling of the command (handlers may rename it).
+    pub command: String,
+    pub index: u32,
+    pub usridx: bool,
+    pub data: String,
+    pub data_len: usize,
+    pub payload: i32,
+    /// The command arrived on a group topic.
+    pub grpflg: bool,
+}
+
+impl Mailbox {
+    pub fn shortcut(&self) -> grammar::Shortcut {
+        grammar::shortcut(&self.data)
+    }
+
+    /// `SetShortcutDefault`: turns the data into the `1` shortcut.
+    pub fn set_shortcut_default(&mut self) {
+        if !self.data.is_empty() {
+            self.data = String::from("1");
+        }
+    }
+}
+
+pub(crate) type Handler = fn(&mut Device, &mut Mailbox);
+
+/// A command table: SetOption synonyms first, then commands.
+pub(crate) struct Table {
+    pub synonyms: &'static [(&'static str, u32)],
+    pub commands: &'static [(&'static str, Handler)],
+}
+
+impl Table {
+    fn find(&self, name: &str) -> Option<Found> {
+        if let Some((canon, n)) = self.synonyms.iter().find(|(c, _)| c.eq_ignore_ascii_case(name)) {
+            return Some(Found::Synonym(canon, *n));
+        }
+        self.commands.iter().find(|(c, _)| c.eq_ignore_ascii_case(name)).map(|(c, h)| Found::Command(c, *h))
+    }
+}
+
+enum Found {
+    Synonym(&'static str, u32),
+    Command(&'static str, Handler),
+}
+
+impl Device {
+    /// `ExecuteCommand`: runs one command line (console, Backlog, rules).
+    pub(crate) fn execute_command(&mut self, line: &str) {
+        let Some((name, data)) = grammar::split_line(line) else {
+            return;
+        };
+        let topic = format!("/{name}");
+        self.command_handler(&topic, data);
+    }
+
+    /// `CommandHandler`: `topic` is `/<command>` for typed commands or the full topic of
+    /// an MQTT command; `data` is the rest of the line or the payload.
+    pub(crate) fn command_handler(&mut self, topic: &str, data: &str) {
+        let grpflg = self.settings.mqtt_grp_topic.iter().any(|g| !g.is_empty() && topic.contains(g.as_str()));
+        let fallback = self.topic_context().topic(Prefix::Cmnd, crate::topic::TopicKind::Fallback, "");
+        self.fallback_topic_flag = topic.starts_with(&fallback);
+        let last = topic.rsplit('/').next().unwrap_or(topic);
+        let parsed = grammar::parse(last, data);
+        if parsed.no_response {
+            self.no_mqtt_response = true;
+        }
+        self.response = String::from(RESPONSE_ERROR);
+        // CommandHandler sets backlog_timer for every command: SetOption34 spacing.
+        self.backlog.timer = self.now.plus_millis(self.settings.backlog_delay_ms());
+        let mut mb = Mailbox {
+            command: String::new(),
+            index: parsed.index,
+            usridx: parsed.usridx,
+            data: parsed.data,
+            data_len: parsed.data_len,
+            payload: parsed.payload,
+            grpflg,
+        };
+        let mut subtopic = parsed.name;
+        let found = if subtopic.is_empty() { None } else { self.find_command(&subtopic) };
+        match found {
+            Some(Found::Command(canon, handler)) => {
+                mb.command = String::from(canon);
+                handler(self, &mut mb);
+            }
+            Some(Found::Synonym(canon, n)) => {
+                mb.command = String::from(canon);
+                mb.index = n;
+                self.setoption_base(&mut mb, false);
+            }
+            None => {
+                self.response = String::from("{\"Command\":\"Unknown\"}");
+                subtopic = String::from("Command");
+            }
+        }
+        if !self.response.is_empty() && !self.no_mqtt_response {
+            let payload = core::mem::take(&mut self.response);
+            self.publish_prefix_topic(Prefix::Stat, true, &subtopic, payload, false);
+        }
+        self.response.clear();
+        self.fallback_topic_flag = false;
+        self.no_mqtt_response = false;
+    }
+
+    fn find_command(&self, name: &str) -> Option<Found> {
+        if let Some(found) = tasmota::TABLE.find(name) {
+            return Some(found);
+        }
+        if self.settings.flag(3) {
+            return mqtt::TABLE.find(name);
+        }
+        None
+    }
+
+    // ---- responses (`ResponseCmnd*`) ----------------------------------------------------
+
+    pub(crate) fn reply_number(&mut self, mb: &Mailbox, value: i64) {
+        self.response = format!("{{\"{}\":{value}}}", mb.command);
+    }
+
+    pub(crate) fn reply_idx_number(&mut self, mb: &Mailbox, value: i64) {
+        self.response = format!("{{\"{}{}\":{value}}}", mb.command, mb.index);
+    }
+
+    pub(crate) fn reply_text(&mut self, mb: &Mailbox, value: &str) {
+        self.response = format!("{{\"{}\":\"{}\"}}", mb.command, escape(value));
+    }
+
+    pub(crate) fn reply_idx_text(&mut self, mb: &Mailbox, value: &str) {
+        self.response = format!("{{\"{}{}\":\"{}\"}}", mb.command, mb.index, escape(value));
+    }
+
+    pub(crate) fn reply_state_text(&mut self, mb: &Mailbox, state: u32) {
+        let text = String::from(self.settings.state_text(state));
+        self.reply_text(mb, &text);
+    }
+
+    /// `ResponseCmndAll`: `{"<Cmd>1":"..","<Cmd>2":".."}`.
+    pub(crate) fn reply_all(&mut self, mb: &Mailbox, values: &[String]) {
+        let mut out = String::from("{");
+        for (i, v) in values.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&format!("\"{}{}\":\"{}\"", mb.command, i + 1, escape(v)));
+        }
+        out.push('}');
+        self.response = out;
+    }
+}

@@ -1,0 +1,442 @@
+//! The MQTT driver's command table (`kMqttCommands` in `xdrv_02_9_mqtt.ino`). These
+//! commands answer only while SetOption3 is on.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use super::{Mailbox, Table};
+use crate::device::Device;
+use crate::grammar::Shortcut;
+use crate::settings::{
+    DEFAULT_CLIENT, DEFAULT_FULLTOPIC, DEFAULT_GROUPTOPIC, DEFAULT_MQTT_PASS, DEFAULT_MQTT_PORT, DEFAULT_MQTT_USER,
+    DEFAULT_PREFIXES, DEFAULT_TOPIC, MQTT_RETRY_SECS,
+};
+use crate::topic::Prefix;
+
+pub(crate) static TABLE: Table = Table {
+    synonyms: &[
+        ("MqttJSONOnly", 90),
+        ("MqttTLS", 103),
+        ("MqttTLSFingerprint", 132),
+        ("MqttNoRetain", 104),
+        ("MqttDetachRelay", 114),
+    ],
+    commands: &[
+        ("MqttFingerprint", cmnd_mqtt_fingerprint),
+        ("MqttUser", cmnd_mqtt_user),
+        ("MqttPassword", cmnd_mqtt_password),
+        ("MqttKeepAlive", cmnd_mqtt_keepalive),
+        ("MqttTimeout", cmnd_mqtt_timeout),
+        ("MqttWifiTimeout", cmnd_mqtt_wifi_timeout),
+        ("MqttHost", cmnd_mqtt_host),
+        ("MqttPort", cmnd_mqtt_port),
+        ("MqttRetry", cmnd_mqtt_retry),
+        ("StateText", cmnd_state_text),
+        ("MqttClient", cmnd_mqtt_client),
+        ("FullTopic", cmnd_fulltopic),
+        ("Prefix", cmnd_prefix),
+        ("GroupTopic", cmnd_grouptopic),
+        ("Topic", cmnd_topic),
+        ("Publish", cmnd_publish),
+        ("MqttLog", cmnd_mqttlog),
+        ("ButtonTopic", cmnd_button_topic),
+        ("SwitchTopic", cmnd_switch_topic),
+        ("ButtonRetain", cmnd_button_retain),
+        ("SwitchRetain", cmnd_switch_retain),
+        ("PowerRetain", cmnd_power_retain),
+        ("SensorRetain", cmnd_sensor_retain),
+        ("InfoRetain", cmnd_info_retain),
+        ("StateRetain", cmnd_state_retain),
+    ],
+};
+
+/// The default TLS fingerprints: slot 1 learns on first use, slot 2 is SHA1("").
+pub const DEFAULT_FINGERPRINTS: [[u8; 20]; 2] = [
+    [0; 20],
+    [
+        0xDA, 0x39, 0xA3, 0xEE, 0x5E, 0x6B, 0x4B, 0x0D, 0x32, 0x55, 0xBF, 0xEF, 0x95, 0x60, 0x18, 0x90, 0xAF, 0xD8,
+        0x07, 0x09,
+    ],
+];
+
+/// `MakeValidMqtt(0, ..)`: `+`, `#` and space become `_`.
+fn valid_mqtt_replace(s: &str) -> String {
+    s.chars().map(|c| if matches!(c, '+' | '#' | ' ') { '_' } else { c }).collect()
+}
+
+/// `MakeValidMqtt(1, ..)`: `+`, `#` and space are deleted.
+fn valid_mqtt_delete(s: &str) -> String {
+    s.chars().filter(|c| !matches!(c, '+' | '#' | ' ')).collect()
+}
+
+/// A string setting with the clear and default shortcuts.
+fn text_value<'a>(mb: &'a Mailbox, default: &'a str) -> &'a str {
+    match mb.shortcut() {
+        Shortcut::Clear => "",
+        Shortcut::Default => default,
+        _ => &mb.data,
+    }
+}
+
+fn cmnd_mqtt_host(d: &mut Device, mb: &mut Mailbox) {
+    if mb.data_len > 0 {
+        d.settings.mqtt_host = String::from(text_value(mb, ""));
+        d.restart_flag = 2;
+    }
+    let v = d.settings.mqtt_host.clone();
+    d.reply_text(mb, &v);
+}
+
+fn cmnd_mqtt_port(d: &mut Device, mb: &mut Mailbox) {
+    if mb.payload > 0 && mb.payload < 65536 {
+        d.settings.mqtt_port = if mb.payload == 1 { DEFAULT_MQTT_PORT } else { mb.payload as u16 };
+        d.restart_flag = 2;
+    }
+    d.reply_number(mb, i64::from(d.settings.mqtt_port));
+}
+
+fn cmnd_mqtt_user(d: &mut Device, mb: &mut Mailbox) {
+    if mb.data_len > 0 {
+        d.settings.mqtt_user = String::from(text_value(mb, DEFAULT_MQTT_USER));
+        d.restart_flag = 2;
+    }
+    let v = d.settings.mqtt_user.clone();
+    d.reply_text(mb, &v);
+}
+
+/// `MqttPassword <p>` echoes the password in clear; a query and `MqttPassword2` answer
+/// `****` (spec §5: the firmware's own behaviour).
+fn cmnd_mqtt_password(d: &mut Device, mb: &mut Mailbox) {
+    let mut asterisk = mb.index == 2;
+    if mb.data_len > 0 {
+        d.settings.mqtt_pwd = String::from(text_value(mb, DEFAULT_MQTT_PASS));
+        if !asterisk {
+            let v = d.settings.mqtt_pwd.clone();
+            d.reply_text(mb, &v);
+        }
+        d.restart_flag = 2;
+    } else {
+        asterisk = true;
+    }
+    if asterisk {
+        d.response = format!("{{\"{}\":\"****\"}}", mb.command);
+    }
+}
+
+fn cmnd_mqtt_keepalive(d: &mut Device, mb: &mut Mailbox) {
+    if (1..=100).contains(&mb.payload) {
+        d.settings.mqtt_keepalive = mb.payload as u16;
+    }
+    d.reply_number(mb, i64::from(d.settings.mqtt_keepalive));
+}
+
+fn cmnd_mqtt_timeout(d: &mut Device, mb: &mut Mailbox) {
+    if (1..=100).contains(&mb.payload) {
+        d.settings.mqtt_socket_timeout = mb.payload as u16;
+    }
+    d.reply_number(mb, i64::from(d.settings.mqtt_socket_timeout));
+}
+
+fn cmnd_mqtt_wifi_timeout(d: &mut Device, mb: &mut Mailbox) {
+    if (100..=20000).contains(&mb.payload) {
+        d.settings.mqtt_wifi_timeout = (mb.payload / 100) as u8;
+    }
+    d.reply_number(mb, i64::from(d.settings.mqtt_wifi_timeout) * 100);
+}
+
+fn cmnd_mqtt_retry(d: &mut Device, mb: &mut Mailbox) {
+    if mb.payload >= i32::from(MQTT_RETRY_SECS) && mb.payload < 32001 {
+        d.settings.mqtt_retry = mb.payload as u16;
+    }
+    d.reply_number(mb, i64::from(d.settings.mqtt_retry));
+}
+
+fn cmnd_mqttlog(d: &mut Device, mb: &mut Mailbox) {
+    if (0..=4).contains(&mb.payload) {
+        d.settings.mqttlog_level = mb.payload as u8;
+    }
+    d.reply_number(mb, i64::from(d.settings.mqttlog_level));
+}
+
+/// `CmndStateText` (in both the core and the MQTT table; the core one answers).
+pub(crate) fn cmnd_state_text(d: &mut Device, mb: &mut Mailbox) {
+    if mb.index < 1 || mb.index > 4 {
+        return;
+    }
+    if !mb.usridx {
+        let all = d.settings.state_text.clone();
+        d.reply_all(mb, &all);
+        return;
+    }
+    let i = mb.index as usize - 1;
+    if mb.data_len > 0 {
+        d.settings.state_text[i] = mb.data.replace(' ', "_");
+    }
+    let v = d.settings.state_text[i].clone();
+    d.reply_idx_text(mb, &v);
+}
+
+fn cmnd_mqtt_client(d: &mut Device, mb: &mut Mailbox) {
+    if !mb.grpflg && mb.data_len > 0 {
+        d.settings.mqtt_client =
+            String::from(if mb.shortcut() == Shortcut::Default { DEFAULT_CLIENT } else { mb.data.as_str() });
+        d.restart_flag = 2;
+    }
+    let v = d.settings.mqtt_client.clone();
+    d.reply_text(mb, &v);
+}
+
+/// Publishes the LWT of the current topic before a Topic or FullTopic change: `Offline`
+/// with SetOption10, else an empty retained message that clears it.
+fn publish_old_lwt(d: &mut Device) {
+    let payload = String::from(if d.settings.flag(10) { "Offline" } else { "" });
+    d.publish_prefix_topic(Prefix::Tele, false, "LWT", payload, true);
+}
+
+fn cmnd_fulltopic(d: &mut Device, mb: &mut Mailbox) {
+    if mb.data_len > 0 {
+        mb.data = valid_mqtt_delete(&mb.data);
+        if mb.data == d.mqtt_client {
+            mb.set_shortcut_default();
+        }
+        let new = String::from(if mb.shortcut() == Shortcut::Default { DEFAULT_FULLTOPIC } else { mb.data.as_str() });
+        let new = String::from(crate::topic::truncate(&new, crate::topic::TOPSZ - 1));
+        if new != d.settings.mqtt_fulltopic {
+            publish_old_lwt(d);
+            d.settings.mqtt_fulltopic = new;
+            d.restart_flag = 2;
+        }
+    }
+    let v = d.settings.mqtt_fulltopic.clone();
+    d.reply_text(mb, &v);
+}
+
+fn cmnd_prefix(d: &mut Device, mb: &mut Mailbox) {
+    if mb.index < 1 || mb.index > 3 {
+        return;
+    }
+    if !mb.usridx {
+        let all = d.settings.mqtt_prefix.clone();
+        d.reply_all(mb, &all);
+        return;
+    }
+    let i = mb.index as usize - 1;
+    if mb.data_len > 0 {
+        let data = valid_mqtt_replace(&mb.data);
+        d.settings.mqtt_prefix[i] =
+            if mb.shortcut() == Shortcut::Default { String::from(DEFAULT_PREFIXES[i]) } else { data };
+        d.restart_flag = 2;
+    }
+    let v = d.settings.mqtt_prefix[i].clone();
+    d.reply_idx_text(mb, &v);
+}
+
+fn cmnd_publish(d: &mut Device, mb: &mut Mailbox) {
+    if mb.data_len > 0 {
+        let data = mb.data.trim_start_matches(' ');
+        let (topic, payload) = match data.find(' ') {
+            Some(i) => (&data[..i], &data[i + 1..]),
+            None => (data, ""),
+        };
+        if !topic.is_empty() {
+            let topic = String::from(crate::topic::truncate(topic, crate::topic::TOPSZ - 1)).replace('#', " ");
+            d.publish(topic, String::from(payload), mb.index == 2);
+        }
+    }
+    d.response.clear();
+}
+
+fn cmnd_grouptopic(d: &mut Device, mb: &mut Mailbox) {
+    if mb.index < 1 || mb.index > 4 {
+        return;
+    }
+    if mb.data_len > 0 {
+        mb.data = valid_mqtt_replace(&mb.data);
+        if mb.data == d.mqtt_client {
+            mb.set_shortcut_default();
+        }
+        let value = String::from(text_value(mb, DEFAULT_GROUPTOPIC));
+        d.settings.mqtt_grp_topic[mb.index as usize - 1] = value;
+        // Eliminate duplicates (topics are case-sensitive), keep at least one, fill from 1.
+        let mut unique: Vec<String> = Vec::new();
+        for g in d.settings.mqtt_grp_topic.iter() {
+            if !g.is_empty() && !unique.contains(g) {
+                unique.push(g.clone());
+            }
+        }
+        if unique.is_empty() {
+            d.settings.mqtt_grp_topic[0] = String::from(DEFAULT_GROUPTOPIC);
+        } else {
+            for (i, slot) in d.settings.mqtt_grp_topic.iter_mut().enumerate() {
+                *slot = unique.get(i).cloned().unwrap_or_default();
+            }
+        }
+        d.restart_flag = 2;
+    }
+    let all = d.settings.mqtt_grp_topic.clone();
+    d.reply_all(mb, &all);
+}
+
+fn cmnd_topic(d: &mut Device, mb: &mut Mailbox) {
+    if !mb.grpflg && mb.data_len > 0 {
+        mb.data = valid_mqtt_replace(&mb.data);
+        if mb.data == d.mqtt_client {
+            mb.set_shortcut_default();
+        }
+        let new = String::from(if mb.shortcut() == Shortcut::Default { DEFAULT_TOPIC } else { mb.data.as_str() });
+        let new = String::from(crate::topic::truncate(&new, crate::topic::TOPSZ - 1));
+        if new != d.settings.mqtt_topic {
+            publish_old_lwt(d);
+            d.settings.mqtt_topic = new;
+            d.restart_flag = 2;
+        }
+    }
+    let v = d.settings.mqtt_topic.clone();
+    d.reply_text(mb, &v);
+}
+
+/// ButtonTopic and SwitchTopic: `0` clears, `1` is the device's own topic, `2` is `0`.
+fn key_topic(d: &Device, mb: &mut Mailbox) -> Option<String> {
+    if mb.grpflg || mb.data_len == 0 {
+        return None;
+    }
+    mb.data = valid_mqtt_replace(&mb.data);
+    if mb.data == d.mqtt_client {
+        mb.set_shortcut_default();
+    }
+    Some(match mb.shortcut() {
+        Shortcut::Clear => String::new(),
+        Shortcut::Default => d.mqtt_topic.clone(),
+        Shortcut::User => String::from("0"),
+        Shortcut::None => mb.data.clone(),
+    })
+}
+
+fn cmnd_button_topic(d: &mut Device, mb: &mut Mailbox) {
+    if let Some(v) = key_topic(d, mb) {
+        d.settings.button_topic = v;
+    }
+    let v = d.settings.button_topic.clone();
+    d.reply_text(mb, &v);
+}
+
+fn cmnd_switch_topic(d: &mut Device, mb: &mut Mailbox) {
+    if let Some(v) = key_topic(d, mb) {
+        d.settings.switch_topic = v;
+    }
+    let v = d.settings.switch_topic.clone();
+    d.reply_text(mb, &v);
+}
+
+/// The retain flags: SetOption bit that holds each.
+const BUTTON_RETAIN: u32 = 6;
+const SWITCH_RETAIN: u32 = 7;
+const POWER_RETAIN: u32 = 5;
+const SENSOR_RETAIN: u32 = 9;
+const STATE_RETAIN: u32 = 121;
+const INFO_RETAIN: u32 = 122;
+
+/// Sets a retain flag from a 0/1 payload; returns whether it was set to 0 (the caller
+/// then clears what it had retained).
+fn set_retain(d: &mut Device, mb: &Mailbox, option: u32) -> bool {
+    if (0..=1).contains(&mb.payload) {
+        d.settings.set_option(option, mb.payload as u32);
+        return mb.payload == 0;
+    }
+    false
+}
+
+fn cmnd_button_retain(d: &mut Device, mb: &mut Mailbox) {
+    // Clearing button retains publishes only to an active ButtonTopic while connected.
+    set_retain(d, mb, BUTTON_RETAIN);
+    d.reply_state_text(mb, d.settings.option(BUTTON_RETAIN));
+}
+
+fn cmnd_switch_retain(d: &mut Device, mb: &mut Mailbox) {
+    set_retain(d, mb, SWITCH_RETAIN);
+    d.reply_state_text(mb, d.settings.option(SWITCH_RETAIN));
+}
+
+fn cmnd_power_retain(d: &mut Device, mb: &mut Mailbox) {
+    if (0..=1).contains(&mb.payload) {
+        if mb.payload == 0 {
+            let retain = d.settings.flag(POWER_RETAIN);
+            for device in 1..=u32::from(d.hw.relays) {
+                let key = d.power_key(device);
+                let topic = d.own_topic(Prefix::Stat, &key);
+                d.publish(topic, String::new(), retain);
+            }
+        }
+        d.settings.set_option(POWER_RETAIN, mb.payload as u32);
+        if mb.payload == 1 {
+            d.settings.set_option(90, 0);
+        }
+    }
+    d.reply_state_text(mb, d.settings.option(POWER_RETAIN));
+}
+
+fn cmnd_sensor_retain(d: &mut Device, mb: &mut Mailbox) {
+    if mb.payload == 0 {
+        let retain = d.settings.flag(SENSOR_RETAIN);
+        d.publish_prefix_topic(Prefix::Tele, false, "SENSOR", String::new(), retain);
+        d.publish_prefix_topic(Prefix::Tele, false, "ENERGY", String::new(), retain);
+    }
+    set_retain(d, mb, SENSOR_RETAIN);
+    d.reply_state_text(mb, d.settings.option(SENSOR_RETAIN));
+}
+
+fn cmnd_info_retain(d: &mut Device, mb: &mut Mailbox) {
+    if mb.payload == 0 {
+        let retain = d.settings.flag(INFO_RETAIN);
+        d.publish_prefix_topic(Prefix::Tele, false, "INFO", String::new(), retain);
+    }
+    set_retain(d, mb, INFO_RETAIN);
+    d.reply_state_text(mb, d.settings.option(INFO_RETAIN));
+}
+
+fn cmnd_state_retain(d: &mut Device, mb: &mut Mailbox) {
+    if mb.payload == 0 {
+        let retain = d.settings.flag(STATE_RETAIN);
+        d.publish_prefix_topic(Prefix::Stat, false, "STATE", String::new(), retain);
+    }
+    set_retain(d, mb, STATE_RETAIN);
+    d.reply_state_text(mb, d.settings.option(STATE_RETAIN));
+}
+
+/// `CmndMqttFingerprint`: twenty hex bytes separated by spaces.
+fn cmnd_mqtt_fingerprint(d: &mut Device, mb: &mut Mailbox) {
+    if mb.index < 1 || mb.index > 2 {
+        return;
+    }
+    let i = mb.index as usize - 1;
+    if mb.data_len > 0 && mb.data_len < 60 {
+        d.settings.mqtt_fingerprint[i] = match mb.shortcut() {
+            Shortcut::Default => DEFAULT_FINGERPRINTS[i],
+            Shortcut::Clear => [0; 20],
+            _ => parse_fingerprint(&mb.data),
+        };
+        d.restart_flag = 2;
+    }
+    let hex: Vec<String> = d.settings.mqtt_fingerprint[i].iter().map(|b| format!("{b:02X}")).collect();
+    d.reply_idx_text(mb, &hex.join(" "));
+}
+
+/// Twenty successive `strtol(p, &p, 16)` calls, each byte truncated to 8 bits; parsing
+/// stops advancing at the first non-hex text, leaving the rest zero.
+fn parse_fingerprint(s: &str) -> [u8; 20] {
+    let mut out = [0u8; 20];
+    let mut rest = s;
+    for byte in out.iter_mut() {
+        let t = rest.trim_start_matches(crate::grammar::is_c_space);
+        let t = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")).filter(|r| r.starts_with(|c: char| c.is_ascii_hexdigit())).unwrap_or(t);
+        let end = t.find(|c: char| !c.is_ascii_hexdigit()).unwrap_or(t.len());
+        if end == 0 {
+            break;
+        }
+        let v = t[..end].chars().fold(0u64, |n, c| (n * 16 + u64::from(c.to_digit(16).unwrap_or(0))).min(u64::from(u32::MAX)));
+        *byte = v as u8;
+        rest = &t[end..];
+    }
+    out
+}

@@ -1,0 +1,629 @@
+//! The device: one simulated Tasmota, driven by inputs and read through outputs.
+//!
+//! Drivers feed it serial console bytes ([`Device::handle_serial`]) and the time
+//! ([`Device::handle_timeout`] at the instant [`Device::poll_timeout`] asked for), and
+//! drain [`Output`]s: console lines, publishes, settings to save, restarts. The device
+//! never reads a clock, so a virtual clock gives the same transcript on every run.
+//!
+//! The scheduling follows the firmware's main loop: Backlog entries run at most one per
+//! loop pass once `backlog_timer` is reached; blink runs on the 100 ms ticks; the 250 ms
+//! ticks cycle through four phases, phase 1 (once a second) saving settings and counting
+//! down a pending restart.
+
+use alloc::collections::VecDeque;
+use alloc::format;
+use alloc::string::String;
+
+use crate::backlog::Backlog;
+use crate::console::{LogLevel, LogLine, SerialEvent, SerialInput};
+use crate::identity::{format_token, sanitize_hostname, Mac};
+use crate::settings::{Settings, DEFAULT_HOSTNAME};
+use crate::time::Instant;
+use crate::topic::{Prefix, TopicContext, TopicKind};
+
+/// The firmware this device reports (`TasmotaGlobal.version` and `image_name`).
+pub const VERSION: &str = "14.2.0";
+pub const IMAGE_NAME: &str = "(release-tasmota)";
+const CORE_RELEASE: &str = "2_7_7";
+const BUILD_DATE_TIME: &str = "2024-08-15T08:00:00";
+
+/// The hardware a device is built from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hardware {
+    pub mac: Mac,
+    /// Number of relays (`devices_present`), 1..=28.
+    pub relays: u8,
+}
+
+impl Default for Hardware {
+    /// A Sonoff Basic: one relay, the default MAC.
+    fn default() -> Self {
+        Hardware { mac: Mac::DEFAULT, relays: 1 }
+    }
+}
+
+/// Why the device booted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootReason {
+    /// Power was applied: PowerOnState decides the relays.
+    PowerOn,
+    /// A software restart: the relays keep their saved state.
+    Restart,
+}
+
+/// How a restart ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartKind {
+    /// `Restart 1` and every restart a setting asks for: the device boots again.
+    Restart,
+    /// `Restart 2`: the device halts until power is cycled.
+    Halt,
+    /// `Restart 9`: the device goes into deep sleep.
+    DeepSleep,
+}
+
+/// A message the device publishes (`MqttPublishPayload`). It is reported whether or not
+/// MQTT carried it, so observers can check the full topic of an `RSL:` line too.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Publish {
+    pub topic: String,
+    pub payload: String,
+    /// The retain flag the message carries (SetOption104 already applied).
+    pub retain: bool,
+    /// Whether MQTT was connected and the message went out.
+    pub sent: bool,
+}
+
+/// What the device asks its driver to do or show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// A console line.
+    Log(LogLine),
+    /// A publish; its console line is the `Log` just before it.
+    Publish(Publish),
+    /// The relays changed: bit n is relay n+1.
+    Relays(u32),
+    /// Settings changed and must be written now (read them with [`Device::settings`]).
+    SaveSettings,
+    /// The device restarts: drop it and boot a new one from the saved settings.
+    Restart(RestartKind),
+}
+
+/// Blink state (`blink_mask`, `blink_timer`, ...).
+#[derive(Clone, Debug, Default)]
+struct Blink {
+    mask: u32,
+    power: bool,
+    powersave: u32,
+    timer: Instant,
+    counter: u32,
+}
+
+/// One simulated Tasmota device.
+#[derive(Debug)]
+pub struct Device {
+    pub(crate) settings: Settings,
+    saved: Settings,
+    pub(crate) hw: Hardware,
+    // Derived at boot, as `TasmotaGlobal.mqtt_client`, `.mqtt_topic`, `.hostname`.
+    pub(crate) mqtt_client: String,
+    pub(crate) mqtt_topic: String,
+    pub(crate) hostname: String,
+    pub(crate) unique_id: String,
+    boot_at: Instant,
+    pub(crate) now: Instant,
+    next_tick: Instant,
+    tick_phase: u8,
+    pub(crate) backlog: Backlog,
+    pub(crate) restart_flag: u8,
+    pub(crate) restart_halt: bool,
+    pub(crate) restart_deepsleep: bool,
+    halted: bool,
+    save_data_counter: u16,
+    serial: SerialInput,
+    pub(crate) power: u32,
+    blink: Blink,
+    pub(crate) mqtt_connected: bool,
+    pub(crate) fallback_topic_flag: bool,
+    pub(crate) no_mqtt_response: bool,
+    /// The response buffer (`ResponseData()`).
+    pub(crate) response: String,
+    outputs: VecDeque<Output>,
+}
+
+/// `ERROR` preset of every command response.
+pub(crate) const RESPONSE_ERROR: &str = "{\"Command\":\"Error\"}";
+
+impl Device {
+    /// Boots a device at `now` from saved settings.
+    pub fn boot(hw: Hardware, mut settings: Settings, reason: BootReason, now: Instant) -> Device {
+        settings.bootcount = settings.bootcount.wrapping_add(1);
+        let mqtt_client = format_token(&settings.mqtt_client, &hw.mac);
+        let topic = format_token(&settings.mqtt_topic, &hw.mac);
+        if settings.hostname.contains('%') {
+            settings.hostname = String::from(DEFAULT_HOSTNAME);
+        }
+        let hostname = if settings.hostname == DEFAULT_HOSTNAME {
+            format!("{}-{:04}", topic, hw.mac.chip_id() & 0x1FFF)
+        } else {
+            settings.hostname.clone()
+        };
+        let hostname = sanitize_hostname(&hostname);
+        let unique_id = hw.mac.unique_id();
+        let mqtt_topic = topic.replace("%hostname%", &hostname).replace("%id%", &unique_id);
+        let relays_mask = relays_mask(hw.relays);
+        let saved_power = settings.power & relays_mask;
+        let power = match (reason, settings.poweronstate) {
+            (_, 4) => relays_mask,
+            (BootReason::PowerOn, 0 | 5) => 0,
+            (BootReason::PowerOn, 1) => relays_mask,
+            (BootReason::PowerOn, 2) if settings.flag(0) => (saved_power ^ u32::MAX) & relays_mask,
+            _ if settings.flag(0) => saved_power,
+            _ => 0,
+        };
+        let save_data_counter = settings.save_data;
+        let mut device = Device {
+            saved: settings.clone(),
+            settings,
+            hw,
+            mqtt_client,
+            mqtt_topic,
+            hostname,
+            unique_id,
+            boot_at: now,
+            now,
+            next_tick: now,
+            tick_phase: 0,
+            backlog: Backlog::default(),
+            restart_flag: 0,
+            restart_halt: false,
+            restart_deepsleep: false,
+            halted: false,
+            save_data_counter,
+            serial: SerialInput::default(),
+            power,
+            blink: Blink::default(),
+            mqtt_connected: false,
+            fallback_topic_flag: false,
+            no_mqtt_response: false,
+            response: String::new(),
+            outputs: VecDeque::new(),
+        };
+        device.log(LogLevel::Info, String::from("HDW: ESP8266EX"));
+        let banner = format!(
+            "Project tasmota - {} Version {}{}-{}({})",
+            device.settings.devicename, VERSION, IMAGE_NAME, CORE_RELEASE, BUILD_DATE_TIME
+        );
+        device.log(LogLevel::Info, banner);
+        device.outputs.push_back(Output::Relays(power));
+        device.handle_timeout(now);
+        device
+    }
+
+    /// The settings as they are now.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The hardware this device was built with.
+    pub fn hardware(&self) -> &Hardware {
+        &self.hw
+    }
+
+    /// The expanded topic (`tasmota_4B3316`).
+    pub fn topic(&self) -> &str {
+        &self.mqtt_topic
+    }
+
+    /// The expanded MQTT client id (`DVES_4B3316`).
+    pub fn client_id(&self) -> &str {
+        &self.mqtt_client
+    }
+
+    /// The WiFi hostname (`tasmota-4B3316-4886`).
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    /// The relay states, bit n for relay n+1.
+    pub fn power(&self) -> u32 {
+        self.power
+    }
+
+    /// Whether the device has restarted, halted or gone to sleep and takes no more input.
+    pub fn is_stopped(&self) -> bool {
+        self.halted
+    }
+
+    /// Whether something is still under way: a Backlog, a pending restart, a blink.
+    pub fn is_busy(&self) -> bool {
+        !self.halted && (!self.backlog.is_empty() || self.restart_flag != 0 || self.blink.mask != 0)
+    }
+
+    /// The next output, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// Bytes typed on the serial console.
+    pub fn handle_serial(&mut self, bytes: &[u8], now: Instant) {
+        self.advance(now);
+        for &b in bytes {
+            if self.halted {
+                return;
+            }
+            match self.serial.push(b) {
+                Some(SerialEvent::Line(line)) => {
+                    self.log(LogLevel::Info, format!("CMD: {line}"));
+                    self.execute_command(&line);
+                }
+                Some(SerialEvent::Overrun) => {
+                    self.log(LogLevel::Info, String::from("CMD: Serial buffer overrun"));
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// When the device next needs [`Device::handle_timeout`]; `None` once stopped.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.halted {
+            return None;
+        }
+        let mut next = self.next_tick;
+        if !self.backlog.is_empty() {
+            next = next.min(self.backlog.timer.max(self.now));
+        }
+        if self.blink.mask != 0 {
+            next = next.min(self.blink_due());
+        }
+        Some(next)
+    }
+
+    /// Runs everything due at or before `now`, one main-loop pass at a time.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+        // Each pass runs at most one Backlog entry and one tick; the bound only guards
+        // against a bug turning into a hang.
+        for _ in 0..100_000 {
+            if self.halted {
+                return;
+            }
+            let mut progressed = false;
+            if !self.backlog.is_empty() && self.backlog.timer <= self.now {
+                self.backlog_loop();
+                progressed = true;
+            }
+            if self.blink.mask != 0 && self.blink_due() <= self.now {
+                self.blink_loop();
+                progressed = true;
+            }
+            if self.next_tick <= self.now {
+                self.next_tick = next_interval(self.next_tick, 250, self.now);
+                self.every_250ms();
+                progressed = true;
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    fn advance(&mut self, now: Instant) {
+        if now > self.now {
+            self.now = now;
+        }
+    }
+
+    /// Device uptime in milliseconds.
+    pub fn uptime_ms(&self) -> u64 {
+        self.now.millis_since(self.boot_at)
+    }
+
+    pub(crate) fn log(&mut self, level: LogLevel, text: String) {
+        let uptime_ms = self.uptime_ms();
+        self.outputs.push_back(Output::Log(LogLine { uptime_ms, level, text }));
+    }
+
+    // ---- scheduling ------------------------------------------------------------------
+
+    fn backlog_loop(&mut self) {
+        let Some((cmd, nodelay)) = self.backlog.next() else {
+            return;
+        };
+        self.no_mqtt_response = self.backlog.no_mqtt_response;
+        self.execute_command(&cmd);
+        if nodelay || self.backlog.nodelay {
+            self.backlog.timer = self.now;
+        }
+        if self.backlog.is_empty() {
+            self.backlog.nodelay = false;
+            self.backlog.no_mqtt_response = false;
+        }
+    }
+
+    /// The first 100 ms tick at or after the blink timer.
+    fn blink_due(&self) -> Instant {
+        let since = self.blink.timer.millis_since(self.boot_at);
+        self.boot_at.plus_millis(since.div_ceil(100) * 100)
+    }
+
+    fn blink_loop(&mut self) {
+        let step = 100 * u64::from(self.settings.blinktime);
+        self.blink.timer = next_interval(self.blink.timer, step, self.now);
+        self.blink.counter = self.blink.counter.saturating_sub(1);
+        if self.blink.counter == 0 {
+            self.stop_all_power_blink();
+        } else {
+            self.blink.power = !self.blink.power;
+            let on = if self.blink.power { self.blink.mask } else { 0 };
+            let now_power = (self.power & !self.blink.mask) | on;
+            self.outputs.push_back(Output::Relays(now_power));
+        }
+    }
+
+    fn every_250ms(&mut self) {
+        self.tick_phase = (self.tick_phase + 1) & 3;
+        if self.tick_phase == 1 {
+            self.save_data_tick();
+            self.restart_tick();
+        }
+    }
+
+    fn save_data_tick(&mut self) {
+        if self.save_data_counter == 0 || !self.backlog.is_empty() {
+            return;
+        }
+        self.save_data_counter -= 1;
+        if self.save_data_counter == 0 {
+            self.update_saved_power();
+            if self.restart_flag == 0 {
+                self.settings_save();
+            }
+            self.save_data_counter = self.settings.save_data;
+        }
+    }
+
+    fn update_saved_power(&mut self) {
+        self.settings.power = if self.settings.flag(0) { self.power } else { 0 };
+    }
+
+    /// `SettingsSave(0)`: writes only when something changed.
+    pub(crate) fn settings_save(&mut self) {
+        if self.settings != self.saved {
+            self.saved = self.settings.clone();
+            self.outputs.push_back(Output::SaveSettings);
+        }
+    }
+
+    /// `SettingsSaveAll()`.
+    pub(crate) fn settings_save_all(&mut self) {
+        self.update_saved_power();
+        self.settings_save();
+    }
+
+    fn restart_tick(&mut self) {
+        if self.restart_flag == 0 || !self.backlog.is_empty() {
+            return;
+        }
+        match self.restart_flag {
+            214..=216 => {
+                let keep = self.settings.clone();
+                self.settings = Settings::default();
+                if self.restart_flag == 216 {
+                    self.settings.mqtt_host = keep.mqtt_host;
+                    self.settings.mqtt_port = keep.mqtt_port;
+                    self.settings.mqtt_user = keep.mqtt_user;
+                    self.settings.mqtt_pwd = keep.mqtt_pwd;
+                    self.settings.mqtt_topic = keep.mqtt_topic;
+                }
+                self.restart_flag = 3;
+            }
+            213 => self.restart_flag = 2,
+            212 => self.restart_flag = 211,
+            _ => {}
+        }
+        if self.restart_flag == 211 {
+            self.settings = Settings::default();
+            self.restart_flag = 3;
+        }
+        if self.restart_flag == 2 {
+            self.settings_save_all();
+        }
+        self.restart_flag -= 1;
+        if self.restart_flag == 0 {
+            let kind = if self.restart_halt {
+                RestartKind::Halt
+            } else if self.restart_deepsleep {
+                RestartKind::DeepSleep
+            } else {
+                RestartKind::Restart
+            };
+            self.restart_now(kind);
+        }
+    }
+
+    /// `EspRestart()`: logs and stops; the driver boots a new device.
+    pub(crate) fn restart_now(&mut self, kind: RestartKind) {
+        let word = match kind {
+            RestartKind::Restart => "Restarting",
+            RestartKind::Halt => "Halted",
+            RestartKind::DeepSleep => "Sleeping",
+        };
+        self.log(LogLevel::Info, format!("APP: {word}"));
+        self.outputs.push_back(Output::Restart(kind));
+        self.halted = true;
+    }
+
+    // ---- publishing ------------------------------------------------------------------
+
+    pub(crate) fn topic_context(&self) -> TopicContext<'_> {
+        TopicContext {
+            fulltopic: &self.settings.mqtt_fulltopic,
+            prefixes: &self.settings.mqtt_prefix,
+            mqtt_client: &self.mqtt_client,
+            hostname: &self.hostname,
+            unique_id: &self.unique_id,
+        }
+    }
+
+    /// `GetTopic_P(prefix, mqtt_topic, subtopic)`, honouring the fallback flag.
+    pub(crate) fn own_topic(&self, prefix: Prefix, subtopic: &str) -> String {
+        let kind = if self.fallback_topic_flag { TopicKind::Fallback } else { TopicKind::Full(&self.mqtt_topic) };
+        self.topic_context().topic(prefix, kind, subtopic)
+    }
+
+    /// `MqttPublishPayload`.
+    pub(crate) fn publish(&mut self, topic: String, payload: String, retain: bool) {
+        let retain = retain && !self.settings.flag(104);
+        let sent = self.settings.flag(3) && self.mqtt_connected;
+        let text = if sent {
+            format!("MQT: {topic} = {payload}{}", if retain { " (retained)" } else { "" })
+        } else {
+            let last = topic.rsplit('/').next().unwrap_or(&topic);
+            format!("RSL: {last} = {payload}")
+        };
+        self.log(LogLevel::Info, text);
+        self.outputs.push_back(Output::Publish(Publish { topic, payload, retain, sent }));
+    }
+
+    /// `MqttPublishPayloadPrefixTopic_P`: `RESULT` replaces the subtopic of a result
+    /// publish unless SetOption4 is on.
+    pub(crate) fn publish_prefix_topic(&mut self, prefix: Prefix, result_or: bool, subtopic: &str, payload: String, retain: bool) {
+        let sub = if result_or && !self.settings.flag(4) { String::from("RESULT") } else { subtopic.to_ascii_uppercase() };
+        let topic = self.own_topic(prefix, &sub);
+        self.publish(topic, payload, retain);
+    }
+
+    // ---- power -------------------------------------------------------------------------
+
+    /// `GetPowerDevice`: `POWER`, or `POWER<n>` with several relays or SetOption26.
+    pub(crate) fn power_key(&self, device: u32) -> String {
+        if u32::from(self.hw.relays) + self.settings.option(26) > 1 {
+            format!("POWER{device}")
+        } else {
+            String::from("POWER")
+        }
+    }
+
+    /// `MqttPublishPowerState`.
+    pub(crate) fn publish_power_state(&mut self, device: u32) {
+        let device = if device < 1 || device > u32::from(self.hw.relays) { 1 } else { device };
+        let key = self.power_key(device);
+        let state = String::from(self.settings.state_text((self.power >> (device - 1)) & 1));
+        let sub = if self.settings.flag(4) { key.clone() } else { String::from("RESULT") };
+        let topic = self.own_topic(Prefix::Stat, &sub);
+        self.publish(topic, format!("{{\"{key}\":\"{state}\"}}"), false);
+        if !self.settings.flag(90) {
+            let topic = self.own_topic(Prefix::Stat, &key);
+            let retain = self.settings.flag(5);
+            self.publish(topic, state, retain);
+        }
+    }
+
+    /// `MqttPublishPowerBlinkState`.
+    fn publish_power_blink_state(&mut self, device: u32) {
+        let key = self.power_key(device);
+        let state = String::from(self.settings.state_text((self.blink.mask >> (device - 1)) & 1));
+        self.publish_prefix_topic(Prefix::Stat, true, "POWER", format!("{{\"{key}\":\"Blink {state}\"}}"), false);
+    }
+
+    fn set_device_power(&mut self) {
+        self.outputs.push_back(Output::Relays(self.power));
+    }
+
+    /// `ExecuteCommandPower(device, state)` for 0 off, 1 on, 2 toggle, 3 blink,
+    /// 4 blink off and anything else to show the state.
+    pub(crate) fn execute_command_power(&mut self, device: u32, state: i32) {
+        let device = if device < 1 || device > u32::from(self.hw.relays) { 1 } else { device };
+        let mask = 1u32 << (device - 1);
+        match state {
+            0..=2 => {
+                if self.blink.mask & mask != 0 {
+                    self.blink.mask &= !mask;
+                    self.publish_power_blink_state(device);
+                }
+                match state {
+                    0 => self.power &= !mask,
+                    1 => self.power |= mask,
+                    _ => self.power ^= mask,
+                }
+                self.set_device_power();
+            }
+            3 => {
+                if self.blink.mask & mask == 0 {
+                    self.blink.powersave = (self.blink.powersave & !mask) | (self.power & mask);
+                    self.blink.power = (self.power >> (device - 1)) & 1 != 0;
+                }
+                self.blink.timer = self.now.plus_millis(100);
+                let count = u32::from(self.settings.blinkcount);
+                self.blink.counter = if count == 0 { 64_000 } else { count * 2 } + 1;
+                self.blink.mask |= mask;
+                self.publish_power_blink_state(device);
+                return;
+            }
+            4 => {
+                let was = self.blink.mask & mask != 0;
+                self.blink.mask &= !mask;
+                self.publish_power_blink_state(device);
+                if was {
+                    let restore = ((self.blink.powersave >> (device - 1)) & 1) as i32;
+                    self.execute_command_power(device, restore);
+                }
+                return;
+            }
+            _ => {}
+        }
+        self.publish_power_state(device);
+    }
+
+    fn stop_all_power_blink(&mut self) {
+        for device in 1..=u32::from(self.hw.relays) {
+            let mask = 1u32 << (device - 1);
+            if self.blink.mask & mask != 0 {
+                self.blink.mask &= !mask;
+                self.publish_power_blink_state(device);
+                let restore = ((self.blink.powersave >> (device - 1)) & 1) as i32;
+                self.execute_command_power(device, restore);
+            }
+        }
+    }
+
+    /// `SetAllPower(state)` for Power0: 0 off, 1 on, 2 toggle, else show.
+    pub(crate) fn set_all_power(&mut self, state: i32) {
+        let all = relays_mask(self.hw.relays);
+        match state {
+            0 => self.power = 0,
+            1 => self.power = all,
+            2 => self.power ^= all,
+            _ => {}
+        }
+        if (0..=2).contains(&state) {
+            self.set_device_power();
+        }
+        for device in 1..=u32::from(self.hw.relays) {
+            self.publish_power_state(device);
+        }
+    }
+}
+
+fn relays_mask(relays: u8) -> u32 {
+    if relays >= 32 {
+        u32::MAX
+    } else {
+        (1u32 << relays) - 1
+    }
+}
+
+/// `SetNextTimeInterval`: the next deadline one step after `timer`, or one step from
+/// now when the loop fell behind by more than a step.
+fn next_interval(timer: Instant, step: u64, now: Instant) -> Instant {
+    let next = timer.plus_millis(step);
+    if next > now {
+        return next;
+    }
+    if now.millis_since(next) < step {
+        return next.plus_millis(step);
+    }
+    now.plus_millis(step)
+}

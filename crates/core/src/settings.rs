@@ -1,0 +1,224 @@
+//! The device's persistent settings, with the firmware's defaults (spec §1,
+//! `SettingsDefaultSet2`). The host driver serialises them to its `--state` directory;
+//! the ESP32 driver keeps them in flash.
+
+use alloc::string::{String, ToString};
+use serde::{Deserialize, Serialize};
+
+/// `MQTT_TOPIC`
+pub const DEFAULT_TOPIC: &str = "tasmota_%06X";
+/// `MQTT_CLIENT_ID`
+pub const DEFAULT_CLIENT: &str = "DVES_%06X";
+/// `MQTT_FULLTOPIC`
+pub const DEFAULT_FULLTOPIC: &str = "%prefix%/%topic%/";
+/// `MQTT_GRPTOPIC`
+pub const DEFAULT_GROUPTOPIC: &str = "tasmotas";
+/// `WIFI_HOSTNAME`
+pub const DEFAULT_HOSTNAME: &str = "%s-%04d";
+/// `MQTT_USER`
+pub const DEFAULT_MQTT_USER: &str = "DVES_USER";
+/// `MQTT_PASS`
+pub const DEFAULT_MQTT_PASS: &str = "DVES_PASS";
+/// `SUB_PREFIX`, `PUB_PREFIX`, `PUB_PREFIX2`
+pub const DEFAULT_PREFIXES: [&str; 3] = ["cmnd", "stat", "tele"];
+/// `MQTT_STATUS_OFF`, `MQTT_STATUS_ON`, `MQTT_CMND_TOGGLE`, `MQTT_CMND_HOLD`
+pub const DEFAULT_STATE_TEXTS: [&str; 4] = ["OFF", "ON", "TOGGLE", "HOLD"];
+/// `FRIENDLY_NAME`
+pub const DEFAULT_FRIENDLY_NAME: &str = "Tasmota";
+/// `MQTT_PORT`
+pub const DEFAULT_MQTT_PORT: u16 = 1883;
+/// `TELE_PERIOD`
+pub const DEFAULT_TELE_PERIOD: u16 = 300;
+/// `MQTT_RETRY_SECS`, also the smallest MqttRetry allowed.
+pub const MQTT_RETRY_SECS: u16 = 10;
+/// Number of SetOptions the firmware stores (SetOption0 .. SetOption177).
+pub const SETOPTION_COUNT: u32 = 178;
+/// SetOption32 .. SetOption49 are byte parameters rather than flags.
+pub const PARAM_COUNT: usize = 18;
+
+/// One device's settings. Field names follow Tasmota's `Settings` struct.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub mqtt_host: String,
+    pub mqtt_port: u16,
+    pub mqtt_user: String,
+    pub mqtt_pwd: String,
+    pub mqtt_client: String,
+    pub mqtt_topic: String,
+    pub mqtt_grp_topic: [String; 4],
+    pub mqtt_fulltopic: String,
+    pub mqtt_prefix: [String; 3],
+    pub button_topic: String,
+    pub switch_topic: String,
+    pub state_text: [String; 4],
+    pub hostname: String,
+    pub friendlyname: [String; 8],
+    pub devicename: String,
+    pub mqtt_retry: u16,
+    pub mqtt_keepalive: u16,
+    pub mqtt_socket_timeout: u16,
+    /// `MqttWifiTimeout` divided by 100.
+    pub mqtt_wifi_timeout: u8,
+    pub mqttlog_level: u8,
+    pub tele_period: u16,
+    pub save_data: u16,
+    pub poweronstate: u8,
+    /// Saved relay state (bit n = relay n+1), restored by PowerOnState 3.
+    pub power: u32,
+    pub blinktime: u16,
+    pub blinkcount: u16,
+    pub bootcount: u16,
+    /// SetOption0..31 (`flag`), 50..81 (`flag3`), 82..113 (`flag4`), 114..145 (`flag5`),
+    /// 146..177 (`flag6`), one bit each.
+    pub flags: [u32; 5],
+    /// SetOption32..49 (`param`).
+    pub param: [u8; PARAM_COUNT],
+    /// `MqttFingerprint1` and `MqttFingerprint2` (SetOption132 validation).
+    pub mqtt_fingerprint: [[u8; 20]; 2],
+}
+
+/// Where a SetOption is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptionSlot {
+    /// A flag bit: word index into [`Settings::flags`] and bit number.
+    Flag { word: usize, bit: u32 },
+    /// A byte parameter: index into [`Settings::param`].
+    Param(usize),
+}
+
+impl OptionSlot {
+    /// `SetoptionDecode`: where SetOption `n` lives, or `None` for n >= 178.
+    pub fn of(n: u32) -> Option<OptionSlot> {
+        match n {
+            0..=31 => Some(OptionSlot::Flag { word: 0, bit: n }),
+            32..=49 => Some(OptionSlot::Param((n - 32) as usize)),
+            50..=81 => Some(OptionSlot::Flag { word: 1, bit: n - 50 }),
+            82..=113 => Some(OptionSlot::Flag { word: 2, bit: n - 82 }),
+            114..=145 => Some(OptionSlot::Flag { word: 3, bit: n - 114 }),
+            146..=177 => Some(OptionSlot::Flag { word: 4, bit: n - 146 }),
+            _ => None,
+        }
+    }
+}
+
+fn texts<const N: usize>(values: [&str; N]) -> [String; N] {
+    values.map(ToString::to_string)
+}
+
+impl Default for Settings {
+    /// `SettingsDefault()` for a stock `tasmota` build.
+    fn default() -> Self {
+        let mut s = Settings {
+            mqtt_host: String::new(),
+            mqtt_port: DEFAULT_MQTT_PORT,
+            mqtt_user: DEFAULT_MQTT_USER.to_string(),
+            mqtt_pwd: DEFAULT_MQTT_PASS.to_string(),
+            mqtt_client: DEFAULT_CLIENT.to_string(),
+            mqtt_topic: DEFAULT_TOPIC.to_string(),
+            mqtt_grp_topic: texts([DEFAULT_GROUPTOPIC, "", "", ""]),
+            mqtt_fulltopic: DEFAULT_FULLTOPIC.to_string(),
+            mqtt_prefix: texts(DEFAULT_PREFIXES),
+            button_topic: "0".to_string(),
+            switch_topic: "0".to_string(),
+            state_text: texts(DEFAULT_STATE_TEXTS),
+            hostname: DEFAULT_HOSTNAME.to_string(),
+            friendlyname: texts(["Tasmota", "Tasmota2", "Tasmota3", "Tasmota4", "", "", "", ""]),
+            devicename: DEFAULT_FRIENDLY_NAME.to_string(),
+            mqtt_retry: MQTT_RETRY_SECS,
+            mqtt_keepalive: 30,
+            mqtt_socket_timeout: 4,
+            mqtt_wifi_timeout: 2,
+            mqttlog_level: 0,
+            tele_period: DEFAULT_TELE_PERIOD,
+            save_data: 1,
+            poweronstate: 3,
+            power: 0,
+            blinktime: 10,
+            blinkcount: 10,
+            bootcount: 0,
+            flags: [0; 5],
+            param: [0; PARAM_COUNT],
+            mqtt_fingerprint: crate::commands::DEFAULT_FINGERPRINTS,
+        };
+        // SetOption0 SaveState, 3 MQTT, 15 PWM control, 57 WiFi rescan,
+        // 112/113 network_wifi/network_ethernet.
+        for n in [0, 3, 15, 57, 112, 113] {
+            s.set_option(n, 1);
+        }
+        // SetOption32 hold time 40, 33 power retry 5, 34 Backlog delay 200 ms, 36 boot loop
+        // offset 1, 38 IR threshold 6, 41 ARP 60 s, 42 over-temperature 90, 43 rotary 10,
+        // 44 IR tolerance 25, 45 bistable pulse 40.
+        for (n, v) in [(32, 40), (33, 5), (34, 200), (36, 1), (38, 6), (41, 60), (42, 90), (43, 10), (44, 25), (45, 40)] {
+            s.set_option(n, v);
+        }
+        s
+    }
+}
+
+impl Settings {
+    /// The value of SetOption `n` (0 for options the firmware does not have).
+    pub fn option(&self, n: u32) -> u32 {
+        match OptionSlot::of(n) {
+            Some(OptionSlot::Flag { word, bit }) => (self.flags[word] >> bit) & 1,
+            Some(OptionSlot::Param(i)) => u32::from(self.param[i]),
+            None => 0,
+        }
+    }
+
+    /// Whether flag SetOption `n` is on.
+    pub fn flag(&self, n: u32) -> bool {
+        self.option(n) != 0
+    }
+
+    /// Stores SetOption `n`; flags keep only bit 0, parameters the low byte.
+    pub fn set_option(&mut self, n: u32, value: u32) {
+        match OptionSlot::of(n) {
+            Some(OptionSlot::Flag { word, bit }) => {
+                self.flags[word] = (self.flags[word] & !(1 << bit)) | ((value & 1) << bit);
+            }
+            Some(OptionSlot::Param(i)) => self.param[i] = value as u8,
+            None => {}
+        }
+    }
+
+    /// `GetStateText`: StateText1..4 for 0..3, and StateText2 for anything above.
+    pub fn state_text(&self, state: u32) -> &str {
+        let i = if state >= 4 { 1 } else { state as usize };
+        &self.state_text[i]
+    }
+
+    /// The Backlog delay in milliseconds (SetOption34).
+    pub fn backlog_delay_ms(&self) -> u64 {
+        u64::from(self.param[2])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_firmware() {
+        let s = Settings::default();
+        assert_eq!(s.option(3), 1);
+        assert_eq!(s.option(4), 0);
+        assert_eq!(s.option(34), 200);
+        assert_eq!(s.option(103), 0);
+        assert_eq!(s.option(177), 0);
+        assert_eq!(s.flags[0], 0x0000_8009);
+        assert_eq!(s.flags[1], 0x0000_0080);
+    }
+
+    #[test]
+    fn option_slots() {
+        assert_eq!(OptionSlot::of(49), Some(OptionSlot::Param(17)));
+        assert_eq!(OptionSlot::of(103), Some(OptionSlot::Flag { word: 2, bit: 21 }));
+        assert_eq!(OptionSlot::of(178), None);
+        let mut s = Settings::default();
+        s.set_option(103, 1);
+        assert!(s.flag(103));
+        s.set_option(103, 0);
+        assert!(!s.flag(103));
+    }
+}
