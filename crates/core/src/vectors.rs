@@ -1,0 +1,260 @@
+//! The test-vector table runner, shared by the host tests and the QEMU run.
+//!
+//! A vector file (`fixtures/vectors/*.vec`) holds vectors, each a heading, inputs and
+//! the exact transcript the device must produce:
+//!
+//! ```text
+//! === aws-iot-setup-line            a vector's name
+//! # free text                       a comment
+//! mac 5C:CF:7F:4B:33:16             the device's MAC (optional)
+//! relays 4                          the number of relays (optional, default 1)
+//! given SetOption4 1                typed in an earlier boot; the device then boots again
+//! > Power TOGGLE                    typed on the serial console now
+//! wait 1500                         let 1500 ms pass
+//! 00:00:00.000 CMD: Power TOGGLE    an expected console line
+//! -> stat/tasmota_4B3316/RESULT     the full topic of the publish logged just above,
+//!                                   with " (retained)" when it carries the retain flag
+//! ```
+//!
+//! Each vector boots a fresh device at uptime 0 (boot lines are not part of the
+//! transcript), runs its inputs in order, then lets time pass until the device is idle
+//! (no Backlog, restart or blink pending). The transcript is every console line and
+//! publish topic, in order; it must equal the expected lines exactly.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use crate::device::{BootReason, Device, Hardware, Output};
+use crate::identity::Mac;
+use crate::settings::Settings;
+use crate::time::Instant;
+
+/// One vector of the table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vector {
+    pub name: String,
+    /// Line number of the heading in its file.
+    pub line: usize,
+    pub hardware: Hardware,
+    pub given: Vec<String>,
+    pub steps: Vec<Step>,
+    pub expected: Vec<String>,
+}
+
+/// An input of a vector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// A line typed on the serial console (a newline is added).
+    Type(String),
+    /// Let this many milliseconds pass.
+    Wait(u64),
+}
+
+/// A vector file that does not parse.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseError {
+    pub line: usize,
+    pub message: String,
+}
+
+impl core::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+/// Parses a vector file.
+pub fn parse(text: &str) -> Result<Vec<Vector>, ParseError> {
+    let mut out: Vec<Vector> = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let err = |message: String| ParseError { line, message };
+        if let Some(name) = raw.strip_prefix("=== ") {
+            out.push(Vector {
+                name: name.trim().to_string(),
+                line,
+                hardware: Hardware::default(),
+                given: Vec::new(),
+                steps: Vec::new(),
+                expected: Vec::new(),
+            });
+            continue;
+        }
+        if raw.trim().is_empty() || raw.starts_with('#') {
+            continue;
+        }
+        let Some(v) = out.last_mut() else {
+            return Err(err("text before the first '=== name' heading".to_string()));
+        };
+        if let Some(cmd) = raw.strip_prefix("> ") {
+            v.steps.push(Step::Type(cmd.to_string()));
+        } else if raw == ">" {
+            v.steps.push(Step::Type(String::new()));
+        } else if let Some(cmd) = raw.strip_prefix("given ") {
+            v.given.push(cmd.to_string());
+        } else if let Some(ms) = raw.strip_prefix("wait ") {
+            let ms = ms.trim().parse().map_err(|_| err(format!("'wait' needs milliseconds, got '{ms}'")))?;
+            v.steps.push(Step::Wait(ms));
+        } else if let Some(mac) = raw.strip_prefix("mac ") {
+            v.hardware.mac = mac.trim().parse::<Mac>().map_err(|e| err(format!("bad mac '{mac}': {e}")))?;
+        } else if let Some(n) = raw.strip_prefix("relays ") {
+            v.hardware.relays = match n.trim().parse() {
+                Ok(n @ 1..=28) => n,
+                _ => return Err(err(format!("'relays' takes 1..28, got '{n}'"))),
+            };
+        } else if raw.starts_with("-> ") || looks_like_console_line(raw) {
+            v.expected.push(raw.to_string());
+        } else {
+            return Err(err(format!("expected '=== name', '> input', 'wait MS', 'given CMD', 'mac', 'relays', a console line 'HH:MM:SS.mmm ...' or '-> topic', got '{raw}'")));
+        }
+    }
+    Ok(out)
+}
+
+fn looks_like_console_line(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() >= 13
+        && b[2] == b':'
+        && b[5] == b':'
+        && b[8] == b'.'
+        && b[12] == b' '
+        && [0, 1, 3, 4, 6, 7, 9, 10, 11].iter().all(|&i| b[i].is_ascii_digit())
+}
+
+/// How long a vector may run before it counts as stuck.
+const MAX_RUN_MS: u64 = 3_600_000;
+
+/// Runs a vector and returns its transcript.
+pub fn run(v: &Vector) -> Vec<String> {
+    let settings = prepare(v);
+    let mut device = Device::boot(v.hardware.clone(), settings, BootReason::PowerOn, Instant::from_millis(0));
+    while device.poll_output().is_some() {}
+    let mut transcript = Vec::new();
+    let mut now = Instant::from_millis(0);
+    for step in &v.steps {
+        match step {
+            Step::Type(line) => {
+                let mut bytes = line.as_bytes().to_vec();
+                bytes.push(b'\n');
+                device.handle_serial(&bytes, now);
+            }
+            Step::Wait(ms) => {
+                let until = now.plus_millis(*ms);
+                now = run_until(&mut device, until, &mut transcript);
+                now = now.max(until);
+            }
+        }
+        drain(&mut device, &mut transcript);
+    }
+    let limit = now.plus_millis(MAX_RUN_MS);
+    while device.is_busy() && now < limit {
+        let Some(t) = device.poll_timeout() else { break };
+        now = t;
+        device.handle_timeout(now);
+        drain(&mut device, &mut transcript);
+    }
+    transcript
+}
+
+/// Types the `given` commands into an earlier boot, lets it settle (restarts included)
+/// and returns the settings it ends with.
+fn prepare(v: &Vector) -> Settings {
+    let mut device = Device::boot(v.hardware.clone(), Settings::default(), BootReason::PowerOn, Instant::from_millis(0));
+    let mut now = Instant::from_millis(0);
+    for cmd in &v.given {
+        let mut bytes = cmd.as_bytes().to_vec();
+        bytes.push(b'\n');
+        device.handle_serial(&bytes, now);
+        let limit = now.plus_millis(MAX_RUN_MS);
+        while device.is_busy() && now < limit {
+            let Some(t) = device.poll_timeout() else { break };
+            now = t;
+            device.handle_timeout(now);
+        }
+        if device.is_stopped() {
+            let settings = device.settings().clone();
+            device = Device::boot(v.hardware.clone(), settings, BootReason::Restart, now);
+        }
+        while device.poll_output().is_some() {}
+    }
+    device.settings().clone()
+}
+
+fn run_until(device: &mut Device, until: Instant, transcript: &mut Vec<String>) -> Instant {
+    let mut now = Instant::from_millis(0);
+    while let Some(t) = device.poll_timeout() {
+        if t > until {
+            break;
+        }
+        now = t;
+        device.handle_timeout(t);
+        drain(device, transcript);
+    }
+    now
+}
+
+fn drain(device: &mut Device, transcript: &mut Vec<String>) {
+    while let Some(out) = device.poll_output() {
+        match out {
+            Output::Log(line) => transcript.push(line.to_string()),
+            Output::Publish(p) => {
+                transcript.push(format!("-> {}{}", p.topic, if p.retain { " (retained)" } else { "" }))
+            }
+            Output::Relays(_) | Output::SaveSettings | Output::Restart(_) => {}
+        }
+    }
+}
+
+/// A vector whose transcript differs from what it expects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub name: String,
+    pub line: usize,
+    pub expected: Vec<String>,
+    pub actual: Vec<String>,
+}
+
+impl core::fmt::Display for Failure {
+    /// The vector, then a line-by-line comparison: `-` expected only, `+` produced only.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        writeln!(f, "vector '{}' (line {}):", self.name, self.line)?;
+        let n = self.expected.len().max(self.actual.len());
+        for i in 0..n {
+            match (self.expected.get(i), self.actual.get(i)) {
+                (Some(e), Some(a)) if e == a => writeln!(f, "    {e}")?,
+                (e, a) => {
+                    if let Some(e) = e {
+                        writeln!(f, "  - {e}")?;
+                    }
+                    if let Some(a) = a {
+                        writeln!(f, "  + {a}")?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs a vector and compares its transcript.
+pub fn check(v: &Vector) -> Result<(), Failure> {
+    let actual = run(v);
+    if actual == v.expected {
+        Ok(())
+    } else {
+        Err(Failure { name: v.name.clone(), line: v.line, expected: v.expected.clone(), actual })
+    }
+}
+
+/// Every vector file of `fixtures/vectors`, embedded, so the QEMU build needs no files.
+pub const FILES: &[(&str, &str)] = &[
+    ("spec-examples.vec", include_str!("../../../fixtures/vectors/spec-examples.vec")),
+    ("grammar.vec", include_str!("../../../fixtures/vectors/grammar.vec")),
+    ("backlog.vec", include_str!("../../../fixtures/vectors/backlog.vec")),
+    ("setoption.vec", include_str!("../../../fixtures/vectors/setoption.vec")),
+    ("mqtt-settings.vec", include_str!("../../../fixtures/vectors/mqtt-settings.vec")),
+    ("topics.vec", include_str!("../../../fixtures/vectors/topics.vec")),
+    ("power.vec", include_str!("../../../fixtures/vectors/power.vec")),
+    ("system.vec", include_str!("../../../fixtures/vectors/system.vec")),
+];
