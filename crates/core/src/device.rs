@@ -137,6 +137,8 @@ pub(crate) const RESPONSE_ERROR: &str = "{\"Command\":\"Error\"}";
 impl Device {
     /// Boots a device at `now` from saved settings.
     pub fn boot(hw: Hardware, mut settings: Settings, reason: BootReason, now: Instant) -> Device {
+        // What is on flash; the boot count below makes the first tick save again.
+        let saved = settings.clone();
         settings.bootcount = settings.bootcount.wrapping_add(1);
         let mqtt_client = format_token(&settings.mqtt_client, &hw.mac);
         let topic = format_token(&settings.mqtt_topic, &hw.mac);
@@ -163,7 +165,7 @@ impl Device {
         };
         let save_data_counter = settings.save_data;
         let mut device = Device {
-            saved: settings.clone(),
+            saved,
             settings,
             hw,
             mqtt_client,
@@ -299,7 +301,7 @@ impl Device {
                 progressed = true;
             }
             if self.next_tick <= self.now {
-                self.next_tick = next_interval(self.next_tick, 250, self.now);
+                self.next_tick = next_interval(self.next_tick, 250);
                 self.every_250ms();
                 progressed = true;
             }
@@ -350,7 +352,7 @@ impl Device {
 
     fn blink_loop(&mut self) {
         let step = 100 * u64::from(self.settings.blinktime);
-        self.blink.timer = next_interval(self.blink.timer, step, self.now);
+        self.blink.timer = next_interval(self.blink.timer, step);
         self.blink.counter = self.blink.counter.saturating_sub(1);
         if self.blink.counter == 0 {
             self.stop_all_power_blink();
@@ -615,15 +617,9 @@ fn relays_mask(relays: u8) -> u32 {
     }
 }
 
-/// `SetNextTimeInterval`: the next deadline one step after `timer`, or one step from
-/// now when the loop fell behind by more than a step.
-fn next_interval(timer: Instant, step: u64, now: Instant) -> Instant {
-    let next = timer.plus_millis(step);
-    if next > now {
-        return next;
-    }
-    if now.millis_since(next) < step {
-        return next.plus_millis(step);
-    }
-    now.plus_millis(step)
+/// `SetNextTimeInterval`: one step after the previous deadline. The firmware skips ahead
+/// when its loop stalled; a simulated loop never stalls (a driver that jumps the clock
+/// means time passed with the loop running), so every tick runs.
+fn next_interval(timer: Instant, step: u64) -> Instant {
+    timer.plus_millis(step)
 }
