@@ -1,1 +1,125 @@
-fn main() {}
+//! `tasmota-sim`: simulate Tasmota devices on the wire.
+
+mod driver;
+mod state;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tasmota_core::{Mac, Settings};
+
+use crate::state::StateDir;
+
+const DEVICE_EXAMPLES: &str = "\
+Examples:
+  # A device with its console on this terminal; settings kept in ./plug
+  tasmota-sim device --state ./plug
+
+  # Configure it the way Tasmota's AWS IoT guide does, then keep running
+  tasmota-sim device --state ./plug --cmd 'BackLog SetOption3 1; SetOption103 1; MqttHost a1b2c3d4e5f6g7-ats.iot.eu-central-1.amazonaws.com; MqttPort 443; MqttUser tasmota?x-amz-customauthorizer-name=TasmotaAuth; MqttPassword YknLuSd2tBY2HodwI/7RqA=='
+
+  # Another device (topic tasmota_010203), scripted, powered off after 5 s
+  printf 'Power ON\\nStatus\\n' | tasmota-sim device --state ./d2 --mac AA:BB:CC:01:02:03 --for 5s
+
+Each line typed is a console command, as on the device's serial port; console lines print
+exactly as the firmware prints them. Ctrl-C (SIGINT) or SIGTERM removes the power.";
+
+#[derive(Parser)]
+#[command(name = "tasmota-sim", version, about = "Simulate Tasmota devices on the wire: console, settings, MQTT topics")]
+#[command(after_help = "Run 'tasmota-sim device --help' for examples.\nExit codes: 0 ok, 1 runtime failure, 2 bad arguments or bad input files.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one device with its serial console on stdin/stdout.
+    #[command(after_help = DEVICE_EXAMPLES)]
+    Device {
+        /// Directory holding the device's settings (its flash); created if missing.
+        #[arg(long, value_name = "DIR")]
+        state: PathBuf,
+        /// The WiFi MAC; the topic is tasmota_<last 6 hex digits>. Default for a new
+        /// state directory: 5C:CF:7F:4B:33:16 (topic tasmota_4B3316).
+        #[arg(long, value_name = "MAC")]
+        mac: Option<Mac>,
+        /// A command typed once when the process starts (repeatable; not again after a
+        /// restart).
+        #[arg(long = "cmd", value_name = "COMMAND")]
+        commands: Vec<String>,
+        /// Power the device off after this long (e.g. 500ms, 5s, 2m, 1h).
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+        run_for: Option<Duration>,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("'{s}': expected a number and a unit, like 500ms, 5s, 2m or 1h"))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" | "" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s, m or h)")),
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Device { state, mac, commands, run_for } => {
+            let store = StateDir::new(&state);
+            let (mac, settings) = match store.load() {
+                Ok(Some((stored, settings))) => match mac {
+                    Some(m) if m != stored => {
+                        eprintln!("tasmota-sim: {}", state::StateError::OtherDevice { path: store.path(), stored, requested: m });
+                        return ExitCode::from(2);
+                    }
+                    _ => (stored, settings),
+                },
+                Ok(None) => {
+                    let mac = mac.unwrap_or(Mac::DEFAULT);
+                    let settings = Settings::default();
+                    if let Err(e) = store.save(&mac, &settings) {
+                        eprintln!("tasmota-sim: {e}");
+                        return ExitCode::from(1);
+                    }
+                    (mac, settings)
+                }
+                Err(e) => {
+                    eprintln!("tasmota-sim: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("tasmota-sim: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let opts = driver::Options { mac, settings, state: store, commands, run_for };
+            match runtime.block_on(driver::run(opts)) {
+                Ok(ending) => {
+                    tracing::info!(?ending, "device stopped");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tasmota-sim: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}

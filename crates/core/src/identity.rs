@@ -45,6 +45,9 @@ impl fmt::Display for MacParseError {
     }
 }
 
+#[cfg(feature = "std")]
+impl std::error::Error for MacParseError {}
+
 impl FromStr for Mac {
     type Err = MacParseError;
 

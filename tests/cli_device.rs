@@ -1,0 +1,179 @@
+//! Integration tests of `tasmota-sim device`: the real binary, a real clock, stdin/stdout.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tasmota-sim");
+const AWS_LINE: &str = "BackLog SetOption3 1; SetOption103 1; MqttHost a1b2c3d4e5f6g7-ats.iot.eu-central-1.amazonaws.com; MqttPort 443; MqttUser tasmota?x-amz-customauthorizer-name=TasmotaAuth; MqttPassword YknLuSd2tBY2HodwI/7RqA==";
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+fn run(args: &[&str], stdin: &str) -> Run {
+    let start = Instant::now();
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tasmota-sim");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+        elapsed: start.elapsed(),
+    }
+}
+
+/// Console lines without their `HH:MM:SS.mmm ` timestamps (real time jitters), after
+/// checking each has one.
+fn texts(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .map(|l| {
+            let (ts, text) = l.split_at(13);
+            let b = ts.as_bytes();
+            assert!(b[2] == b':' && b[5] == b':' && b[8] == b'.' && b[12] == b' ', "no timestamp on {l:?}");
+            text.to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn aws_setup_line_then_restart_keeps_the_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("plug");
+    let state = state.to_str().unwrap();
+    let r = run(&["device", "--state", state, "--for", "3500ms"], &format!("{AWS_LINE}\n"));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let banner = "Project tasmota - Tasmota Version 14.2.0(release-tasmota)-2_7_7(2024-08-15T08:00:00)";
+    assert_eq!(
+        texts(&r.stdout),
+        [
+            "HDW: ESP8266EX",
+            banner,
+            &format!("CMD: {AWS_LINE}"),
+            r#"RSL: RESULT = {"SetOption3":"ON"}"#,
+            r#"RSL: RESULT = {"SetOption103":"ON"}"#,
+            r#"RSL: RESULT = {"MqttHost":"a1b2c3d4e5f6g7-ats.iot.eu-central-1.amazonaws.com"}"#,
+            r#"RSL: RESULT = {"MqttPort":443}"#,
+            r#"RSL: RESULT = {"MqttUser":"tasmota?x-amz-customauthorizer-name=TasmotaAuth"}"#,
+            r#"RSL: RESULT = {"MqttPassword":"YknLuSd2tBY2HodwI/7RqA=="}"#,
+            "APP: Restarting",
+            "HDW: ESP8266EX",
+            banner,
+        ]
+    );
+    // The replies come 200 ms apart (SetOption34) on the real clock too.
+    let stamps: Vec<u64> = r.stdout.lines().skip(3).take(6).map(|l| {
+        let ms = |a: usize, b: usize| l[a..b].parse::<u64>().unwrap();
+        ms(6, 8) * 1000 + ms(9, 12)
+    }).collect();
+    for pair in stamps.windows(2) {
+        assert!((195..=300).contains(&(pair[1] - pair[0])), "spacing {stamps:?}");
+    }
+
+    let r = run(&["device", "--state", state, "--for", "300ms", "--cmd", "MqttHost", "--cmd", "MqttPassword"], "");
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let t = texts(&r.stdout);
+    assert_eq!(
+        t[2..],
+        [
+            "CMD: MqttHost",
+            r#"RSL: RESULT = {"MqttHost":"a1b2c3d4e5f6g7-ats.iot.eu-central-1.amazonaws.com"}"#,
+            "CMD: MqttPassword",
+            r#"RSL: RESULT = {"MqttPassword":"****"}"#,
+        ]
+    );
+    let file = std::fs::read_to_string(dir.path().join("plug/settings.json")).unwrap();
+    assert!(file.contains("\"format\": \"tasmota-sim/settings\""), "{file}");
+}
+
+#[test]
+fn cmd_runs_once_not_again_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().to_str().unwrap();
+    let r = run(&["device", "--state", state, "--for", "3500ms", "--cmd", "Backlog FriendlyName1 Lamp; Restart 1"], "");
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let t = texts(&r.stdout);
+    assert_eq!(t.iter().filter(|l| l.starts_with("CMD: Backlog")).count(), 1, "{t:?}");
+    assert_eq!(t.iter().filter(|l| *l == "APP: Restarting").count(), 1, "{t:?}");
+    assert_eq!(t.iter().filter(|l| *l == "HDW: ESP8266EX").count(), 2, "{t:?}");
+}
+
+#[test]
+fn eof_on_stdin_does_not_stop_the_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(&["device", "--state", dir.path().to_str().unwrap(), "--for", "1200ms"], "Power ON\n");
+    assert_eq!(r.code, Some(0));
+    assert!(r.elapsed >= Duration::from_millis(1200), "stopped after {:?}", r.elapsed);
+    assert!(texts(&r.stdout).contains(&"RSL: POWER = ON".to_string()));
+}
+
+#[test]
+fn sigterm_is_a_power_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["device", "--state", dir.path().to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn corrupt_or_foreign_state_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("settings.json");
+    std::fs::write(&file, "{ not json").unwrap();
+    let r = run(&["device", "--state", dir.path().to_str().unwrap(), "--for", "100ms"], "");
+    assert_eq!(r.code, Some(2));
+    assert!(r.stderr.contains("settings.json: not a tasmota-sim settings file (not JSON: key must be a string at line 1 column 3)"), "{}", r.stderr);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "{ not json");
+    assert_eq!(r.stdout, "");
+}
+
+#[test]
+fn state_of_another_mac_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().to_str().unwrap();
+    let r = run(&["device", "--state", state, "--mac", "AA:BB:CC:01:02:03", "--for", "100ms", "--cmd", "Power"], "");
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.stdout.contains("RSL: POWER = OFF"));
+    let r = run(&["device", "--state", state, "--mac", "5C:CF:7F:4B:33:16", "--for", "100ms"], "");
+    assert_eq!(r.code, Some(2));
+    assert!(r.stderr.contains("belongs to the device with MAC AA:BB:CC:01:02:03, not 5C:CF:7F:4B:33:16"), "{}", r.stderr);
+}
+
+#[test]
+fn bad_arguments_exit_2_with_a_reason() {
+    let r = run(&["device", "--state", "/tmp/x", "--mac", "nope"], "");
+    assert_eq!(r.code, Some(2));
+    assert!(r.stderr.contains("invalid value 'nope' for '--mac <MAC>': expected six hex byte pairs"), "{}", r.stderr);
+    let r = run(&["device", "--state", "/tmp/x", "--for", "5 parsecs"], "");
+    assert_eq!(r.code, Some(2));
+    assert!(r.stderr.contains("unknown unit"), "{}", r.stderr);
+}
+
+#[test]
+fn help_shows_examples() {
+    let r = run(&["device", "--help"], "");
+    assert_eq!(r.code, Some(0));
+    assert!(r.stdout.contains("Examples:") && r.stdout.contains("--cmd 'BackLog SetOption3 1;"), "{}", r.stdout);
+}
