@@ -27,8 +27,14 @@ Each line typed is a console command, as on the device's serial port; console li
 exactly as the firmware prints them. Ctrl-C (SIGINT) or SIGTERM removes the power.";
 
 #[derive(Parser)]
-#[command(name = "tasmota-sim", version, about = "Simulate Tasmota devices on the wire: console, settings, MQTT topics")]
-#[command(after_help = "Run 'tasmota-sim device --help' for examples.\nExit codes: 0 ok, 1 runtime failure, 2 bad arguments or bad input files.")]
+#[command(
+    name = "tasmota-sim",
+    version,
+    about = "Simulate Tasmota devices on the wire: console, settings, MQTT topics"
+)]
+#[command(
+    after_help = "Run 'tasmota-sim device --help' for examples.\nExit codes: 0 ok, 1 runtime failure, 2 bad arguments or bad input files."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -83,7 +89,10 @@ fn main() -> ExitCode {
             let (mac, settings) = match store.load() {
                 Ok(Some((stored, settings))) => match mac {
                     Some(m) if m != stored => {
-                        eprintln!("tasmota-sim: {}", state::StateError::OtherDevice { path: store.path(), stored, requested: m });
+                        eprintln!(
+                            "tasmota-sim: {}",
+                            state::StateError::OtherDevice { path: store.path(), stored, requested: m }
+                        );
                         return ExitCode::from(2);
                     }
                     _ => (stored, settings),

@@ -26,7 +26,9 @@ pub enum StateError {
     Corrupt { path: PathBuf, detail: String },
     #[error("{path}: written by a newer tasmota-sim (version {found}, this one reads {VERSION})")]
     Newer { path: PathBuf, found: u32 },
-    #[error("{path}: belongs to the device with MAC {stored}, not {requested}; use another --state directory or drop --mac")]
+    #[error(
+        "{path}: belongs to the device with MAC {stored}, not {requested}; use another --state directory or drop --mac"
+    )]
     OtherDevice { path: PathBuf, stored: Mac, requested: Mac },
     #[error("{path}: cannot write settings: {source}")]
     Write { path: PathBuf, source: std::io::Error },
@@ -77,12 +79,12 @@ impl StateDir {
         if found > u64::from(VERSION) {
             return Err(StateError::Newer { path, found: found as u32 });
         }
-        let file: File =
-            serde_json::from_value(value).map_err(|e| StateError::Corrupt { path: path.clone(), detail: e.to_string() })?;
-        let mac = file
-            .mac
-            .parse::<Mac>()
-            .map_err(|e| StateError::Corrupt { path: path.clone(), detail: format!("field mac '{}': {e}", file.mac) })?;
+        let file: File = serde_json::from_value(value)
+            .map_err(|e| StateError::Corrupt { path: path.clone(), detail: e.to_string() })?;
+        let mac = file.mac.parse::<Mac>().map_err(|e| StateError::Corrupt {
+            path: path.clone(),
+            detail: format!("field mac '{}': {e}", file.mac),
+        })?;
         Ok(Some((mac, file.settings)))
     }
 
@@ -117,8 +119,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = StateDir::new(tmp.path());
         assert!(store.load().unwrap().is_none());
-        let mut s = Settings::default();
-        s.mqtt_host = "broker".into();
+        let s = Settings { mqtt_host: "broker".into(), ..Settings::default() };
         store.save(&Mac::DEFAULT, &s).unwrap();
         let (mac, loaded) = store.load().unwrap().unwrap();
         assert_eq!((mac, loaded), (Mac::DEFAULT, s));

@@ -73,10 +73,16 @@ fn aws_setup_line_then_restart_keeps_the_settings() {
         ]
     );
     // The replies come 200 ms apart (SetOption34) on the real clock too.
-    let stamps: Vec<u64> = r.stdout.lines().skip(3).take(6).map(|l| {
-        let ms = |a: usize, b: usize| l[a..b].parse::<u64>().unwrap();
-        ms(6, 8) * 1000 + ms(9, 12)
-    }).collect();
+    let stamps: Vec<u64> = r
+        .stdout
+        .lines()
+        .skip(3)
+        .take(6)
+        .map(|l| {
+            let ms = |a: usize, b: usize| l[a..b].parse::<u64>().unwrap();
+            ms(6, 8) * 1000 + ms(9, 12)
+        })
+        .collect();
     for pair in stamps.windows(2) {
         assert!((195..=300).contains(&(pair[1] - pair[0])), "spacing {stamps:?}");
     }
@@ -144,7 +150,13 @@ fn corrupt_or_foreign_state_is_refused_and_left_alone() {
     std::fs::write(&file, "{ not json").unwrap();
     let r = run(&["device", "--state", dir.path().to_str().unwrap(), "--for", "100ms"], "");
     assert_eq!(r.code, Some(2));
-    assert!(r.stderr.contains("settings.json: not a tasmota-sim settings file (not JSON: key must be a string at line 1 column 3)"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(
+            "settings.json: not a tasmota-sim settings file (not JSON: key must be a string at line 1 column 3)"
+        ),
+        "{}",
+        r.stderr
+    );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "{ not json");
     assert_eq!(r.stdout, "");
 }
@@ -158,7 +170,11 @@ fn state_of_another_mac_is_refused() {
     assert!(r.stdout.contains("RSL: POWER = OFF"));
     let r = run(&["device", "--state", state, "--mac", "5C:CF:7F:4B:33:16", "--for", "100ms"], "");
     assert_eq!(r.code, Some(2));
-    assert!(r.stderr.contains("belongs to the device with MAC AA:BB:CC:01:02:03, not 5C:CF:7F:4B:33:16"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("belongs to the device with MAC AA:BB:CC:01:02:03, not 5C:CF:7F:4B:33:16"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

@@ -33,7 +33,12 @@ fn vector_names_are_unique() {
     let mut seen = std::collections::HashSet::new();
     for (file, text) in FILES {
         for v in vectors::parse(text).unwrap() {
-            assert!(seen.insert(v.name.clone()), "fixtures/vectors/{file}:{}: duplicate vector name '{}'", v.line, v.name);
+            assert!(
+                seen.insert(v.name.clone()),
+                "fixtures/vectors/{file}:{}: duplicate vector name '{}'",
+                v.line,
+                v.name
+            );
         }
     }
 }
@@ -86,7 +91,8 @@ fn bless_file(file: &str, text: &str, parsed: &[vectors::Vector]) {
             pending_blank += 1;
             continue;
         }
-        let is_expectation = line.starts_with("-> ") || (line.len() > 12 && line.as_bytes()[2] == b':' && line.as_bytes()[8] == b'.');
+        let is_expectation =
+            line.starts_with("-> ") || (line.len() > 12 && line.as_bytes()[2] == b':' && line.as_bytes()[8] == b'.');
         if is_expectation {
             continue;
         }

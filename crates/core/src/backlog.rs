@@ -78,7 +78,7 @@ impl Backlog {
 
     /// Takes the next command to run, skipping `NoDelay` pseudo-entries. Returns the
     /// command and whether a `NoDelay` came before it.
-    pub fn next(&mut self) -> Option<(String, bool)> {
+    pub fn pop(&mut self) -> Option<(String, bool)> {
         let mut nodelay = false;
         while let Some(entry) = self.queue.pop_front() {
             if starts_with_ignore_case(&entry, "NoDelay") {
@@ -105,10 +105,7 @@ mod tests {
 
     #[test]
     fn braces_keep_semicolons() {
-        assert_eq!(
-            split("Rule1 ON x DO {a;b} ENDON; Power 1"),
-            ["Rule1 ON x DO {a;b} ENDON", "Power 1"]
-        );
+        assert_eq!(split("Rule1 ON x DO {a;b} ENDON; Power 1"), ["Rule1 ON x DO {a;b} ENDON", "Power 1"]);
         assert_eq!(split("Json {a;b"), ["Json {a;b"]);
     }
 
@@ -116,8 +113,8 @@ mod tests {
     fn nodelay_entries_are_skipped() {
         let mut b = Backlog::default();
         b.extend(split("NoDelay; Power 1; Power 2"));
-        assert_eq!(b.next(), Some(("Power 1".into(), true)));
-        assert_eq!(b.next(), Some(("Power 2".into(), false)));
-        assert_eq!(b.next(), None);
+        assert_eq!(b.pop(), Some(("Power 1".into(), true)));
+        assert_eq!(b.pop(), Some(("Power 2".into(), false)));
+        assert_eq!(b.pop(), None);
     }
 }

@@ -330,7 +330,7 @@ impl Device {
     // ---- scheduling ------------------------------------------------------------------
 
     fn backlog_loop(&mut self) {
-        let Some((cmd, nodelay)) = self.backlog.next() else {
+        let Some((cmd, nodelay)) = self.backlog.pop() else {
             return;
         };
         self.no_mqtt_response = self.backlog.no_mqtt_response;
@@ -491,8 +491,16 @@ impl Device {
 
     /// `MqttPublishPayloadPrefixTopic_P`: `RESULT` replaces the subtopic of a result
     /// publish unless SetOption4 is on.
-    pub(crate) fn publish_prefix_topic(&mut self, prefix: Prefix, result_or: bool, subtopic: &str, payload: String, retain: bool) {
-        let sub = if result_or && !self.settings.flag(4) { String::from("RESULT") } else { subtopic.to_ascii_uppercase() };
+    pub(crate) fn publish_prefix_topic(
+        &mut self,
+        prefix: Prefix,
+        result_or: bool,
+        subtopic: &str,
+        payload: String,
+        retain: bool,
+    ) {
+        let sub =
+            if result_or && !self.settings.flag(4) { String::from("RESULT") } else { subtopic.to_ascii_uppercase() };
         let topic = self.own_topic(prefix, &sub);
         self.publish(topic, payload, retain);
     }

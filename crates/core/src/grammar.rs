@@ -11,9 +11,7 @@ use alloc::string::String;
 /// when there is no token (the firmware then does nothing at all).
 pub fn split_line(line: &str) -> Option<(&str, &str)> {
     let rest = line.trim_start_matches(is_c_space);
-    let end = rest
-        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '/'))
-        .unwrap_or(rest.len());
+    let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '/')).unwrap_or(rest.len());
     let token = &rest[..end];
     let start = token.rfind('/').map_or(0, |i| i + 1);
     let name = &token[start..];
@@ -80,10 +78,7 @@ pub fn parse(name: &str, data: &str) -> Parsed {
 
 /// `atoi` of a run of digits on a 32-bit device, saturating at `INT_MAX`.
 fn atoi_u32(digits: &str) -> u32 {
-    digits
-        .bytes()
-        .fold(0u32, |n, d| n.saturating_mul(10).saturating_add(u32::from(d - b'0')))
-        .min(i32::MAX as u32)
+    digits.bytes().fold(0u32, |n, d| n.saturating_mul(10).saturating_add(u32::from(d - b'0'))).min(i32::MAX as u32)
 }
 
 /// C `strtol(s, &end, 0)` with a 32-bit `long`: optional sign, `0x` hex, leading-zero

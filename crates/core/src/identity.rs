@@ -60,8 +60,8 @@ impl FromStr for Mac {
         }
         let mut out = [0u8; 6];
         for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(hex.get(i * 2..i * 2 + 2).ok_or(MacParseError)?, 16)
-                .map_err(|_| MacParseError)?;
+            *byte =
+                u8::from_str_radix(hex.get(i * 2..i * 2 + 2).ok_or(MacParseError)?, 16).map_err(|_| MacParseError)?;
         }
         Ok(Mac(out))
     }
@@ -100,18 +100,13 @@ pub fn format_token(input: &str, mac: &Mac) -> String {
 
 /// C `atoi` on an unsigned prefix: leading digits, saturating, zero when there are none.
 fn atoi(s: &str) -> u32 {
-    s.bytes()
-        .take_while(u8::is_ascii_digit)
-        .fold(0u32, |n, d| n.saturating_mul(10).saturating_add(u32::from(d - b'0')))
+    s.bytes().take_while(u8::is_ascii_digit).fold(0u32, |n, d| n.saturating_mul(10).saturating_add(u32::from(d - b'0')))
 }
 
 /// The WiFi hostname rule: every character other than a letter, a digit or `.` becomes
 /// `-`, and a leading `-` becomes `x`.
 pub fn sanitize_hostname(raw: &str) -> String {
-    let mut out: String = raw
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' })
-        .collect();
+    let mut out: String = raw.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' }).collect();
     if out.starts_with('-') {
         out.replace_range(0..1, "x");
     }

@@ -149,7 +149,8 @@ impl Default for Settings {
         // SetOption32 hold time 40, 33 power retry 5, 34 Backlog delay 200 ms, 36 boot loop
         // offset 1, 38 IR threshold 6, 41 ARP 60 s, 42 over-temperature 90, 43 rotary 10,
         // 44 IR tolerance 25, 45 bistable pulse 40.
-        for (n, v) in [(32, 40), (33, 5), (34, 200), (36, 1), (38, 6), (41, 60), (42, 90), (43, 10), (44, 25), (45, 40)] {
+        for (n, v) in [(32, 40), (33, 5), (34, 200), (36, 1), (38, 6), (41, 60), (42, 90), (43, 10), (44, 25), (45, 40)]
+        {
             s.set_option(n, v);
         }
         s

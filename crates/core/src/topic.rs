@@ -142,7 +142,10 @@ mod tests {
     fn hostname_id_hash_and_double_slash() {
         let p = prefixes();
         let c = ctx("home/%hostname%/%id%/%prefix%", &p);
-        assert_eq!(c.topic(Prefix::Tele, TopicKind::Full("t"), "LWT"), "home/tasmota-4B3316-4886/5CCF7F4B3316/tele/LWT");
+        assert_eq!(
+            c.topic(Prefix::Tele, TopicKind::Full("t"), "LWT"),
+            "home/tasmota-4B3316-4886/5CCF7F4B3316/tele/LWT"
+        );
         let c = ctx("a//b///%prefix%#/%topic%", &p);
         assert_eq!(c.topic(Prefix::Stat, TopicKind::Full("t"), "X"), "a/b//stat/t/X");
     }

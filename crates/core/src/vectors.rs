@@ -149,7 +149,9 @@ pub fn run(v: &Vector) -> Vec<String> {
     }
     let limit = now.plus_millis(MAX_RUN_MS);
     while device.is_busy() && now < limit {
-        let Some(t) = device.poll_timeout() else { break };
+        let Some(t) = device.poll_timeout() else {
+            break;
+        };
         now = t;
         device.handle_timeout(now);
         drain(&mut device, &mut transcript);
@@ -160,7 +162,8 @@ pub fn run(v: &Vector) -> Vec<String> {
 /// Types the `given` commands into an earlier boot, lets it settle (restarts included)
 /// and returns the settings it ends with.
 fn prepare(v: &Vector) -> Settings {
-    let mut device = Device::boot(v.hardware.clone(), Settings::default(), BootReason::PowerOn, Instant::from_millis(0));
+    let mut device =
+        Device::boot(v.hardware.clone(), Settings::default(), BootReason::PowerOn, Instant::from_millis(0));
     let mut now = Instant::from_millis(0);
     for cmd in &v.given {
         let mut bytes = cmd.as_bytes().to_vec();
@@ -168,7 +171,9 @@ fn prepare(v: &Vector) -> Settings {
         device.handle_serial(&bytes, now);
         let limit = now.plus_millis(MAX_RUN_MS);
         while device.is_busy() && now < limit {
-            let Some(t) = device.poll_timeout() else { break };
+            let Some(t) = device.poll_timeout() else {
+                break;
+            };
             now = t;
             device.handle_timeout(now);
         }

@@ -33,10 +33,37 @@ fn drain(d: &mut Device, out: &mut Vec<String>) {
 /// Words that make random lines hit real commands often.
 fn command_line() -> impl Strategy<Value = String> {
     let names = prop::sample::select(vec![
-        "Backlog", "Backlog0", "Backlog2", "Power", "Power0", "Power2", "SetOption", "SO", "MqttHost", "MqttPort",
-        "MqttPassword", "MqttPassword2", "Topic", "FullTopic", "GroupTopic", "Prefix", "Delay", "FriendlyName",
-        "DeviceName", "Hostname", "StateText", "MqttFingerprint", "Publish", "TelePeriod", "Restart", "Reset",
-        "_Power", "Bogus", "PowerRetain", "BlinkTime", "NoDelay",
+        "Backlog",
+        "Backlog0",
+        "Backlog2",
+        "Power",
+        "Power0",
+        "Power2",
+        "SetOption",
+        "SO",
+        "MqttHost",
+        "MqttPort",
+        "MqttPassword",
+        "MqttPassword2",
+        "Topic",
+        "FullTopic",
+        "GroupTopic",
+        "Prefix",
+        "Delay",
+        "FriendlyName",
+        "DeviceName",
+        "Hostname",
+        "StateText",
+        "MqttFingerprint",
+        "Publish",
+        "TelePeriod",
+        "Restart",
+        "Reset",
+        "_Power",
+        "Bogus",
+        "PowerRetain",
+        "BlinkTime",
+        "NoDelay",
     ]);
     let index = prop::option::of(0u32..300);
     let data = "[ -~]{0,40}";
@@ -117,7 +144,7 @@ proptest! {
 fn settings_are_saved_once_a_second_after_a_change_and_before_a_restart() {
     let mut d = boot();
     let mut saves = Vec::new();
-    let mut collect = |d: &mut Device, saves: &mut Vec<u64>, t: u64| {
+    let collect = |d: &mut Device, saves: &mut Vec<u64>, t: u64| {
         while let Some(o) = d.poll_output() {
             if o == Output::SaveSettings {
                 saves.push(t);
@@ -159,7 +186,10 @@ fn boot_prints_the_banner_and_counts_boots() {
     let mut d = boot();
     let mut out = Vec::new();
     drain(&mut d, &mut out);
-    assert_eq!(out, vec!["HDW: ESP8266EX", "Project tasmota - Tasmota Version 14.2.0(release-tasmota)-2_7_7(2024-08-15T08:00:00)"]);
+    assert_eq!(
+        out,
+        vec!["HDW: ESP8266EX", "Project tasmota - Tasmota Version 14.2.0(release-tasmota)-2_7_7(2024-08-15T08:00:00)"]
+    );
     assert_eq!(d.settings().bootcount, 1);
     assert_eq!(d.topic(), "tasmota_4B3316");
     assert_eq!(d.client_id(), "DVES_4B3316");

@@ -429,12 +429,18 @@ fn parse_fingerprint(s: &str) -> [u8; 20] {
     let mut rest = s;
     for byte in out.iter_mut() {
         let t = rest.trim_start_matches(crate::grammar::is_c_space);
-        let t = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")).filter(|r| r.starts_with(|c: char| c.is_ascii_hexdigit())).unwrap_or(t);
+        let t = t
+            .strip_prefix("0x")
+            .or_else(|| t.strip_prefix("0X"))
+            .filter(|r| r.starts_with(|c: char| c.is_ascii_hexdigit()))
+            .unwrap_or(t);
         let end = t.find(|c: char| !c.is_ascii_hexdigit()).unwrap_or(t.len());
         if end == 0 {
             break;
         }
-        let v = t[..end].chars().fold(0u64, |n, c| (n * 16 + u64::from(c.to_digit(16).unwrap_or(0))).min(u64::from(u32::MAX)));
+        let v = t[..end]
+            .chars()
+            .fold(0u64, |n, c| (n * 16 + u64::from(c.to_digit(16).unwrap_or(0))).min(u64::from(u32::MAX)));
         *byte = v as u8;
         rest = &t[end..];
     }

@@ -145,8 +145,10 @@ impl Device {
                     let ok = value <= 1 && !matches!(n, 5 | 6 | 7 | 9 | 14 | 22 | 23 | 25 | 27);
                     if ok {
                         self.settings.set_option(n, value);
-                        let restart = matches!(n, 3 | 15 | 68 | 75 | 85 | 88 | 97 | 102 | 103 | 104 | 106 | 107 | 132 | 151..=153)
-                            || (matches!(n, 55 | 115) && value == 0);
+                        let restart = matches!(
+                            n,
+                            3 | 15 | 68 | 75 | 85 | 88 | 97 | 102 | 103 | 104 | 106 | 107 | 132 | 151..=153
+                        ) || (matches!(n, 55 | 115) && value == 0);
                         if restart {
                             self.restart_flag = 2;
                         }
@@ -252,7 +254,11 @@ fn cmnd_friendlyname(d: &mut Device, mb: &mut Mailbox) {
         d.settings.friendlyname[i] = if mb.data.starts_with('"') {
             String::new()
         } else if mb.shortcut() == Shortcut::Default {
-            if i == 0 { String::from("Tasmota") } else { format!("Tasmota{}", i + 1) }
+            if i == 0 {
+                String::from("Tasmota")
+            } else {
+                format!("Tasmota{}", i + 1)
+            }
         } else {
             mb.data.clone()
         };
@@ -268,4 +274,3 @@ fn cmnd_teleperiod(d: &mut Device, mb: &mut Mailbox) {
     }
     d.reply_number(mb, i64::from(d.settings.tele_period));
 }
-
