@@ -147,6 +147,13 @@ pub fn run(v: &Vector) -> Vec<String> {
         }
         drain(&mut device, &mut transcript);
     }
+    settle(&mut device, now, &mut transcript);
+    transcript
+}
+
+/// Lets time pass until the device is idle (or `MAX_RUN_MS` went by), collecting its
+/// transcript; returns the time reached.
+fn settle(device: &mut Device, mut now: Instant, transcript: &mut Vec<String>) -> Instant {
     let limit = now.plus_millis(MAX_RUN_MS);
     while device.is_busy() && now < limit {
         let Some(t) = device.poll_timeout() else {
@@ -154,9 +161,9 @@ pub fn run(v: &Vector) -> Vec<String> {
         };
         now = t;
         device.handle_timeout(now);
-        drain(&mut device, &mut transcript);
+        drain(device, transcript);
     }
-    transcript
+    now
 }
 
 /// Types the `given` commands into an earlier boot, lets it settle (restarts included)
@@ -169,14 +176,7 @@ fn prepare(v: &Vector) -> Settings {
         let mut bytes = cmd.as_bytes().to_vec();
         bytes.push(b'\n');
         device.handle_serial(&bytes, now);
-        let limit = now.plus_millis(MAX_RUN_MS);
-        while device.is_busy() && now < limit {
-            let Some(t) = device.poll_timeout() else {
-                break;
-            };
-            now = t;
-            device.handle_timeout(now);
-        }
+        now = settle(&mut device, now, &mut Vec::new());
         if device.is_stopped() {
             let settings = device.settings().clone();
             device = Device::boot(v.hardware.clone(), settings, BootReason::Restart, now);
