@@ -72,7 +72,8 @@ fn aws_setup_line_then_restart_keeps_the_settings() {
             banner,
         ]
     );
-    // The replies come 200 ms apart (SetOption34) on the real clock too.
+    // The replies come at least SetOption34 (200 ms) apart on the real clock too; no upper
+    // bound, a loaded machine may wake the driver late.
     let stamps: Vec<u64> = r
         .stdout
         .lines()
@@ -84,7 +85,7 @@ fn aws_setup_line_then_restart_keeps_the_settings() {
         })
         .collect();
     for pair in stamps.windows(2) {
-        assert!((195..=300).contains(&(pair[1] - pair[0])), "spacing {stamps:?}");
+        assert!(pair[1] - pair[0] >= 200, "spacing {stamps:?}");
     }
 
     let r = run(&["device", "--state", state, "--for", "300ms", "--cmd", "MqttHost", "--cmd", "MqttPassword"], "");
