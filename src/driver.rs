@@ -38,13 +38,10 @@ pub async fn run(opts: Options) -> Result<Ending> {
     let mut flash = opts.settings;
     let mut device = Device::boot(hw.clone(), flash.clone(), BootReason::PowerOn, now());
     let mut stdout = std::io::stdout();
-    let mut dead = false;
     let mut pending_restart = false;
 
     for cmd in &opts.commands {
-        let mut line = cmd.clone().into_bytes();
-        line.push(b'\n');
-        device.handle_serial(&line, now());
+        device.type_line(cmd, now());
     }
 
     let mut stdin = tokio::io::stdin();
@@ -71,10 +68,7 @@ pub async fn run(opts: Options) -> Result<Ending> {
                     }
                 }
                 Output::Restart(RestartKind::Restart) => pending_restart = true,
-                Output::Restart(kind) => {
-                    dead = true;
-                    tracing::info!(?kind, "the device is halted; Ctrl-C powers it off");
-                }
+                Output::Restart(kind) => tracing::info!(?kind, "the device is halted; Ctrl-C powers it off"),
             }
         }
         stdout.flush()?;
@@ -84,10 +78,10 @@ pub async fn run(opts: Options) -> Result<Ending> {
             continue;
         }
 
-        let timeout = device.poll_timeout().filter(|_| !dead);
-        let sleep_until = timeout.map(|t| start + Duration::from_millis(t.as_millis()));
+        // A halted device asks for no timeout and reads no input.
+        let sleep_until = device.poll_timeout().map(|t| start + Duration::from_millis(t.as_millis()));
         tokio::select! {
-            n = stdin.read(&mut buf), if stdin_open && !dead => {
+            n = stdin.read(&mut buf), if stdin_open && !device.is_stopped() => {
                 match n {
                     // EOF does not stop the device: it keeps running until a signal.
                     Ok(0) | Err(_) => stdin_open = false,

@@ -267,6 +267,14 @@ impl Device {
         }
     }
 
+    /// A whole line typed on the serial console (the newline is added).
+    pub fn type_line(&mut self, line: &str, now: Instant) {
+        let mut bytes = alloc::vec::Vec::with_capacity(line.len() + 1);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.push(b'\n');
+        self.handle_serial(&bytes, now);
+    }
+
     /// When the device next needs [`Device::handle_timeout`]; `None` once stopped.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.halted {

@@ -134,15 +134,10 @@ pub fn run(v: &Vector) -> Vec<String> {
     let mut now = Instant::from_millis(0);
     for step in &v.steps {
         match step {
-            Step::Type(line) => {
-                let mut bytes = line.as_bytes().to_vec();
-                bytes.push(b'\n');
-                device.handle_serial(&bytes, now);
-            }
+            Step::Type(line) => device.type_line(line, now),
             Step::Wait(ms) => {
-                let until = now.plus_millis(*ms);
-                now = run_until(&mut device, until, &mut transcript);
-                now = now.max(until);
+                now = now.plus_millis(*ms);
+                run_until(&mut device, now, &mut transcript);
             }
         }
         drain(&mut device, &mut transcript);
@@ -173,9 +168,7 @@ fn prepare(v: &Vector) -> Settings {
         Device::boot(v.hardware.clone(), Settings::default(), BootReason::PowerOn, Instant::from_millis(0));
     let mut now = Instant::from_millis(0);
     for cmd in &v.given {
-        let mut bytes = cmd.as_bytes().to_vec();
-        bytes.push(b'\n');
-        device.handle_serial(&bytes, now);
+        device.type_line(cmd, now);
         now = settle(&mut device, now, &mut Vec::new());
         if device.is_stopped() {
             let settings = device.settings().clone();
@@ -186,17 +179,12 @@ fn prepare(v: &Vector) -> Settings {
     device.settings().clone()
 }
 
-fn run_until(device: &mut Device, until: Instant, transcript: &mut Vec<String>) -> Instant {
-    let mut now = Instant::from_millis(0);
-    while let Some(t) = device.poll_timeout() {
-        if t > until {
-            break;
-        }
-        now = t;
+/// Runs everything due up to `until`.
+fn run_until(device: &mut Device, until: Instant, transcript: &mut Vec<String>) {
+    while let Some(t) = device.poll_timeout().filter(|t| *t <= until) {
         device.handle_timeout(t);
         drain(device, transcript);
     }
-    now
 }
 
 fn drain(device: &mut Device, transcript: &mut Vec<String>) {
