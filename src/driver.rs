@@ -3,15 +3,35 @@
 //!
 //! Console lines print exactly as the firmware prints them. A restart boots a new core
 //! from what was last saved (as flash would hold it); SIGINT/SIGTERM is a power loss.
+//! The MQTT link is opened, fed and closed as the core asks ([`crate::link`]); a
+//! restart or power loss drops it with no DISCONNECT, so the broker sends the will.
 
 use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Result;
-use tasmota_core::{BootReason, Device, Hardware, Instant, Mac, Output, RestartKind, Settings};
-use tokio::io::AsyncReadExt;
+use tasmota_core::{BootReason, Device, Hardware, Instant, LinkFailure, LogLevel, Mac, Output, RestartKind, Settings};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::task::JoinHandle;
 
+use crate::link::{BoxStream, Connector};
 use crate::state::StateDir;
+
+/// The device's MQTT link as the driver holds it.
+enum Link {
+    None,
+    Opening(JoinHandle<Result<BoxStream, LinkFailure>>),
+    Open { reader: ReadHalf<BoxStream>, writer: WriteHalf<BoxStream> },
+}
+
+impl Link {
+    fn close(&mut self) {
+        if let Link::Opening(task) = self {
+            task.abort();
+        }
+        *self = Link::None;
+    }
+}
 
 /// How a run ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -28,6 +48,7 @@ pub struct Options {
     pub state: StateDir,
     pub commands: Vec<String>,
     pub run_for: Option<Duration>,
+    pub connector: Connector,
 }
 
 /// Runs the device until a signal or `--for` ends it.
@@ -49,14 +70,32 @@ pub async fn run(opts: Options) -> Result<Ending> {
     let mut stdin_open = true;
     let deadline = opts.run_for.map(|d| start + d);
     let mut signals = Signals::new()?;
+    let mut link = Link::None;
+    let mut rbuf = vec![0u8; 2048];
 
     loop {
         // Carry out what the device asked for.
         while let Some(out) = device.poll_output() {
             match out {
-                Output::Log(line) => {
-                    writeln!(stdout, "{line}")?;
+                // The console shows INFO and above (SerialLog 2).
+                Output::Log(line) if line.level <= LogLevel::Info => writeln!(stdout, "{line}")?,
+                Output::Log(line) => tracing::debug!(target: "tasmota_sim::console", "{line}"),
+                Output::Connect(req) => {
+                    link.close();
+                    tracing::debug!(host = %req.host, port = req.port, tls = req.tls.is_some(), "opening the MQTT link");
+                    let connector = opts.connector.clone();
+                    link = Link::Opening(tokio::spawn(async move { connector.open(&req).await }));
                 }
+                Output::Transmit(bytes) => {
+                    if let Link::Open { writer, .. } = &mut link {
+                        if let Err(e) = writer.write_all(&bytes).await {
+                            tracing::debug!(error = %e, "write failed; the link is closed");
+                            link.close();
+                            device.handle_link_closed(now());
+                        }
+                    }
+                }
+                Output::Close => link.close(),
                 Output::Publish(p) => {
                     tracing::debug!(topic = %p.topic, retain = p.retain, sent = p.sent, "publish");
                 }
@@ -74,6 +113,7 @@ pub async fn run(opts: Options) -> Result<Ending> {
         stdout.flush()?;
         if pending_restart {
             pending_restart = false;
+            link.close();
             device = Device::boot(hw.clone(), flash.clone(), BootReason::Restart, now());
             continue;
         }
@@ -88,10 +128,41 @@ pub async fn run(opts: Options) -> Result<Ending> {
                     Ok(n) => device.handle_serial(&buf[..n], now()),
                 }
             }
+            event = link_event(&mut link, &mut rbuf) => match event {
+                LinkEvent::Opened(Ok(stream)) => {
+                    let (reader, writer) = tokio::io::split(stream);
+                    link = Link::Open { reader, writer };
+                    device.handle_link_up(now());
+                }
+                LinkEvent::Opened(Err(failure)) => {
+                    link = Link::None;
+                    device.handle_link_failed(failure, now());
+                }
+                LinkEvent::Read(Ok(n)) if n > 0 => device.handle_received(&rbuf[..n], now()),
+                LinkEvent::Read(_) => {
+                    link.close();
+                    device.handle_link_closed(now());
+                }
+            },
             _ = sleep_opt(sleep_until) => device.handle_timeout(now()),
             _ = sleep_opt(deadline) => return Ok(Ending::TimeUp),
             _ = signals.recv() => return Ok(Ending::PowerLoss),
         }
+    }
+}
+
+enum LinkEvent {
+    Opened(Result<BoxStream, LinkFailure>),
+    Read(std::io::Result<usize>),
+}
+
+/// The next thing that happens on the link: opened (or failed), or bytes read (0 or an
+/// error when it closed). Never resolves while there is no link.
+async fn link_event(link: &mut Link, buf: &mut [u8]) -> LinkEvent {
+    match link {
+        Link::Opening(task) => LinkEvent::Opened(task.await.unwrap_or(Err(LinkFailure::Tcp))),
+        Link::Open { reader, .. } => LinkEvent::Read(reader.read(buf).await),
+        Link::None => std::future::pending().await,
     }
 }
 

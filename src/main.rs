@@ -1,6 +1,7 @@
 //! `tasmota-sim`: simulate Tasmota devices on the wire.
 
 mod driver;
+mod link;
 mod state;
 
 use std::path::PathBuf;
@@ -22,6 +23,13 @@ Examples:
 
   # Another device (topic tasmota_010203), scripted, powered off after 5 s
   printf 'Power ON\\nStatus\\n' | tasmota-sim device --state ./d2 --mac AA:BB:CC:01:02:03 --for 5s
+
+  # Point it at a local Mosquitto (the Backlog restarts the device, which then connects)
+  tasmota-sim device --state ./plug --cmd 'Backlog MqttHost 127.0.0.1; MqttPort 1883; MqttUser bob; MqttPassword secret'
+
+  # AWS IoT light mode against a local TLS broker standing in for the endpoint
+  tasmota-sim device --state ./plug \\
+    --resolve a1b2c3d4e5f6g7-ats.iot.eu-central-1.amazonaws.com:443:127.0.0.1 --ca-file ./ca.pem
 
 Each line typed is a console command, as on the device's serial port; console lines print
 exactly as the firmware prints them. Ctrl-C (SIGINT) or SIGTERM removes the power.";
@@ -59,7 +67,43 @@ enum Command {
         /// Power the device off after this long (e.g. 500ms, 5s, 2m, 1h).
         #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
         run_for: Option<Duration>,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
+}
+
+/// How the device reaches its broker.
+#[derive(clap::Args)]
+struct TlsArgs {
+    /// Trust only the certificates in this PEM file instead of the firmware's trust
+    /// anchors (Amazon Root CA 1, ISRG Root X1).
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
+    /// Accept any broker certificate (a warning is printed on every connect).
+    #[arg(long, conflicts_with = "ca_file")]
+    insecure: bool,
+    /// Connect to ADDR when the device connects to HOST:PORT; SNI and the certificate
+    /// check still use HOST (curl's --resolve). Repeatable.
+    #[arg(long, value_name = "HOST:PORT:ADDR")]
+    resolve: Vec<link::Resolve>,
+    /// TLS offered: 'firmware' (TLS 1.2, ECDHE-RSA-AES128-GCM-SHA256 only, as the device)
+    /// or 'modern' (TLS 1.2 and 1.3, all rustls suites).
+    #[arg(long, value_enum, default_value_t = link::TlsCompat::Firmware)]
+    tls_compat: link::TlsCompat,
+}
+
+impl TlsArgs {
+    fn connector(self) -> Result<link::Connector, String> {
+        let trust = if self.insecure {
+            link::Trust::Insecure
+        } else if let Some(path) = &self.ca_file {
+            link::Trust::Roots(std::sync::Arc::new(link::load_ca_file(path)?))
+        } else {
+            link::Trust::Roots(std::sync::Arc::new(link::firmware_roots()))
+        };
+        let resolve = self.resolve.into_iter().map(|r| ((r.host, r.port), r.addr)).collect();
+        Ok(link::Connector { resolve, trust, compat: self.tls_compat })
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -84,7 +128,14 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Device { state, mac, commands, run_for } => {
+        Command::Device { state, mac, commands, run_for, tls } => {
+            let connector = match tls.connector() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("tasmota-sim: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let store = StateDir::new(&state);
             let (mac, settings) = match store.load() {
                 Ok(Some((stored, settings))) => match mac {
@@ -118,7 +169,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            let opts = driver::Options { mac, settings, state: store, commands, run_for };
+            let opts = driver::Options { mac, settings, state: store, commands, run_for, connector };
             match runtime.block_on(driver::run(opts)) {
                 Ok(ending) => {
                     tracing::info!(?ending, "device stopped");

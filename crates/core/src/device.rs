@@ -14,7 +14,11 @@ use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::String;
 
+use alloc::vec::Vec;
+
 use crate::backlog::Backlog;
+use crate::mqtt::{ConnectRequest, Mqtt};
+use crate::telemetry::{Wifi, TELE_PERIOD_UNSET};
 use crate::console::{LogLevel, LogLine, SerialEvent, SerialInput};
 use crate::identity::{format_token, sanitize_hostname, Mac};
 use crate::settings::{Settings, DEFAULT_HOSTNAME};
@@ -33,14 +37,33 @@ pub struct Hardware {
     pub mac: Mac,
     /// Number of relays (`devices_present`), 1..=28.
     pub relays: u8,
+    /// The module name INFO1 reports.
+    pub module: String,
+    /// How long after boot WiFi is connected and the network is up.
+    pub wifi_connect_ms: u64,
+    /// The access point STATE reports.
+    pub wifi: Wifi,
+    /// The address DHCP gives the device; `None` derives `10.x.y.z` from the MAC.
+    pub ip: Option<[u8; 4]>,
 }
 
 impl Default for Hardware {
     /// A Sonoff Basic: one relay, the default MAC.
     fn default() -> Self {
-        Hardware { mac: Mac::DEFAULT, relays: 1 }
+        Hardware {
+            mac: Mac::DEFAULT,
+            relays: 1,
+            module: String::from("Sonoff Basic"),
+            wifi_connect_ms: DEFAULT_WIFI_CONNECT_MS,
+            wifi: Wifi::default(),
+            ip: None,
+        }
     }
 }
+
+/// WiFi association and DHCP after boot: the first `MQT: Attempting connection...`
+/// then comes at 3.5 s, as on a real ESP8266 (spec §0 A: 3.712 s).
+pub const DEFAULT_WIFI_CONNECT_MS: u64 = 2_250;
 
 /// Why the device booted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +104,13 @@ pub enum Output {
     Log(LogLine),
     /// A publish; its console line is the `Log` just before it.
     Publish(Publish),
+    /// Open the MQTT link (closing any other first); answer with
+    /// [`Device::handle_link_up`] or [`Device::handle_link_failed`].
+    Connect(ConnectRequest),
+    /// Bytes to write on the open link.
+    Transmit(Vec<u8>),
+    /// Close the link: TCP close with no MQTT DISCONNECT, so the broker sends the will.
+    Close,
     /// The relays changed: bit n is relay n+1.
     Relays(u32),
     /// Settings changed and must be written now (read them with [`Device::settings`]).
@@ -123,7 +153,13 @@ pub struct Device {
     serial: SerialInput,
     pub(crate) power: u32,
     blink: Blink,
-    pub(crate) mqtt_connected: bool,
+    boot_reason: BootReason,
+    pub(crate) network_up: bool,
+    /// `TasmotaGlobal.uptime` in seconds.
+    pub(crate) uptime_s: u32,
+    /// `TasmotaGlobal.tele_period`: seconds since the last STATE.
+    pub(crate) tele_period: u32,
+    pub(crate) mqtt: Mqtt,
     pub(crate) fallback_topic_flag: bool,
     pub(crate) no_mqtt_response: bool,
     /// The response buffer (`ResponseData()`).
@@ -185,7 +221,11 @@ impl Device {
             serial: SerialInput::default(),
             power,
             blink: Blink::default(),
-            mqtt_connected: false,
+            boot_reason: reason,
+            network_up: false,
+            uptime_s: 0,
+            tele_period: TELE_PERIOD_UNSET,
+            mqtt: Mqtt::default(),
             fallback_topic_flag: false,
             no_mqtt_response: false,
             response: String::new(),
@@ -197,6 +237,7 @@ impl Device {
             device.settings.devicename, VERSION, IMAGE_NAME, CORE_RELEASE, BUILD_DATE_TIME
         );
         device.log(LogLevel::Info, banner);
+        device.mqtt_init();
         device.outputs.push_back(Output::Relays(power));
         device.handle_timeout(now);
         device
@@ -287,6 +328,9 @@ impl Device {
         if self.blink.mask != 0 {
             next = next.min(self.blink_due());
         }
+        if let Some(t) = self.mqtt.client.poll_timeout() {
+            next = next.min(t.max(self.now));
+        }
         Some(next)
     }
 
@@ -308,6 +352,12 @@ impl Device {
                 self.blink_loop();
                 progressed = true;
             }
+            if self.mqtt.client.poll_timeout().is_some_and(|t| t <= self.now) {
+                let now = self.now;
+                self.mqtt.client.handle_timeout(now);
+                self.drain_client();
+                progressed = true;
+            }
             if self.next_tick <= self.now {
                 self.next_tick = next_interval(self.next_tick, 250);
                 self.every_250ms();
@@ -319,10 +369,15 @@ impl Device {
         }
     }
 
-    fn advance(&mut self, now: Instant) {
+    pub(crate) fn advance(&mut self, now: Instant) {
         if now > self.now {
             self.now = now;
         }
+    }
+
+    /// The latest time the device has seen.
+    pub fn now(&self) -> Instant {
+        self.now
     }
 
     /// Device uptime in milliseconds.
@@ -333,6 +388,25 @@ impl Device {
     pub(crate) fn log(&mut self, level: LogLevel, text: String) {
         let uptime_ms = self.uptime_ms();
         self.outputs.push_back(Output::Log(LogLine { uptime_ms, level, text }));
+    }
+
+    pub(crate) fn push_output(&mut self, output: Output) {
+        self.outputs.push_back(output);
+    }
+
+    /// The device's IPv4 address as text.
+    pub(crate) fn ip_address(&self) -> String {
+        let m = self.hw.mac.0;
+        let [a, b, c, d] = self.hw.ip.unwrap_or([10, m[3], m[4], m[5]]);
+        format!("{a}.{b}.{c}.{d}")
+    }
+
+    /// `GetResetReason()` (ESP8266 `getResetReason()` wording).
+    pub(crate) fn restart_reason(&self) -> &'static str {
+        match self.boot_reason {
+            BootReason::PowerOn => "Power On",
+            BootReason::Restart => "Software/System restart",
+        }
     }
 
     // ---- scheduling ------------------------------------------------------------------
@@ -374,9 +448,26 @@ impl Device {
 
     fn every_250ms(&mut self) {
         self.tick_phase = (self.tick_phase + 1) & 3;
-        if self.tick_phase == 1 {
-            self.save_data_tick();
-            self.restart_tick();
+        match self.tick_phase {
+            1 => {
+                if self.uptime_ms() >= 1000 {
+                    self.perform_every_second();
+                }
+                self.save_data_tick();
+                self.restart_tick();
+            }
+            // WifiCheck: the network comes up once WiFi has associated.
+            2 => {
+                if !self.network_up && self.uptime_ms() >= self.hw.wifi_connect_ms {
+                    self.network_up = true;
+                }
+            }
+            3 => {
+                if self.network_up {
+                    self.mqtt_check();
+                }
+            }
+            _ => {}
         }
     }
 
@@ -461,6 +552,9 @@ impl Device {
             RestartKind::DeepSleep => "Sleeping",
         };
         self.log(LogLevel::Info, format!("APP: {word}"));
+        // WifiShutdown -> MqttDisconnect: TCP close, no DISCONNECT.
+        self.mqtt.client.disconnect();
+        self.drain_client();
         self.outputs.push_back(Output::Restart(kind));
         self.halted = true;
     }
@@ -486,7 +580,8 @@ impl Device {
     /// `MqttPublishPayload`.
     pub(crate) fn publish(&mut self, topic: String, payload: String, retain: bool) {
         let retain = retain && !self.settings.flag(104);
-        let sent = self.settings.flag(3) && self.mqtt_connected;
+        let sent = self.settings.flag(3) && self.mqtt_publish_lib(&topic, &payload, retain);
+        let retain = retain && sent;
         let text = if sent {
             format!("MQT: {topic} = {payload}{}", if retain { " (retained)" } else { "" })
         } else {

@@ -19,7 +19,9 @@ pub mod device;
 pub mod grammar;
 pub mod identity;
 pub mod json;
+pub mod mqtt;
 pub mod settings;
+pub mod telemetry;
 pub mod time;
 pub mod topic;
 #[cfg(feature = "vectors")]
@@ -29,5 +31,6 @@ pub use commands::DEFAULT_FINGERPRINTS;
 pub use console::{LogLevel, LogLine};
 pub use device::{BootReason, Device, Hardware, Output, Publish, RestartKind};
 pub use identity::Mac;
+pub use mqtt::{ConnectRequest, LinkFailure};
 pub use settings::Settings;
 pub use time::Instant;

@@ -69,6 +69,8 @@ pub struct Settings {
     pub blinktime: u16,
     pub blinkcount: u16,
     pub bootcount: u16,
+    /// `WebServer`: 0 off, 1 user, 2 admin.
+    pub webserver: u8,
     /// SetOption0..31 (`flag`), 50..81 (`flag3`), 82..113 (`flag4`), 114..145 (`flag5`),
     /// 146..177 (`flag6`), one bit each.
     pub flags: [u32; 5],
@@ -137,6 +139,7 @@ impl Default for Settings {
             blinktime: 10,
             blinkcount: 10,
             bootcount: 0,
+            webserver: 2,
             flags: [0; 5],
             param: [0; PARAM_COUNT],
             mqtt_fingerprint: crate::commands::DEFAULT_FINGERPRINTS,

@@ -25,7 +25,9 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
+use crate::console::LogLevel;
 use crate::device::{BootReason, Device, Hardware, Output};
+use crate::mqtt::LinkFailure;
 use crate::identity::Mac;
 use crate::settings::Settings;
 use crate::time::Instant;
@@ -190,7 +192,15 @@ fn run_until(device: &mut Device, until: Instant, transcript: &mut Vec<String>) 
 fn drain(device: &mut Device, transcript: &mut Vec<String>) {
     while let Some(out) = device.poll_output() {
         match out {
-            Output::Log(line) => transcript.push(line.to_string()),
+            // The console shows INFO and above (SerialLog 2).
+            Output::Log(line) if line.level <= LogLevel::Info => transcript.push(line.to_string()),
+            Output::Log(_) => {}
+            // No broker answers in a vector: every connect fails at TCP.
+            Output::Connect(_) => {
+                let now = device.now();
+                device.handle_link_failed(LinkFailure::Tcp, now);
+            }
+            Output::Transmit(_) | Output::Close => {}
             Output::Publish(p) => {
                 transcript.push(format!("-> {}{}", p.topic, if p.retain { " (retained)" } else { "" }))
             }

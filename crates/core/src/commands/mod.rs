@@ -9,6 +9,7 @@ mod mqtt;
 mod tasmota;
 
 pub use mqtt::DEFAULT_FINGERPRINTS;
+pub(crate) use mqtt::{INFO_RETAIN, STATE_RETAIN};
 
 use alloc::format;
 use alloc::string::String;

@@ -148,6 +148,7 @@ fn cmnd_mqtt_wifi_timeout(d: &mut Device, mb: &mut Mailbox) {
 fn cmnd_mqtt_retry(d: &mut Device, mb: &mut Mailbox) {
     if mb.payload >= i32::from(MQTT_RETRY_SECS) && mb.payload < 32001 {
         d.settings.mqtt_retry = mb.payload as u16;
+        d.mqtt.retry_counter = d.settings.mqtt_retry;
     }
     d.reply_number(mb, i64::from(d.settings.mqtt_retry));
 }
@@ -330,12 +331,12 @@ fn cmnd_switch_topic(d: &mut Device, mb: &mut Mailbox) {
 }
 
 /// The retain flags: SetOption bit that holds each.
-const BUTTON_RETAIN: u32 = 6;
-const SWITCH_RETAIN: u32 = 7;
-const POWER_RETAIN: u32 = 5;
-const SENSOR_RETAIN: u32 = 9;
-const STATE_RETAIN: u32 = 121;
-const INFO_RETAIN: u32 = 122;
+pub(crate) const BUTTON_RETAIN: u32 = 6;
+pub(crate) const SWITCH_RETAIN: u32 = 7;
+pub(crate) const POWER_RETAIN: u32 = 5;
+pub(crate) const SENSOR_RETAIN: u32 = 9;
+pub(crate) const STATE_RETAIN: u32 = 121;
+pub(crate) const INFO_RETAIN: u32 = 122;
 
 /// Sets a retain flag from a 0/1 payload; returns whether it was set to 0 (the caller
 /// then clears what it had retained).
