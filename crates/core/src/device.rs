@@ -581,7 +581,6 @@ impl Device {
     pub(crate) fn publish(&mut self, topic: String, payload: String, retain: bool) {
         let retain = retain && !self.settings.flag(104);
         let sent = self.settings.flag(3) && self.mqtt_publish_lib(&topic, &payload, retain);
-        let retain = retain && sent;
         let text = if sent {
             format!("MQT: {topic} = {payload}{}", if retain { " (retained)" } else { "" })
         } else {

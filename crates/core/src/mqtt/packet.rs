@@ -491,7 +491,7 @@ mod tests {
                 retain: true,
             }),
         };
-        let mut want = vec![0x10, 70, 0, 4, b'M', b'Q', b'T', b'T', 4, 0xEE, 0, 30, 0, 11];
+        let mut want = vec![0x10, 72, 0, 4, b'M', b'Q', b'T', b'T', 4, 0xEE, 0, 30, 0, 11];
         want.extend_from_slice(b"DVES_4B3316");
         want.extend_from_slice(&[0, 23]);
         want.extend_from_slice(b"tele/tasmota_4B3316/LWT");
@@ -538,7 +538,7 @@ mod tests {
         round_trip(Packet::Pubcomp(7), &[0x70, 2, 0, 7]);
         round_trip(
             Packet::Subscribe { packet_id: 2, filters: vec![("c/#".into(), 0), ("x".into(), 1)] },
-            &[0x82, 11, 0, 2, 0, 3, b'c', b'/', b'#', 0, 0, 1, b'x', 1],
+            &[0x82, 12, 0, 2, 0, 3, b'c', b'/', b'#', 0, 0, 1, b'x', 1],
         );
         round_trip(Packet::Suback { packet_id: 2, return_codes: vec![0, 0x80] }, &[0x90, 4, 0, 2, 0, 0x80]);
         round_trip(Packet::Unsubscribe { packet_id: 3, filters: vec!["x".into()] }, &[0xA2, 5, 0, 3, 0, 1, b'x']);
