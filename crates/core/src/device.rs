@@ -17,11 +17,11 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use crate::backlog::Backlog;
-use crate::mqtt::{ConnectRequest, Mqtt};
-use crate::telemetry::{Wifi, TELE_PERIOD_UNSET};
 use crate::console::{LogLevel, LogLine, SerialEvent, SerialInput};
 use crate::identity::{format_token, sanitize_hostname, Mac};
+use crate::mqtt::{ConnectRequest, Mqtt};
 use crate::settings::{Settings, DEFAULT_HOSTNAME};
+use crate::telemetry::{Wifi, TELE_PERIOD_UNSET};
 use crate::time::Instant;
 use crate::topic::{Prefix, TopicContext, TopicKind};
 

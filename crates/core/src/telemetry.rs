@@ -29,7 +29,13 @@ pub struct Wifi {
 
 impl Default for Wifi {
     fn default() -> Self {
-        Wifi { ssid: String::from("tasmota-sim"), bssid: String::from("02:00:00:00:00:01"), channel: 6, rssi: 82, signal: -59 }
+        Wifi {
+            ssid: String::from("tasmota-sim"),
+            bssid: String::from("02:00:00:00:00:01"),
+            channel: 6,
+            rssi: 82,
+            signal: -59,
+        }
     }
 }
 

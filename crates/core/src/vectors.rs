@@ -27,8 +27,8 @@ use alloc::vec::Vec;
 
 use crate::console::LogLevel;
 use crate::device::{BootReason, Device, Hardware, Output};
-use crate::mqtt::LinkFailure;
 use crate::identity::Mac;
+use crate::mqtt::LinkFailure;
 use crate::settings::Settings;
 use crate::time::Instant;
 

@@ -35,8 +35,9 @@ pub enum ClientOutput {
     ConnectFailed(i8),
     /// An established connection ended; `state` says why.
     Lost(i8),
-    /// A PUBLISH arrived.
-    Message { topic: String, payload: Vec<u8> },
+    /// A PUBLISH arrived; a QoS 1 one is acknowledged with [`Client::puback`] once the
+    /// device has handled it, as PubSubClient does after its callback.
+    Message { topic: String, payload: Vec<u8>, puback: Option<u16> },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +46,9 @@ enum Phase {
     /// The driver is opening the link (TCP, TLS).
     Linking,
     /// CONNECT sent at `since`, waiting for CONNACK.
-    AwaitConnack { since: Instant },
+    AwaitConnack {
+        since: Instant,
+    },
     Connected,
 }
 
@@ -180,33 +183,42 @@ impl Client {
         self.out.push_back(ClientOutput::ConnectFailed(self.state));
     }
 
-    /// Bytes read from the link.
-    pub fn receive(&mut self, bytes: &[u8], now: Instant) {
-        if !matches!(self.phase, Phase::AwaitConnack { .. } | Phase::Connected) {
-            return;
+    /// Bytes read from the link; [`Client::process`] handles them a packet at a time.
+    pub fn receive(&mut self, bytes: &[u8]) {
+        if matches!(self.phase, Phase::AwaitConnack { .. } | Phase::Connected) {
+            self.rx.extend_from_slice(bytes);
         }
-        self.rx.extend_from_slice(bytes);
-        loop {
-            match packet::decode(&self.rx, MAX_PACKET_SIZE) {
-                Ok(None) => return,
-                Ok(Some((packet, used))) => {
-                    let raw_connack = used == 4 && self.rx[0] == 0x20 && self.rx[1] == 2;
-                    self.rx.drain(..used);
-                    self.last_in = now;
-                    self.handle_packet(packet, raw_connack, now);
-                    if !matches!(self.phase, Phase::AwaitConnack { .. } | Phase::Connected) {
-                        return;
-                    }
-                }
-                Err(_) => {
-                    match self.phase {
-                        // Not `20 02 xx rc`: the connect fails with the state as it was.
-                        Phase::AwaitConnack { .. } => self.fail_connect(0),
-                        _ => self.lose(MQTT_CONNECTION_LOST),
-                    }
-                    return;
-                }
+    }
+
+    /// Handles the next whole packet received; false when there is none (yet).
+    pub fn process(&mut self, now: Instant) -> bool {
+        if !matches!(self.phase, Phase::AwaitConnack { .. } | Phase::Connected) {
+            return false;
+        }
+        match packet::decode(&self.rx, MAX_PACKET_SIZE) {
+            Ok(None) => false,
+            Ok(Some((packet, used))) => {
+                let raw_connack = used == 4 && self.rx[0] == 0x20 && self.rx[1] == 2;
+                self.rx.drain(..used);
+                self.last_in = now;
+                self.handle_packet(packet, raw_connack, now);
+                true
             }
+            Err(_) => {
+                match self.phase {
+                    // Not `20 02 xx rc`: the connect fails with the state as it was.
+                    Phase::AwaitConnack { .. } => self.fail_connect(0),
+                    _ => self.lose(MQTT_CONNECTION_LOST),
+                }
+                true
+            }
+        }
+    }
+
+    /// PUBACK for a QoS 1 message the device has handled.
+    pub fn puback(&mut self, packet_id: u16, now: Instant) {
+        if self.connected() {
+            self.send(Packet::Puback(packet_id), now);
         }
     }
 
@@ -226,11 +238,9 @@ impl Client {
         }
         match packet {
             Packet::Publish(p) => match p.qos {
-                0 => self.out.push_back(ClientOutput::Message { topic: p.topic, payload: p.payload }),
-                1 => {
-                    let id = p.packet_id.unwrap_or(0);
-                    self.out.push_back(ClientOutput::Message { topic: p.topic, payload: p.payload });
-                    self.send(Packet::Puback(id), now);
+                0 | 1 => {
+                    let puback = p.packet_id.filter(|_| p.qos == 1);
+                    self.out.push_back(ClientOutput::Message { topic: p.topic, payload: p.payload, puback });
                 }
                 _ => self.lose(MQTT_CONNECTION_LOST),
             },
@@ -267,10 +277,11 @@ impl Client {
             dup: false,
             packet_id: None,
         };
-        let bytes = Packet::Publish(p).encode();
-        if bytes.len() > MAX_PACKET_SIZE {
+        // PubSubClient's check reserves the largest fixed header (5 bytes).
+        if 5 + 2 + topic.len() + payload.len() > MAX_PACKET_SIZE {
             return false;
         }
+        let bytes = Packet::Publish(p).encode();
         self.out.push_back(ClientOutput::Transmit(bytes));
         self.last_out = now;
         true
@@ -319,5 +330,34 @@ impl Client {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publishes_over_the_packet_limit_are_refused() {
+        let mut c = Client::default();
+        let t = Instant::from_millis(0);
+        c.start_connect(Connect {
+            client_id: "c".into(),
+            clean_session: true,
+            keepalive: 30,
+            username: None,
+            password: None,
+            will: None,
+        });
+        c.link_up(t);
+        c.receive(&[0x20, 2, 0, 0]);
+        assert!(c.process(t));
+        assert!(c.connected());
+        while c.poll().is_some() {}
+        // 5 (largest fixed header) + 2 + 1 topic + 1192 payload = 1200: allowed.
+        assert!(c.publish("t", &[b'x'; 1192], false, t));
+        assert!(!c.publish("t", &[b'x'; 1193], false, t));
+        assert_eq!(c.poll().map(|o| matches!(o, ClientOutput::Transmit(b) if b.len() == 1198)), Some(true));
+        assert_eq!(c.poll(), None);
     }
 }

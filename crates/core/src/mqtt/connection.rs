@@ -38,6 +38,8 @@ pub(crate) struct Mqtt {
     /// MqttHost is an AWS IoT endpoint (read at boot).
     pub aws_iot: bool,
     attempt_at: Instant,
+    /// [`Device::drain_client`] is running.
+    draining: bool,
     pub client: Client,
 }
 
@@ -53,6 +55,7 @@ impl Default for Mqtt {
             tls: false,
             aws_iot: false,
             attempt_at: Instant::default(),
+            draining: false,
             client: Client::default(),
         }
     }
@@ -125,8 +128,7 @@ impl Device {
     /// `MqttReconnect()`.
     fn mqtt_reconnect(&mut self) {
         let s = &self.settings;
-        self.mqtt.allowed =
-            s.flag(3) && self.restart_flag == 0 && !s.mqtt_host.is_empty() && s.mqtt_port != 0;
+        self.mqtt.allowed = s.flag(3) && self.restart_flag == 0 && !s.mqtt_host.is_empty() && s.mqtt_port != 0;
         if !self.mqtt.allowed {
             self.mqtt_connected();
             return;
@@ -153,7 +155,11 @@ impl Device {
         let tls = self.mqtt.tls.then(|| TlsRequest {
             server_name: s.mqtt_host.clone(),
             alpn: (s.mqtt_port == 443 && self.mqtt.aws_iot).then_some(tls::ALPN_MQTT),
-            validation: if s.flag(132) { Validation::Fingerprints(s.mqtt_fingerprint) } else { Validation::TrustAnchors },
+            validation: if s.flag(132) {
+                Validation::Fingerprints(s.mqtt_fingerprint)
+            } else {
+                Validation::TrustAnchors
+            },
         });
         let timeout_ms = if tls.is_some() { TLS_TIMEOUT_MS } else { u32::from(s.mqtt_wifi_timeout) * 100 };
         let request = ConnectRequest { host: s.mqtt_host.clone(), port: s.mqtt_port, tls, timeout_ms };
@@ -287,8 +293,13 @@ impl Device {
         self.command_handler(&topic, &data);
     }
 
-    /// Turns what the client asks for into outputs and firmware reactions.
+    /// Turns what the client asks for into outputs and firmware reactions, in order.
+    /// Handlers that publish call this again; the outer call does the work.
     pub(crate) fn drain_client(&mut self) {
+        if self.mqtt.draining {
+            return;
+        }
+        self.mqtt.draining = true;
         while let Some(out) = self.mqtt.client.poll() {
             match out {
                 ClientOutput::Transmit(bytes) => self.push_output(Output::Transmit(bytes)),
@@ -306,9 +317,16 @@ impl Device {
                 ClientOutput::ConnectFailed(state) => self.mqtt_disconnected(state),
                 // MqttCheck notices the lost link within a second and reconnects.
                 ClientOutput::Lost(_) => {}
-                ClientOutput::Message { topic, payload } => self.mqtt_data_handler(&topic, &payload),
+                ClientOutput::Message { topic, payload, puback } => {
+                    self.mqtt_data_handler(&topic, &payload);
+                    if let Some(id) = puback {
+                        let now = self.now;
+                        self.mqtt.client.puback(id, now);
+                    }
+                }
             }
         }
+        self.mqtt.draining = false;
     }
 
     // ---- driver inputs -----------------------------------------------------------------
@@ -354,8 +372,10 @@ impl Device {
         if self.is_stopped() {
             return;
         }
-        self.mqtt.client.receive(bytes, now);
-        self.drain_client();
+        self.mqtt.client.receive(bytes);
+        while self.mqtt.client.process(now) {
+            self.drain_client();
+        }
     }
 
     /// The link closed (peer close or I/O error).

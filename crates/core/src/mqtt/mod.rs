@@ -7,5 +7,5 @@ mod connection;
 pub mod packet;
 pub mod tls;
 
-pub use connection::{ConnectRequest, LinkFailure, LWT_OFFLINE, LWT_ONLINE};
 pub(crate) use connection::Mqtt;
+pub use connection::{ConnectRequest, LinkFailure, LWT_OFFLINE, LWT_ONLINE};

@@ -521,14 +521,8 @@ mod tests {
     fn every_other_packet_type() {
         round_trip(Packet::Connack { session_present: false, return_code: 5 }, &[0x20, 2, 0, 5]);
         round_trip(Packet::Connack { session_present: true, return_code: 0 }, &[0x20, 2, 1, 0]);
-        let p = Publish {
-            topic: "a/b".into(),
-            payload: b"ON".to_vec(),
-            qos: 0,
-            retain: true,
-            dup: false,
-            packet_id: None,
-        };
+        let p =
+            Publish { topic: "a/b".into(), payload: b"ON".to_vec(), qos: 0, retain: true, dup: false, packet_id: None };
         round_trip(Packet::Publish(p), &[0x31, 7, 0, 3, b'a', b'/', b'b', b'O', b'N']);
         let p = Publish { topic: "t".into(), payload: vec![], qos: 1, retain: false, dup: true, packet_id: Some(258) };
         round_trip(Packet::Publish(p), &[0x3A, 5, 0, 1, b't', 1, 2]);
@@ -550,14 +544,8 @@ mod tests {
 
     #[test]
     fn multi_byte_remaining_length() {
-        let p = Publish {
-            topic: "t".into(),
-            payload: vec![b'x'; 200],
-            qos: 0,
-            retain: false,
-            dup: false,
-            packet_id: None,
-        };
+        let p =
+            Publish { topic: "t".into(), payload: vec![b'x'; 200], qos: 0, retain: false, dup: false, packet_id: None };
         let bytes = Packet::Publish(p.clone()).encode();
         assert_eq!(&bytes[..3], &[0x30, 203 & 0x7F | 0x80, 1]);
         assert_eq!(decode(&bytes, 1200), Ok(Some((Packet::Publish(p), 206))));
