@@ -457,16 +457,8 @@ impl Device {
                 self.restart_tick();
             }
             // WifiCheck: the network comes up once WiFi has associated.
-            2 => {
-                if !self.network_up && self.uptime_ms() >= self.hw.wifi_connect_ms {
-                    self.network_up = true;
-                }
-            }
-            3 => {
-                if self.network_up {
-                    self.mqtt_check();
-                }
-            }
+            2 if !self.network_up && self.uptime_ms() >= self.hw.wifi_connect_ms => self.network_up = true,
+            3 if self.network_up => self.mqtt_check(),
             _ => {}
         }
     }

@@ -26,10 +26,12 @@ enum LinkMode {
 
 impl Bench {
     fn new(configure: impl FnOnce(&mut Settings)) -> Bench {
-        let mut s = Settings::default();
-        s.mqtt_host = "broker.lan".into();
-        s.mqtt_user = "bob".into();
-        s.mqtt_pwd = "s3cret".into();
+        let mut s = Settings {
+            mqtt_host: "broker.lan".into(),
+            mqtt_user: "bob".into(),
+            mqtt_pwd: "s3cret".into(),
+            ..Settings::default()
+        };
         configure(&mut s);
         let d = Device::boot(Hardware::default(), s, BootReason::PowerOn, Instant::from_millis(0));
         let mut b = Bench { d, now: 0, lines: vec![], sent: vec![], connects: vec![], closes: 0, link: LinkMode::Up };
