@@ -61,6 +61,35 @@ impl std::str::FromStr for Resolve {
     }
 }
 
+/// A `--connect-to HOST:PORT:CONNECT_HOST:CONNECT_PORT` entry (curl's meaning).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectTo {
+    pub host: String,
+    pub port: u16,
+    pub to_host: String,
+    pub to_port: u16,
+}
+
+impl std::str::FromStr for ConnectTo {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("'{s}': expected HOST:PORT:CONNECT_HOST:CONNECT_PORT, like a1-ats.iot.eu-west-1.amazonaws.com:443:127.0.0.1:8443")
+        };
+        let mut parts = s.splitn(3, ':');
+        let host = parts.next().filter(|h| !h.is_empty()).ok_or_else(bad)?;
+        let port = parts.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+        let rest = parts.next().ok_or_else(bad)?;
+        let (to_host, to_port) = rest.rsplit_once(':').ok_or_else(bad)?;
+        let to_port = to_port.parse().map_err(|_| bad())?;
+        let to_host = to_host.trim_start_matches('[').trim_end_matches(']');
+        if to_host.is_empty() {
+            return Err(bad());
+        }
+        Ok(ConnectTo { host: host.to_ascii_lowercase(), port, to_host: to_host.into(), to_port })
+    }
+}
+
 /// Where trust comes from.
 #[derive(Clone, Debug)]
 pub enum Trust {
@@ -74,6 +103,7 @@ pub enum Trust {
 #[derive(Clone, Debug)]
 pub struct Connector {
     pub resolve: HashMap<(String, u16), IpAddr>,
+    pub connect_to: HashMap<(String, u16), (String, u16)>,
     pub trust: Trust,
     pub compat: TlsCompat,
 }
@@ -144,6 +174,14 @@ impl Connector {
     }
 
     async fn lookup(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, LinkFailure> {
+        let key = (host.to_ascii_lowercase(), port);
+        let (host, port) = match self.connect_to.get(&key) {
+            Some((h, p)) => (h.as_str(), *p),
+            None => (host, port),
+        };
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
         if let Some(ip) = self.resolve.get(&(host.to_ascii_lowercase(), port)) {
             return Ok(vec![SocketAddr::new(*ip, port)]);
         }

@@ -86,6 +86,11 @@ struct TlsArgs {
     /// check still use HOST (curl's --resolve). Repeatable.
     #[arg(long, value_name = "HOST:PORT:ADDR")]
     resolve: Vec<link::Resolve>,
+    /// Connect to CONNECT_HOST:CONNECT_PORT when the device connects to HOST:PORT; SNI,
+    /// ALPN and the certificate check still use HOST and PORT (curl's --connect-to).
+    /// Repeatable.
+    #[arg(long, value_name = "HOST:PORT:CONNECT_HOST:CONNECT_PORT")]
+    connect_to: Vec<link::ConnectTo>,
     /// TLS offered: 'firmware' (TLS 1.2, ECDHE-RSA-AES128-GCM-SHA256 only, as the device)
     /// or 'modern' (TLS 1.2 and 1.3, all rustls suites).
     #[arg(long, value_enum, default_value_t = link::TlsCompat::Firmware)]
@@ -102,7 +107,8 @@ impl TlsArgs {
             link::Trust::Roots(std::sync::Arc::new(link::firmware_roots()))
         };
         let resolve = self.resolve.into_iter().map(|r| ((r.host, r.port), r.addr)).collect();
-        Ok(link::Connector { resolve, trust, compat: self.tls_compat })
+        let connect_to = self.connect_to.into_iter().map(|c| ((c.host, c.port), (c.to_host, c.to_port))).collect();
+        Ok(link::Connector { resolve, connect_to, trust, compat: self.tls_compat })
     }
 }
 
