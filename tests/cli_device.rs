@@ -194,3 +194,23 @@ fn help_shows_examples() {
     assert_eq!(r.code, Some(0));
     assert!(r.stdout.contains("Examples:") && r.stdout.contains("--cmd 'BackLog SetOption3 1;"), "{}", r.stdout);
 }
+
+#[test]
+fn the_password_never_reaches_the_diagnostics() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("plug");
+    // A port nothing listens on: the device connects (and fails) with the password.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let setup = format!("Backlog MqttHost 127.0.0.1; MqttPort {port}; MqttPassword hunter2-secret");
+    let out = Command::new(BIN)
+        .args(["device", "--state", state.to_str().unwrap(), "--for", "6500ms", "--cmd", &setup])
+        .env("RUST_LOG", "trace")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stdout.contains(&format!("MQT: Connect failed to 127.0.0.1:{port}, rc -2. Retry in 10 sec")), "{stdout}");
+    assert!(stderr.contains("opening the MQTT link"), "trace output is on: {stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
