@@ -121,12 +121,12 @@ pub fn firmware_roots() -> RootCertStore {
     store
 }
 
+/// Whether `needle` occurs in `hay` as a whole name: "Amazon Root CA 1" must not match
+/// "Amazon Root CA 10" and the like.
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle) && {
-        // "Amazon Root CA 1" must not match "Amazon Root CA 10" and the like.
-        let at = hay.windows(needle.len()).position(|w| w == needle).unwrap_or(0) + needle.len();
-        hay.get(at).is_none_or(|b| !b.is_ascii_alphanumeric())
-    }
+    hay.windows(needle.len())
+        .enumerate()
+        .any(|(at, w)| w == needle && hay.get(at + needle.len()).is_none_or(|b| !b.is_ascii_alphanumeric()))
 }
 
 /// Reads every certificate in a PEM file.
@@ -281,10 +281,10 @@ fn tls_error_code(e: &io::Error) -> i32 {
     };
     match err {
         rustls::Error::InvalidCertificate(c) => match c {
-            CertificateError::Expired | CertificateError::NotValidYet => tls_error::X509_EXPIRED,
-            CertificateError::ExpiredContext { .. } | CertificateError::NotValidYetContext { .. } => {
-                tls_error::X509_EXPIRED
-            }
+            CertificateError::Expired
+            | CertificateError::NotValidYet
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYetContext { .. } => tls_error::X509_EXPIRED,
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
                 tls_error::X509_BAD_SERVER_NAME
             }

@@ -85,12 +85,19 @@ fn run_device(dir: &std::path::Path, port: u16, listen: u16, ca: &common::TestCa
     ])
 }
 
+/// A stand-in for the AWS endpoint: a test CA with a certificate for the region's
+/// wildcard, and a listener on a free loopback port.
+async fn endpoint(dir: &std::path::Path) -> (common::TestCa, tokio::net::TcpListener, u16) {
+    let ca = test_ca(dir, &["*.iot.eu-west-1.amazonaws.com"]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (ca, listener, port)
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn port_443_sends_sni_alpn_mqtt_tls12_and_no_retain() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = test_ca(dir.path(), &["*.iot.eu-west-1.amazonaws.com"]);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let listen = listener.local_addr().unwrap().port();
+    let (ca, listener, listen) = endpoint(dir.path()).await;
     let mut dev = run_device(dir.path(), 443, listen, &ca);
 
     let (hello, mut tls) = tokio::time::timeout(Duration::from_secs(15), accept(&listener, &ca)).await.unwrap();
@@ -147,9 +154,7 @@ async fn port_443_sends_sni_alpn_mqtt_tls12_and_no_retain() {
 #[tokio::test(flavor = "current_thread")]
 async fn port_8883_offers_no_alpn() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = test_ca(dir.path(), &["*.iot.eu-west-1.amazonaws.com"]);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let listen = listener.local_addr().unwrap().port();
+    let (ca, listener, listen) = endpoint(dir.path()).await;
     let _dev = run_device(dir.path(), 8883, listen, &ca);
     let (hello, _tls) = tokio::time::timeout(Duration::from_secs(15), accept(&listener, &ca)).await.unwrap();
     assert_eq!(hello.sni.as_deref(), Some(HOST));

@@ -12,6 +12,12 @@ use common::{have, password_file, test_ca, DeviceProcess, Mosquitto, Operator};
 const S: Duration = Duration::from_secs(1);
 const T: &str = "tasmota_4B3316";
 
+/// Mosquitto on a free port, accepting only `bob` / `secret`.
+fn password_broker(dir: &std::path::Path) -> Mosquitto {
+    let pw = password_file(dir, "bob", "secret");
+    Mosquitto::start(dir, common::free_port(), &format!("allow_anonymous false\npassword_file {}", pw.display()))
+}
+
 fn backlog(port: u16, password: &str) -> String {
     format!("Backlog MqttHost 127.0.0.1; MqttPort {port}; MqttUser bob; MqttPassword {password}")
 }
@@ -22,10 +28,8 @@ fn connects_with_a_password_and_behaves_like_the_firmware() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let pw = password_file(dir.path(), "bob", "secret");
-    let port = common::free_port();
-    let mut broker =
-        Mosquitto::start(dir.path(), port, &format!("allow_anonymous false\npassword_file {}", pw.display()));
+    let mut broker = password_broker(dir.path());
+    let port = broker.port;
     let op = Operator::connect(port, Some(("bob", "secret")), "#");
 
     let state = dir.path().join("plug");
@@ -91,9 +95,8 @@ fn a_wrong_password_is_refused_and_backs_off() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let pw = password_file(dir.path(), "bob", "secret");
-    let port = common::free_port();
-    let _broker = Mosquitto::start(dir.path(), port, &format!("allow_anonymous false\npassword_file {}", pw.display()));
+    let broker = password_broker(dir.path());
+    let port = broker.port;
     let state = dir.path().join("plug");
     let mut dev = DeviceProcess::start(&["--state", state.to_str().unwrap(), "--cmd", &backlog(port, "wrong")]);
     dev.expect_line("APP: Restarting", 5 * S);

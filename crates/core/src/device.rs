@@ -13,7 +13,6 @@
 use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::String;
-
 use alloc::vec::Vec;
 
 use crate::backlog::Backlog;
@@ -310,7 +309,7 @@ impl Device {
 
     /// A whole line typed on the serial console (the newline is added).
     pub fn type_line(&mut self, line: &str, now: Instant) {
-        let mut bytes = alloc::vec::Vec::with_capacity(line.len() + 1);
+        let mut bytes = Vec::with_capacity(line.len() + 1);
         bytes.extend_from_slice(line.as_bytes());
         bytes.push(b'\n');
         self.handle_serial(&bytes, now);

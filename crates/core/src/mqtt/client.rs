@@ -144,14 +144,15 @@ impl Client {
         self.phase = Phase::AwaitConnack { since: now };
     }
 
-    /// The driver could not open the link (DNS, TCP or TLS).
-    pub fn link_failed(&mut self) {
+    /// The driver could not open the link (DNS, TCP or TLS); `state` is the rc the
+    /// failure reports.
+    pub fn link_failed(&mut self, state: i8) {
         if self.phase != Phase::Linking {
             return;
         }
         self.connect = None;
         self.phase = Phase::Idle;
-        self.state = MQTT_CONNECT_FAILED;
+        self.state = state;
         self.out.push_back(ClientOutput::ConnectFailed(self.state));
     }
 
@@ -160,7 +161,7 @@ impl Client {
         match self.phase {
             // PubSubClient keeps polling `available()` until the socket timeout.
             Phase::AwaitConnack { .. } | Phase::Idle => {}
-            Phase::Linking => self.link_failed(),
+            Phase::Linking => self.link_failed(MQTT_CONNECT_FAILED),
             Phase::Connected => self.lose(MQTT_CONNECTION_LOST),
         }
     }
@@ -173,10 +174,12 @@ impl Client {
         self.out.push_back(ClientOutput::Lost(state));
     }
 
-    fn fail_connect(&mut self, state: i8) {
+    /// The connect failed; `None` keeps the state as it was (PubSubClient leaves
+    /// `_state` alone when the CONNACK is malformed).
+    fn fail_connect(&mut self, state: Option<i8>) {
         self.out.push_back(ClientOutput::Close);
         self.phase = Phase::Idle;
-        if state != 0 {
+        if let Some(state) = state {
             self.state = state;
         }
         self.rx.clear();
@@ -207,7 +210,7 @@ impl Client {
             Err(_) => {
                 match self.phase {
                     // Not `20 02 xx rc`: the connect fails with the state as it was.
-                    Phase::AwaitConnack { .. } => self.fail_connect(0),
+                    Phase::AwaitConnack { .. } => self.fail_connect(None),
                     _ => self.lose(MQTT_CONNECTION_LOST),
                 }
                 true
@@ -231,8 +234,8 @@ impl Client {
                     self.state = MQTT_CONNECTED;
                     self.out.push_back(ClientOutput::Connected);
                 }
-                Packet::Connack { return_code, .. } if raw_connack => self.fail_connect(return_code as i8),
-                _ => self.fail_connect(0),
+                Packet::Connack { return_code, .. } if raw_connack => self.fail_connect(Some(return_code as i8)),
+                _ => self.fail_connect(None),
             }
             return;
         }
@@ -313,7 +316,7 @@ impl Client {
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.phase {
             Phase::AwaitConnack { since } if now.millis_since(since) >= self.socket_timeout_ms => {
-                self.fail_connect(MQTT_CONNECTION_TIMEOUT);
+                self.fail_connect(Some(MQTT_CONNECTION_TIMEOUT));
             }
             Phase::Connected if self.keepalive_ms > 0 => {
                 let idle_in = now.millis_since(self.last_in) > self.keepalive_ms;

@@ -31,7 +31,6 @@ pub(crate) struct Mqtt {
     pub retry_counter: u16,
     retry_counter_delay: u16,
     initial_connection_state: u8,
-    connected: bool,
     allowed: bool,
     /// SetOption103 as read at boot.
     pub tls: bool,
@@ -50,7 +49,6 @@ impl Default for Mqtt {
             retry_counter: 1,
             retry_counter_delay: 1,
             initial_connection_state: 2,
-            connected: false,
             allowed: false,
             tls: false,
             aws_iot: false,
@@ -133,7 +131,6 @@ impl Device {
             self.mqtt_connected();
             return;
         }
-        self.mqtt.connected = false;
         self.mqtt.retry_counter = self.settings.mqtt_retry.saturating_mul(self.mqtt.retry_counter_delay);
         self.log(LogLevel::Info, String::from("MQT: Attempting connection..."));
         if self.mqtt.initial_connection_state == 2 {
@@ -171,7 +168,6 @@ impl Device {
 
     /// `MqttDisconnected(state)`.
     fn mqtt_disconnected(&mut self, state: i8) {
-        self.mqtt.connected = false;
         let retry = self.settings.mqtt_retry;
         self.mqtt.retry_counter = retry.saturating_mul(self.mqtt.retry_counter_delay);
         if u32::from(retry) * u32::from(self.mqtt.retry_counter_delay) < 120 {
@@ -190,7 +186,6 @@ impl Device {
     fn mqtt_connected(&mut self) {
         if self.mqtt.allowed {
             self.log(LogLevel::Info, String::from("MQT: Connected"));
-            self.mqtt.connected = true;
             self.mqtt.retry_counter = 0;
             self.mqtt.retry_counter_delay = 1;
             self.mqtt.connect_count = self.mqtt.connect_count.wrapping_add(1);
@@ -358,12 +353,8 @@ impl Device {
                 LinkFailure::Dns => {}
             }
         }
-        self.mqtt.client.link_failed();
-        while let Some(out) = self.mqtt.client.poll() {
-            if let ClientOutput::ConnectFailed(_) = out {
-                self.mqtt_disconnected(rc);
-            }
-        }
+        self.mqtt.client.link_failed(rc);
+        self.drain_client();
     }
 
     /// Bytes arrived on the link.
