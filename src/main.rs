@@ -1,8 +1,8 @@
 //! `tasmota-sim`: simulate Tasmota devices on the wire.
 
-mod driver;
-mod link;
-mod state;
+mod broker_cmd;
+
+use tasmota_sim::{driver, link, state};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tasmota_core::{Mac, Settings};
 
-use crate::state::StateDir;
+use state::StateDir;
 
 const DEVICE_EXAMPLES: &str = "\
 Examples:
@@ -70,6 +70,9 @@ enum Command {
         #[command(flatten)]
         tls: TlsArgs,
     },
+    /// Run the embedded MQTT broker (plain = Mosquitto, aws-iot = AWS IoT Core) until Ctrl-C.
+    #[command(after_help = broker_cmd::EXAMPLES)]
+    Broker(broker_cmd::BrokerArgs),
 }
 
 /// How the device reaches its broker.
@@ -134,6 +137,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Broker(args) => broker_cmd::run(args),
         Command::Device { state, mac, commands, run_for, tls } => {
             let connector = match tls.connector() {
                 Ok(c) => c,

@@ -1,0 +1,325 @@
+//! The embedded MQTT 3.1.1 broker: a `plain` profile that behaves like Mosquitto with a
+//! password file, and an `aws-iot` profile that behaves like AWS IoT Core with the
+//! TasmotaAuth custom authorizer; with fault injection and traffic recording.
+//!
+//! - [`Broker`] is the handle: serve a stream ([`Broker::serve`]) or a listener
+//!   ([`Broker::listen`]), inject faults, restart, read the recording.
+//! - [`connection`] runs one client link, generic over `AsyncRead + AsyncWrite`.
+//! - [`router`] holds sessions, subscriptions and retained messages.
+//! - [`profile`] is the data that makes `plain` and `aws-iot` differ.
+//! - Packets are parsed with rumqttc's `mqttbytes`, not the device's codec, so a codec bug
+//!   on one side cannot hide behind the same bug on the other.
+
+pub mod auth;
+pub mod connection;
+pub mod fault;
+pub mod profile;
+pub mod record;
+pub mod router;
+pub mod tls;
+pub mod topic;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+pub use auth::{Authorizer, PasswordList};
+pub use connection::{LinkInfo, TlsInfo};
+pub use fault::{Fault, FaultRule};
+pub use profile::{Limits, Profile, ProfileName, RetainPolicy};
+pub use record::{Dir, Record};
+
+use router::{lock, State, ToConn};
+
+/// The AWS IoT data endpoint the `aws-iot` profile serves unless told otherwise (the name
+/// used in the README's examples).
+pub const DEFAULT_ENDPOINT: &str = "a1b2c3d4e5f6g7-ats.iot.eu-central-1.amazonaws.com";
+
+/// How to build a broker.
+pub struct Config {
+    pub profile: Profile,
+    /// `plain`: the password list (empty: anonymous clients allowed).
+    pub users: PasswordList,
+    /// `aws-iot`: custom authorizers by name.
+    pub authorizers: Vec<Authorizer>,
+    /// `aws-iot`: the authorizer used when the username names none.
+    pub default_authorizer: Option<String>,
+    /// `aws-iot`: the data endpoint; custom auth needs SNI equal to it.
+    pub endpoint: String,
+    pub faults: Vec<FaultRule>,
+    /// Write every packet and event as a JSON line here.
+    pub record_file: Option<std::fs::File>,
+    /// Keep every packet and event in memory ([`Broker::records`]).
+    pub record_in_memory: bool,
+}
+
+impl Config {
+    pub fn new(profile: ProfileName) -> Config {
+        Config {
+            profile: Profile::new(profile),
+            users: PasswordList::default(),
+            authorizers: Vec::new(),
+            default_authorizer: None,
+            endpoint: DEFAULT_ENDPOINT.to_string(),
+            faults: Vec::new(),
+            record_file: None,
+            record_in_memory: false,
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    profile: Profile,
+    users: PasswordList,
+    authorizers: Vec<Authorizer>,
+    default_authorizer: Option<String>,
+    endpoint: String,
+    state: Mutex<State>,
+    faults: Mutex<Vec<FaultRule>>,
+    recorder: record::Recorder,
+    started: Instant,
+    next_conn: AtomicU64,
+    /// Restart count and the downtime of the latest restart, watched by the listeners.
+    restart: watch::Sender<(u64, Duration)>,
+    down_until: Mutex<Option<Instant>>,
+    timers_started: AtomicBool,
+}
+
+impl Shared {
+    fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// The connect-time faults for this client, each used up by one firing.
+    fn take_faults(&self, client: &str) -> Vec<FaultRule> {
+        self.take_matching(|r| {
+            r.applies_to(client) && !matches!(r.fault, Fault::TlsAlert(_) | Fault::RestartAt { .. })
+        })
+    }
+
+    fn take_matching(&self, pred: impl Fn(&FaultRule) -> bool) -> Vec<FaultRule> {
+        let mut rules = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for r in rules.iter_mut() {
+            if pred(r) && r.times != Some(0) {
+                if let Some(n) = &mut r.times {
+                    *n -= 1;
+                }
+                out.push(r.clone());
+            }
+        }
+        out
+    }
+
+    fn event(&self, kind: &str, detail: String) {
+        tracing::info!("broker {kind}: {detail}");
+        if self.recorder.enabled() {
+            let mut r = Record::event(kind, detail);
+            r.t_ms = self.elapsed_ms();
+            self.recorder.push(r);
+        }
+    }
+
+    fn is_down(&self) -> bool {
+        self.down_until.lock().map(|d| d.is_some_and(|t| Instant::now() < t)).unwrap_or(false)
+    }
+}
+
+/// A TLS listener's setup.
+#[derive(Clone)]
+pub struct TlsListen {
+    pub acceptors: Arc<tls::Acceptors>,
+    /// The mTLS port (AWS's 8883): a client certificate is required.
+    pub mtls: bool,
+}
+
+/// The broker. Cloning gives another handle to the same broker.
+#[derive(Clone)]
+pub struct Broker {
+    shared: Arc<Shared>,
+}
+
+impl Broker {
+    pub fn new(config: Config) -> Broker {
+        let recorder = record::Recorder::new(config.record_file, config.record_in_memory);
+        Broker {
+            shared: Arc::new(Shared {
+                profile: config.profile,
+                users: config.users,
+                authorizers: config.authorizers,
+                default_authorizer: config.default_authorizer,
+                endpoint: config.endpoint,
+                state: Mutex::new(State::default()),
+                faults: Mutex::new(config.faults),
+                recorder,
+                started: Instant::now(),
+                next_conn: AtomicU64::new(0),
+                restart: watch::channel((0, Duration::ZERO)).0,
+                down_until: Mutex::new(None),
+                timers_started: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub fn profile(&self) -> &Profile {
+        &self.shared.profile
+    }
+
+    /// Serves one client link (TCP, TLS, or an in-memory duplex) until it ends.
+    pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: S, link: LinkInfo) {
+        self.start_timers();
+        if self.shared.is_down() {
+            self.shared.event("refused", format!("{}: broker is restarting", link.peer));
+            return;
+        }
+        connection::Conn::new(self.shared.clone(), stream, link).run().await
+    }
+
+    /// Accepts links on `listener` until the task is dropped; each link gets its own task.
+    /// A restart with downtime closes the listening socket and binds it again after.
+    pub async fn listen(&self, mut listener: TcpListener, tls: Option<TlsListen>) -> std::io::Result<()> {
+        self.start_timers();
+        let addr = listener.local_addr()?;
+        let mut restarts = self.shared.restart.subscribe();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (tcp, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // Out of file descriptors and the like: keep serving the others.
+                            tracing::warn!("accept on {addr}: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = tcp.set_nodelay(true);
+                    let broker = self.clone();
+                    let tls = tls.clone();
+                    tokio::spawn(async move { broker.accept(tcp, peer.to_string(), tls).await });
+                }
+                changed = restarts.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    let (_, down) = *restarts.borrow_and_update();
+                    if !down.is_zero() {
+                        drop(listener);
+                        tokio::time::sleep(down).await;
+                        listener = bind_again(addr).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn accept(&self, tcp: tokio::net::TcpStream, peer: String, tls: Option<TlsListen>) {
+        let Some(tls) = tls else {
+            return self.serve(tcp, LinkInfo { peer, tls: None }).await;
+        };
+        let alert = self
+            .shared
+            .take_matching(|r| matches!(r.fault, Fault::TlsAlert(_)))
+            .into_iter()
+            .find_map(|r| match r.fault {
+                Fault::TlsAlert(d) => Some(d),
+                _ => None,
+            });
+        if let Some(d) = alert {
+            self.shared.event("fault", format!("TlsAlert: alert {d} sent to {peer}"));
+        }
+        let route_alpn = self.shared.profile.custom_auth;
+        let handshake = tls.acceptors.accept(tcp, route_alpn, tls.mtls, alert);
+        match tokio::time::timeout(Duration::from_secs(10), handshake).await {
+            Ok(Ok((stream, info))) => self.serve(stream, LinkInfo { peer, tls: Some(info) }).await,
+            Ok(Err(e)) => self.shared.event("tls", format!("{peer}: {e}")),
+            Err(_) => self.shared.event("tls", format!("{peer}: no TLS handshake within 10 s")),
+        }
+    }
+
+    fn start_timers(&self) {
+        if self.shared.timers_started.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let restarts = self.shared.take_matching(|r| matches!(r.fault, Fault::RestartAt { .. }));
+        for rule in restarts {
+            if let Fault::RestartAt { at, down } = rule.fault {
+                let broker = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(broker.shared.started + at).await;
+                    broker.shared.event("fault", format!("RestartAt: restart, down {} ms", down.as_millis()));
+                    broker.restart(down);
+                });
+            }
+        }
+    }
+
+    /// Adds a fault rule (it applies to connections from now on).
+    pub fn add_fault(&self, rule: FaultRule) {
+        self.shared.faults.lock().unwrap_or_else(|e| e.into_inner()).push(rule);
+    }
+
+    /// Restarts the broker: every link is dropped (wills are published); retained messages
+    /// and persistent sessions are kept; listeners refuse connections for `down`.
+    pub fn restart(&self, down: Duration) {
+        if !down.is_zero() {
+            if let Ok(mut d) = self.shared.down_until.lock() {
+                *d = Some(Instant::now() + down);
+            }
+        }
+        self.shared.event("restart", format!("all links dropped, down {} ms", down.as_millis()));
+        for (_, mailbox) in lock(&self.shared.state).attached() {
+            mailbox.push(ToConn::Kick("broker restart".into()));
+        }
+        self.shared.restart.send_modify(|(n, d)| {
+            *n += 1;
+            *d = down;
+        });
+    }
+
+    /// Drops one client's link now (its will is published). False if it is not connected.
+    pub fn drop_client(&self, client_id: &str) -> bool {
+        let state = lock(&self.shared.state);
+        match state.attached().into_iter().find(|(c, _)| &**c == client_id) {
+            Some((_, mailbox)) => {
+                mailbox.push(ToConn::Kick("dropped by request".into()));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Client ids with a connection attached, sorted.
+    pub fn connected(&self) -> Vec<String> {
+        let mut ids: Vec<String> = lock(&self.shared.state).attached().into_iter().map(|(c, _)| c.to_string()).collect();
+        ids.sort();
+        ids
+    }
+
+    /// The retained message on `topic`, if any.
+    pub fn retained(&self, topic: &str) -> Option<bytes::Bytes> {
+        lock(&self.shared.state).retained.get(topic).map(|r| r.msg.payload.clone())
+    }
+
+    /// Everything recorded in memory so far (needs `record_in_memory`).
+    pub fn records(&self) -> Vec<Record> {
+        self.shared.recorder.snapshot()
+    }
+}
+
+async fn bind_again(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for _ in 0..50 {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("cannot bind again")))
+}

@@ -1,0 +1,258 @@
+//! Broker profiles: what Mosquitto does (`plain`) and what AWS IoT Core does (`aws-iot`,
+//! spec/aws-iot.md §1, §2, §4, §8). A profile is data; the connection code asks it
+//! questions and never branches on the profile's name.
+
+use std::time::Duration;
+
+/// Which broker to behave like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProfileName {
+    /// Mosquitto with a password file.
+    Plain,
+    /// AWS IoT Core with the TasmotaAuth custom authorizer.
+    AwsIot,
+}
+
+/// What happens to a PUBLISH (or Will) with RETAIN=1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetainPolicy {
+    /// Stored and delivered to later subscribers (Mosquitto; AWS with `iot:RetainPublish`).
+    Allow,
+    /// The connection is closed (AWS under TasmotaAuth's policy, which has no
+    /// `iot:RetainPublish`; also AWS before Aug 2021 for everyone).
+    Close,
+}
+
+/// AWS IoT's limits (spec/aws-iot.md §4), each switchable with `None`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest topic name or filter in bytes (AWS: 256); longer closes the connection.
+    pub topic_bytes: Option<usize>,
+    /// Most `/` in a topic, not counting a `$aws/rules/<rule>/` prefix (AWS: 7).
+    pub topic_slashes: Option<usize>,
+    /// Largest PUBLISH payload and CONNECT packet in bytes (AWS: 128 KiB); larger closes.
+    pub payload_bytes: Option<usize>,
+    /// Longest client id in bytes (AWS: 128); longer closes with no CONNACK.
+    pub client_id_bytes: Option<usize>,
+    /// Most topic filters in one SUBSCRIBE (AWS: 8); more closes the connection.
+    pub filters_per_subscribe: Option<usize>,
+    /// Most subscriptions per connection (AWS: 50); further filters get SUBACK 0x80.
+    pub subscriptions: Option<usize>,
+    /// Publishes per second per connection, in plus out (AWS: 100); excess is dropped.
+    pub publishes_per_second: Option<u32>,
+    /// CONNECTs per second per client id (AWS: 1); excess closes with no CONNACK.
+    pub connects_per_second: Option<u32>,
+    /// Keepalive clamp `(min, max)`; 0 is served as max (AWS: 30..1200).
+    pub keepalive: Option<(u16, u16)>,
+    /// Unacknowledged QoS 1 messages to one client (AWS: 100); more wait.
+    pub inflight: Option<usize>,
+}
+
+impl Limits {
+    /// No limits at all (Mosquitto's defaults, for what we model).
+    pub const NONE: Limits = Limits {
+        topic_bytes: None,
+        topic_slashes: None,
+        payload_bytes: None,
+        client_id_bytes: None,
+        filters_per_subscribe: None,
+        subscriptions: None,
+        publishes_per_second: None,
+        connects_per_second: None,
+        keepalive: None,
+        inflight: None,
+    };
+
+    /// AWS IoT Core's documented limits.
+    pub const AWS: Limits = Limits {
+        topic_bytes: Some(256),
+        topic_slashes: Some(7),
+        payload_bytes: Some(128 * 1024),
+        client_id_bytes: Some(128),
+        filters_per_subscribe: Some(8),
+        subscriptions: Some(50),
+        publishes_per_second: Some(100),
+        connects_per_second: Some(1),
+        keepalive: Some((30, 1200)),
+        inflight: Some(100),
+    };
+
+    /// Sets one limit by its CLI name (`topic-bytes=256`, `publishes-per-second=off`).
+    pub fn set(&mut self, spec: &str) -> Result<(), String> {
+        let (name, value) = spec.split_once('=').ok_or_else(|| format!("'{spec}': expected NAME=VALUE or NAME=off"))?;
+        let num = |v: &str| -> Result<Option<u64>, String> {
+            if v == "off" {
+                Ok(None)
+            } else {
+                v.parse().map(Some).map_err(|_| format!("'{spec}': '{v}' is not a number or 'off'"))
+            }
+        };
+        let n = num(value)?;
+        let usize_of = |n: Option<u64>| n.map(|n| n as usize);
+        match name {
+            "topic-bytes" => self.topic_bytes = usize_of(n),
+            "topic-slashes" => self.topic_slashes = usize_of(n),
+            "payload-bytes" => self.payload_bytes = usize_of(n),
+            "client-id-bytes" => self.client_id_bytes = usize_of(n),
+            "filters-per-subscribe" => self.filters_per_subscribe = usize_of(n),
+            "subscriptions" => self.subscriptions = usize_of(n),
+            "publishes-per-second" => self.publishes_per_second = n.map(|n| n.min(u32::MAX as u64) as u32),
+            "connects-per-second" => self.connects_per_second = n.map(|n| n.min(u32::MAX as u64) as u32),
+            "inflight" => self.inflight = usize_of(n),
+            "keepalive" => {
+                self.keepalive = match value {
+                    "off" => None,
+                    v => {
+                        let (lo, hi) = v
+                            .split_once("..")
+                            .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+                            .ok_or_else(|| format!("'{spec}': keepalive takes MIN..MAX seconds or 'off'"))?;
+                        Some((lo, hi))
+                    }
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "'{spec}': unknown limit '{name}' (topic-bytes, topic-slashes, payload-bytes, client-id-bytes, \
+                     filters-per-subscribe, subscriptions, publishes-per-second, connects-per-second, inflight, keepalive)"
+                ))
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Everything that makes one broker behave unlike another.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub name: ProfileName,
+    pub retain: RetainPolicy,
+    /// QoS 2 (publish, subscribe or Will) is served; otherwise it closes the connection.
+    pub qos2: bool,
+    /// `a/#` matches `a`.
+    pub hash_matches_parent: bool,
+    /// Retained messages are sent on SUBSCRIBE to wildcard filters too (AWS: exact only).
+    pub retained_to_wildcards: bool,
+    /// A redelivered PUBLISH carries DUP=1 (AWS does not support DUP).
+    pub dup_on_redelivery: bool,
+    /// Publishing to a `$` topic other than `$aws/...` closes the connection.
+    pub dollar_topics_reserved: bool,
+    /// Which packets reset the keepalive timer: all (Mosquitto) or only PUBLISH,
+    /// SUBSCRIBE, PINGREQ and PUBACK (AWS).
+    pub keepalive_reset_by_any: bool,
+    /// A persistent session left alone this long is discarded (AWS: 1 h).
+    pub session_expiry: Option<Duration>,
+    /// The custom authorizer route (AWS): authorizer names, SNI, ALPN.
+    pub custom_auth: bool,
+    pub limits: Limits,
+}
+
+impl Profile {
+    pub fn new(name: ProfileName) -> Profile {
+        match name {
+            ProfileName::Plain => Profile {
+                name,
+                retain: RetainPolicy::Allow,
+                qos2: true,
+                hash_matches_parent: true,
+                retained_to_wildcards: true,
+                dup_on_redelivery: true,
+                dollar_topics_reserved: false,
+                keepalive_reset_by_any: true,
+                session_expiry: None,
+                custom_auth: false,
+                limits: Limits::NONE,
+            },
+            ProfileName::AwsIot => Profile {
+                name,
+                retain: RetainPolicy::Close,
+                qos2: false,
+                hash_matches_parent: false,
+                retained_to_wildcards: false,
+                dup_on_redelivery: false,
+                dollar_topics_reserved: true,
+                keepalive_reset_by_any: false,
+                session_expiry: Some(Duration::from_secs(3600)),
+                custom_auth: true,
+                limits: Limits::AWS,
+            },
+        }
+    }
+
+    /// The keepalive the broker serves for the one the client asked for (seconds, 0 =
+    /// none).
+    pub fn keepalive(&self, asked: u16) -> u16 {
+        match self.limits.keepalive {
+            None => asked,
+            Some((_, hi)) if asked == 0 || asked > hi => hi,
+            Some((lo, _)) => asked.max(lo),
+        }
+    }
+
+    /// Checks a topic name or filter against the topic limits.
+    pub fn check_topic_limits(&self, topic: &str) -> Result<(), String> {
+        if let Some(max) = self.limits.topic_bytes {
+            if topic.len() > max {
+                return Err(format!("topic of {} bytes is over the {max}-byte limit", topic.len()));
+            }
+        }
+        if let Some(max) = self.limits.topic_slashes {
+            let counted = strip_rules_prefix(topic);
+            let slashes = counted.matches('/').count();
+            if slashes > max {
+                return Err(format!("topic has {slashes} '/' (limit {max})"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `$aws/rules/<rule>/rest` → `rest`: AWS does not count the Basic Ingest prefix.
+fn strip_rules_prefix(topic: &str) -> &str {
+    if let Some(rest) = topic.strip_prefix("$aws/rules/") {
+        if let Some((_rule, tail)) = rest.split_once('/') {
+            return tail;
+        }
+    }
+    topic
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aws_keepalive_clamp() {
+        let p = Profile::new(ProfileName::AwsIot);
+        assert_eq!(p.keepalive(0), 1200);
+        assert_eq!(p.keepalive(5), 30);
+        assert_eq!(p.keepalive(30), 30);
+        assert_eq!(p.keepalive(600), 600);
+        assert_eq!(p.keepalive(5000), 1200);
+        assert_eq!(Profile::new(ProfileName::Plain).keepalive(5), 5);
+    }
+
+    #[test]
+    fn aws_topic_limits() {
+        let p = Profile::new(ProfileName::AwsIot);
+        assert!(p.check_topic_limits("a/b/c/d/e/f/g/h").is_ok());
+        assert!(p.check_topic_limits("a/b/c/d/e/f/g/h/i").is_err());
+        assert!(p.check_topic_limits("$aws/rules/r/a/b/c/d/e/f/g/h").is_ok());
+        assert!(p.check_topic_limits(&"x".repeat(256)).is_ok());
+        assert!(p.check_topic_limits(&"x".repeat(257)).is_err());
+    }
+
+    #[test]
+    fn limits_switch_by_name() {
+        let mut l = Limits::AWS;
+        l.set("publishes-per-second=off").unwrap();
+        assert_eq!(l.publishes_per_second, None);
+        l.set("topic-bytes=64").unwrap();
+        assert_eq!(l.topic_bytes, Some(64));
+        l.set("keepalive=10..60").unwrap();
+        assert_eq!(l.keepalive, Some((10, 60)));
+        assert!(l.set("nope=1").unwrap_err().contains("unknown limit 'nope'"));
+        assert!(l.set("topic-bytes=x").unwrap_err().contains("not a number"));
+    }
+}

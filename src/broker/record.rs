@@ -1,0 +1,221 @@
+//! Traffic recording: every packet in and out, and every broker event (connection
+//! opened/closed, fault fired, will published), as one JSON object per line in a file
+//! and/or kept in memory for assertions. Passwords are never recorded.
+
+use std::io::Write;
+use std::sync::Mutex;
+
+use base64::Engine as _;
+use rumqttc::mqttbytes::v4::Packet;
+use serde::Serialize;
+
+/// Which way a packet went, or an event of the broker's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dir {
+    In,
+    Out,
+    Event,
+}
+
+/// One line of the recording.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Record {
+    /// Milliseconds since the broker started (virtual time under a paused tokio clock).
+    pub t_ms: u64,
+    pub dir: Option<Dir>,
+    /// Connection number, from 1 in accept order.
+    pub conn: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// Packet type (`CONNECT`, `PUBLISH`, ...) or event name (`open`, `close`, `fault`,
+    /// `will`, `restart`).
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_b64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qos: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retain: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dup: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pkid: Option<u16>,
+    /// CONNACK return code, SUBACK codes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub codes: Option<Vec<u8>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_present: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Always `"<redacted>"` when the CONNECT carried a password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_alive: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clean_session: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub will: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filters: Option<Vec<String>>,
+    /// Free text: why a connection closed, which fault fired.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Record {
+    /// The record of one packet (the password replaced by `<redacted>`).
+    pub fn packet(dir: Dir, packet: &Packet) -> Record {
+        let mut r = Record { dir: Some(dir), ..Record::default() };
+        let (kind, pkid) = match packet {
+            Packet::Connect(c) => {
+                r.client = Some(c.client_id.clone());
+                r.keep_alive = Some(c.keep_alive);
+                r.clean_session = Some(c.clean_session);
+                if let Some(login) = &c.login {
+                    r.username = Some(login.username.clone());
+                    r.password = Some("<redacted>".into());
+                }
+                if let Some(w) = &c.last_will {
+                    r.will = Some(w.topic.clone());
+                    set_payload(&mut r, &w.message);
+                    r.qos = Some(w.qos as u8);
+                    r.retain = Some(w.retain);
+                }
+                ("CONNECT", None)
+            }
+            Packet::ConnAck(c) => {
+                r.codes = Some(vec![c.code as u8]);
+                r.session_present = Some(c.session_present);
+                ("CONNACK", None)
+            }
+            Packet::Publish(p) => {
+                r.topic = Some(p.topic.clone());
+                set_payload(&mut r, &p.payload);
+                r.qos = Some(p.qos as u8);
+                r.retain = Some(p.retain);
+                r.dup = Some(p.dup);
+                ("PUBLISH", (p.pkid != 0).then_some(p.pkid))
+            }
+            Packet::PubAck(p) => ("PUBACK", Some(p.pkid)),
+            Packet::PubRec(p) => ("PUBREC", Some(p.pkid)),
+            Packet::PubRel(p) => ("PUBREL", Some(p.pkid)),
+            Packet::PubComp(p) => ("PUBCOMP", Some(p.pkid)),
+            Packet::Subscribe(s) => {
+                r.filters = Some(s.filters.iter().map(|f| format!("{} (QoS {})", f.path, f.qos as u8)).collect());
+                ("SUBSCRIBE", Some(s.pkid))
+            }
+            Packet::SubAck(s) => {
+                r.codes = Some(
+                    s.return_codes
+                        .iter()
+                        .map(|c| match c {
+                            rumqttc::mqttbytes::v4::SubscribeReasonCode::Success(q) => *q as u8,
+                            rumqttc::mqttbytes::v4::SubscribeReasonCode::Failure => 0x80,
+                        })
+                        .collect(),
+                );
+                ("SUBACK", Some(s.pkid))
+            }
+            Packet::Unsubscribe(u) => {
+                r.filters = Some(u.topics.clone());
+                ("UNSUBSCRIBE", Some(u.pkid))
+            }
+            Packet::UnsubAck(u) => ("UNSUBACK", Some(u.pkid)),
+            Packet::PingReq => ("PINGREQ", None),
+            Packet::PingResp => ("PINGRESP", None),
+            Packet::Disconnect => ("DISCONNECT", None),
+        };
+        r.kind = kind.into();
+        r.pkid = pkid;
+        r
+    }
+
+    /// The record of a broker event.
+    pub fn event(kind: &str, detail: impl Into<String>) -> Record {
+        Record { dir: Some(Dir::Event), kind: kind.into(), detail: Some(detail.into()), ..Record::default() }
+    }
+}
+
+fn set_payload(r: &mut Record, payload: &[u8]) {
+    match std::str::from_utf8(payload) {
+        Ok(text) => r.payload = Some(text.to_string()),
+        Err(_) => r.payload_b64 = Some(base64::engine::general_purpose::STANDARD.encode(payload)),
+    }
+}
+
+/// Where records go. Recording costs nothing when both sinks are off.
+#[derive(Default)]
+pub struct Recorder {
+    file: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
+    memory: Option<Mutex<Vec<Record>>>,
+}
+
+impl Recorder {
+    pub fn new(file: Option<std::fs::File>, in_memory: bool) -> Recorder {
+        Recorder {
+            file: file.map(|f| Mutex::new(std::io::BufWriter::new(f))),
+            memory: in_memory.then(|| Mutex::new(Vec::new())),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.file.is_some() || self.memory.is_some()
+    }
+
+    pub fn push(&self, record: Record) {
+        if let Some(file) = &self.file {
+            if let Ok(mut f) = file.lock() {
+                if let Ok(line) = serde_json::to_string(&record) {
+                    // A full disk must not stop the broker; the diagnostic says so once per line.
+                    if writeln!(f, "{line}").and_then(|_| f.flush()).is_err() {
+                        tracing::warn!("cannot write the traffic record");
+                    }
+                }
+            }
+        }
+        if let Some(memory) = &self.memory {
+            if let Ok(mut m) = memory.lock() {
+                m.push(record);
+            }
+        }
+    }
+
+    /// Everything recorded in memory so far.
+    pub fn snapshot(&self) -> Vec<Record> {
+        self.memory.as_ref().and_then(|m| m.lock().ok().map(|m| m.clone())).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::mqttbytes::v4::{Connect, LastWill, Login};
+    use rumqttc::mqttbytes::QoS;
+
+    #[test]
+    fn connect_record_redacts_the_password() {
+        let mut c = Connect::new("dev1");
+        c.login = Some(Login::new("tasmota?x-amz-customauthorizer-name=TasmotaAuth", "hunter2"));
+        c.last_will = Some(LastWill::new("tele/t/LWT", "Offline", QoS::AtMostOnce, false));
+        let line = serde_json::to_string(&Record::packet(Dir::In, &Packet::Connect(c))).unwrap();
+        assert!(!line.contains("hunter2"), "{line}");
+        assert_eq!(
+            line,
+            r#"{"t_ms":0,"dir":"in","conn":0,"client":"dev1","kind":"CONNECT","payload":"Offline","qos":0,"retain":false,"username":"tasmota?x-amz-customauthorizer-name=TasmotaAuth","password":"<redacted>","keep_alive":10,"clean_session":true,"will":"tele/t/LWT"}"#
+        );
+    }
+
+    #[test]
+    fn binary_payloads_are_base64() {
+        let p = rumqttc::mqttbytes::v4::Publish::new("a", QoS::AtLeastOnce, vec![0xff, 0x00]);
+        let r = Record::packet(Dir::Out, &Packet::Publish(p));
+        assert_eq!(r.payload_b64.as_deref(), Some("/wA="));
+        assert_eq!(r.payload, None);
+    }
+}

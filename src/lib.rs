@@ -1,0 +1,8 @@
+//! tasmota-sim as a library: the device driver, its network link, its settings store
+//! and the embedded MQTT broker. The `tasmota-sim` binary is a CLI over these; tests and
+//! (later) scenarios use them in-process.
+
+pub mod broker;
+pub mod driver;
+pub mod link;
+pub mod state;
