@@ -88,7 +88,7 @@ impl Limits {
                 v.parse().map(Some).map_err(|_| format!("'{spec}': '{v}' is not a number or 'off'"))
             }
         };
-        let n = num(value)?;
+        let n = if name == "keepalive" { None } else { num(value)? };
         let usize_of = |n: Option<u64>| n.map(|n| n as usize);
         match name {
             "topic-bytes" => self.topic_bytes = usize_of(n),

@@ -67,11 +67,11 @@ pub fn matches(filter: &str, topic: &str, hash_matches_parent: bool) -> bool {
     let mut t = topic.split('/');
     loop {
         match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
+            (Some("#"), Some(_)) => return true,
+            (Some("#"), None) => return hash_matches_parent,
             (Some("+"), Some(_)) => {}
             (Some(fl), Some(tl)) if fl == tl => {}
             (None, None) => return true,
-            (Some(fl), None) => return hash_matches_parent && fl == "#",
             _ => return false,
         }
     }
