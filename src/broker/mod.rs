@@ -201,7 +201,12 @@ impl Broker {
                     let _ = tcp.set_nodelay(true);
                     let broker = self.clone();
                     let tls = tls.clone();
-                    tokio::spawn(async move { broker.accept(tcp, peer.to_string(), tls).await });
+                    tokio::spawn(async move {
+                        match tls {
+                            Some(tls) => broker.serve_tls(tcp, peer.to_string(), tls).await,
+                            None => broker.serve(tcp, LinkInfo { peer: peer.to_string(), tls: None }).await,
+                        }
+                    });
                 }
                 changed = restarts.changed() => {
                     if changed.is_err() {
@@ -218,10 +223,9 @@ impl Broker {
         }
     }
 
-    async fn accept(&self, tcp: tokio::net::TcpStream, peer: String, tls: Option<TlsListen>) {
-        let Some(tls) = tls else {
-            return self.serve(tcp, LinkInfo { peer, tls: None }).await;
-        };
+    /// Runs the server TLS handshake on `io` (a TCP stream or an in-memory duplex), then
+    /// serves the link. `peer` names it in logs.
+    pub async fn serve_tls<IO: AsyncRead + AsyncWrite + Unpin>(&self, io: IO, peer: String, tls: TlsListen) {
         let alert = self
             .shared
             .take_matching(|r| matches!(r.fault, Fault::TlsAlert(_)))
@@ -234,7 +238,7 @@ impl Broker {
             self.shared.event("fault", format!("TlsAlert: alert {d} sent to {peer}"));
         }
         let route_alpn = self.shared.profile.custom_auth;
-        let handshake = tls.acceptors.accept(tcp, route_alpn, tls.mtls, alert);
+        let handshake = tls.acceptors.accept(io, route_alpn, tls.mtls, alert);
         match tokio::time::timeout(Duration::from_secs(10), handshake).await {
             Ok(Ok((stream, info))) => self.serve(stream, LinkInfo { peer, tls: Some(info) }).await,
             Ok(Err(e)) => self.shared.event("tls", format!("{peer}: {e}")),

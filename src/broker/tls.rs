@@ -9,8 +9,7 @@ use std::sync::Arc;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{Acceptor, NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::{RootCertStore, ServerConfig};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 
@@ -219,13 +218,13 @@ impl Acceptors {
     /// Runs the server handshake. `route_alpn`: pick the configuration from the client's
     /// ALPN (aws-iot); otherwise ALPN is ignored. `mtls`: the mTLS port. `alert`: a fault
     /// that answers the ClientHello with this fatal alert instead.
-    pub async fn accept(
+    pub async fn accept<IO: AsyncRead + AsyncWrite + Unpin>(
         &self,
-        tcp: TcpStream,
+        tcp: IO,
         route_alpn: bool,
         mtls: bool,
         alert: Option<u8>,
-    ) -> Result<(TlsStream<TcpStream>, TlsInfo), String> {
+    ) -> Result<(TlsStream<IO>, TlsInfo), String> {
         let start = LazyConfigAcceptor::new(Acceptor::default(), tcp).await.map_err(|e| format!("ClientHello: {e}"))?;
         let hello = start.client_hello();
         let sni = hello.server_name().map(str::to_string);

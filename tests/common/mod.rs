@@ -3,6 +3,8 @@
 //! test CA made at test time.
 #![allow(dead_code)]
 
+pub mod packets;
+
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
