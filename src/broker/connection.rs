@@ -453,14 +453,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     Err(e) => return End::Lost(format!("read error: {e}")),
                 },
                 _ = mailbox.wait() => {
+                    let mut kicked = None;
                     for m in mailbox.take() {
                         match m {
-                            ToConn::Deliver(d) => self.deliver(d),
-                            ToConn::Kick(why) => {
-                                let _ = self.flush().await;
-                                return End::Lost(why);
-                            }
+                            ToConn::Deliver(d) if kicked.is_none() => self.deliver(d),
+                            // After a kick, deliveries stay with the session.
+                            ToConn::Deliver(d) => self.waiting.push_back(d),
+                            ToConn::Kick(why) => kicked = kicked.or(Some(why)),
                         }
+                    }
+                    if let Some(why) = kicked {
+                        let _ = self.flush().await;
+                        return End::Lost(why);
                     }
                 }
                 _ = sleep_until(keepalive_at.unwrap_or_else(Instant::now)), if keepalive_at.is_some() => {
@@ -794,7 +798,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 next_pkid: self.next_pkid,
                 qos2_in: std::mem::take(&mut self.qos2_in),
             };
+            let mut left = left;
             let mut state = lock(&self.shared.state);
+            // Deliveries that reached the mailbox after the session loop ended stay with
+            // the session (pushes happen under the state lock, so none can follow).
+            for m in self.mailbox.take() {
+                if let ToConn::Deliver(d) = m {
+                    left.waiting.push_back(d);
+                }
+            }
             state.detach(&self.shared.profile, &client, self.id, left, now);
             if let Some(w) = will {
                 drop(state);

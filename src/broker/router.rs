@@ -170,7 +170,8 @@ impl State {
                     return;
                 }
                 let mut queue: VecDeque<Delivery> = left.unacked;
-                queue.extend(left.waiting);
+                // QoS 0 is not kept for an offline client.
+                queue.extend(left.waiting.into_iter().filter(|d| d.qos != QoS::AtMostOnce));
                 queue.append(&mut session.queue);
                 session.queue = queue;
                 session.next_pkid = left.next_pkid;
