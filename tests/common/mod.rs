@@ -284,3 +284,52 @@ pub fn test_ca(dir: &Path, names: &[&str]) -> TestCa {
 fn rand_core_os() -> rsa::rand_core::OsRng {
     rsa::rand_core::OsRng
 }
+
+/// The embedded broker as a child process (`tasmota-sim broker ...`), ready once it has
+/// printed a `listening on` line per listener; killed on drop.
+pub struct BrokerProcess {
+    child: Child,
+    /// `mqtt://127.0.0.1:PORT`-style addresses, in the order printed.
+    pub listening: Vec<String>,
+}
+
+impl BrokerProcess {
+    pub fn start(args: &[&str]) -> BrokerProcess {
+        let mut child = Command::new(BIN)
+            .arg("broker")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start tasmota-sim broker");
+        let stdout = child.stdout.take().unwrap();
+        let expected = args.iter().filter(|a| a.ends_with("listen")).count();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut listening = vec![];
+        while listening.len() < expected {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("listening on ") {
+                        listening.push(rest.split(' ').next().unwrap_or("").to_string());
+                    }
+                }
+                Err(_) => panic!("the broker did not print its listeners; got {listening:?}"),
+            }
+        }
+        BrokerProcess { child, listening }
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
