@@ -133,12 +133,14 @@ pub fn run(args: BrokerArgs) -> ExitCode {
     } else {
         None
     };
-    let acceptors = match material.map(|m| m.and_then(|mut m| {
-        if let Some(ca) = &args.client_ca {
-            m.client_ca = Some(tls::client_ca(ca)?);
-        }
-        tls::Acceptors::new(&m)
-    })) {
+    let acceptors = match material.map(|m| {
+        m.and_then(|mut m| {
+            if let Some(ca) = &args.client_ca {
+                m.client_ca = Some(tls::client_ca(ca)?);
+            }
+            tls::Acceptors::new(&m)
+        })
+    }) {
         Some(Ok(a)) => Some(Arc::new(a)),
         Some(Err(e)) => return usage(&e.to_string()),
         None => None,

@@ -53,7 +53,8 @@ async fn custom_auth_takes_the_tasmota_password_and_sdk_style_usernames() {
     let b = aws();
     online(&b, "a").await;
     let mut p = link(&b);
-    let sdk_user = "tasmota?x-amz-customauthorizer-name=TasmotaAuth&SDK=Python&Version=1.11.0&Platform=linux&Metadata=(a=b)";
+    let sdk_user =
+        "tasmota?x-amz-customauthorizer-name=TasmotaAuth&SDK=Python&Version=1.11.0&Platform=linux&Metadata=(a=b)";
     assert_eq!(p.connect(connect("b", Some((sdk_user, PASS)), true, 30)).await, Ok(connack_ok(false)));
     let mut p = link(&b);
     assert_eq!(p.connect(connect("c", Some((USER, "second-secret")), true, 30)).await, Ok(connack_ok(false)));
@@ -237,7 +238,8 @@ async fn one_connect_per_second_per_client_id_and_takeover_publishes_the_old_wil
     let b = aws();
     let mut watcher = online(&b, "watcher").await;
     watcher.subscribe(1, &[("tele/+/LWT", QoS::AtMostOnce)]).await;
-    let c = || with_will(connect("dev", Some((USER, PASS)), true, 30), "tele/dev/LWT", "Offline", QoS::AtMostOnce, false);
+    let c =
+        || with_will(connect("dev", Some((USER, PASS)), true, 30), "tele/dev/LWT", "Offline", QoS::AtMostOnce, false);
     let mut first = link(&b);
     assert_eq!(first.connect(c()).await, Ok(connack_ok(false)));
     // Same client id in the same second: throttled, no CONNACK, the first stays.
@@ -268,7 +270,8 @@ async fn client_id_and_subscription_limits() {
 
     let mut p = online(&b, "nine").await;
     let nine: Vec<String> = (0..9).map(|i| format!("f/{i}")).collect();
-    let filters = nine.iter().map(|f| rumqttc::mqttbytes::v4::SubscribeFilter::new(f.clone(), QoS::AtMostOnce)).collect();
+    let filters =
+        nine.iter().map(|f| rumqttc::mqttbytes::v4::SubscribeFilter::new(f.clone(), QoS::AtMostOnce)).collect();
     p.send(Packet::Subscribe(rumqttc::mqttbytes::v4::Subscribe { pkid: 1, filters })).await;
     p.expect_closed(S).await;
 
@@ -345,7 +348,8 @@ fn pki() -> &'static Pki {
     PKI.get_or_init(|| {
         use rustls::pki_types::pem::PemObject;
         let dir = tempfile::tempdir().unwrap().keep();
-        let names = [broker::DEFAULT_ENDPOINT.to_string(), "*.iot.eu-central-1.amazonaws.com".into(), "localhost".into()];
+        let names =
+            [broker::DEFAULT_ENDPOINT.to_string(), "*.iot.eu-central-1.amazonaws.com".into(), "localhost".into()];
         let material = tls::self_signed(&dir, &names).unwrap();
         let roots = tls::client_ca(&dir.join("ca.pem")).unwrap();
         Pki {

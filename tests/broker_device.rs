@@ -58,7 +58,7 @@ fn the_aws_iot_light_backlog_connects_to_the_aws_profile() {
     let mut dev = aws_device(dir.path(), tls, PASS);
     dev.expect_line("APP: Restarting", 5 * S);
     dev.expect_line("MQT: Attempting connection...", 6 * S);
-    dev.expect(&"TLS connected".to_string(), 10 * S, |t| t.starts_with("MQT: TLS connected in "));
+    dev.expect("TLS connected", 10 * S, |t| t.starts_with("MQT: TLS connected in "));
     dev.expect_line("MQT: Connected", 5 * S);
     // SO104 (forced on AWS): the LWT is not retained, so the broker keeps the link.
     let lwt = op.expect(&format!("tele/{T}/LWT"), 5 * S);

@@ -61,7 +61,10 @@ async fn late_connack_arrives_exactly_that_late() {
     let mut p = link(&b);
     let start = Instant::now();
     p.send(Packet::Connect(connect("late", None, true, 60))).await;
-    assert_eq!(p.expect(Duration::from_secs(10)).await, Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false)));
+    assert_eq!(
+        p.expect(Duration::from_secs(10)).await,
+        Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false))
+    );
     assert_eq!(start.elapsed(), Duration::from_secs(5));
 }
 
@@ -92,7 +95,8 @@ async fn drop_after_packets_and_drop_at_publish_the_will() {
     ]);
     let mut watch = online(&b, "watch", true).await;
     watch.subscribe(1, &[("lwt/#", QoS::AtMostOnce)]).await;
-    let will = |id: &str| with_will(connect(id, None, true, 600), &format!("lwt/{id}"), "Offline", QoS::AtMostOnce, false);
+    let will =
+        |id: &str| with_will(connect(id, None, true, 600), &format!("lwt/{id}"), "Offline", QoS::AtMostOnce, false);
 
     let mut p = link(&b);
     assert!(p.connect(will("counted")).await.is_ok());
@@ -149,7 +153,10 @@ async fn restart_drops_every_link_publishes_wills_and_keeps_retained_and_session
 
     // The persistent session kept the will published while it was offline.
     let mut keeper = link(&b);
-    assert_eq!(keeper.connect(connect("keeper", None, false, 60)).await, Ok(ConnAck::new(ConnectReturnCode::Success, true)));
+    assert_eq!(
+        keeper.connect(connect("keeper", None, false, 60)).await,
+        Ok(ConnAck::new(ConnectReturnCode::Success, true))
+    );
     let will = keeper.expect_publish(S).await;
     assert_eq!((will.topic.as_str(), &will.payload[..]), ("lwt/dev", &b"Offline"[..]));
     // Retained messages survive.

@@ -83,7 +83,7 @@ impl Authorizer {
             .decode(event_password)
             .map_err(|e| format!("Lambda error: {e}"))?;
         let passwd = String::from_utf8(decoded).map_err(|_| "Lambda error: password is not UTF-8".to_string())?;
-        Ok(if self.secrets.iter().any(|s| *s == passwd) { Effect::Allow } else { Effect::Deny })
+        Ok(if self.secrets.contains(&passwd) { Effect::Allow } else { Effect::Deny })
     }
 }
 

@@ -206,7 +206,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if let Some((name, level)) = protocol_of(&self.rbuf) {
             if !(name == "MQTT" && level == 4) {
                 let known = name == "MQTT" || name == "MQIsdp";
-                self.record(Record::event("refused", format!("protocol {name} level {level}: only MQTT 3.1.1 is served")));
+                self.record(Record::event(
+                    "refused",
+                    format!("protocol {name} level {level}: only MQTT 3.1.1 is served"),
+                ));
                 if known {
                     self.send(&Packet::ConnAck(ConnAck::new(ConnectReturnCode::RefusedProtocolVersion, false)));
                 }
@@ -634,9 +637,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// A PUBACK (`comp` false) or PUBCOMP (`comp` true) for `pkid`.
     fn acked(&mut self, pkid: u16, comp: bool) {
-        let pos = self.inflight.iter().position(|o| {
-            o.d.pkid == pkid && if comp { o.released } else { o.d.qos == QoS::AtLeastOnce }
-        });
+        let pos = self
+            .inflight
+            .iter()
+            .position(|o| o.d.pkid == pkid && if comp { o.released } else { o.d.qos == QoS::AtLeastOnce });
         if let Some(pos) = pos {
             self.inflight.remove(pos);
         }
@@ -789,11 +793,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let now = Instant::now();
             let will = if will { self.will.take() } else { None };
             let left = Leftovers {
-                unacked: self
-                    .inflight
-                    .drain(..)
-                    .map(|o| Delivery { dup: true, ..o.d })
-                    .collect(),
+                unacked: self.inflight.drain(..).map(|o| Delivery { dup: true, ..o.d }).collect(),
                 waiting: std::mem::take(&mut self.waiting),
                 next_pkid: self.next_pkid,
                 qos2_in: std::mem::take(&mut self.qos2_in),

@@ -97,9 +97,7 @@ impl Shared {
 
     /// The connect-time faults for this client, each used up by one firing.
     fn take_faults(&self, client: &str) -> Vec<FaultRule> {
-        self.take_matching(|r| {
-            r.applies_to(client) && !matches!(r.fault, Fault::TlsAlert(_) | Fault::RestartAt { .. })
-        })
+        self.take_matching(|r| r.applies_to(client) && !matches!(r.fault, Fault::TlsAlert(_) | Fault::RestartAt { .. }))
     }
 
     fn take_matching(&self, pred: impl Fn(&FaultRule) -> bool) -> Vec<FaultRule> {
@@ -226,14 +224,12 @@ impl Broker {
     /// Runs the server TLS handshake on `io` (a TCP stream or an in-memory duplex), then
     /// serves the link. `peer` names it in logs.
     pub async fn serve_tls<IO: AsyncRead + AsyncWrite + Unpin>(&self, io: IO, peer: String, tls: TlsListen) {
-        let alert = self
-            .shared
-            .take_matching(|r| matches!(r.fault, Fault::TlsAlert(_)))
-            .into_iter()
-            .find_map(|r| match r.fault {
+        let alert = self.shared.take_matching(|r| matches!(r.fault, Fault::TlsAlert(_))).into_iter().find_map(|r| {
+            match r.fault {
                 Fault::TlsAlert(d) => Some(d),
                 _ => None,
-            });
+            }
+        });
         if let Some(d) = alert {
             self.shared.event("fault", format!("TlsAlert: alert {d} sent to {peer}"));
         }
@@ -300,7 +296,8 @@ impl Broker {
 
     /// Client ids with a connection attached, sorted.
     pub fn connected(&self) -> Vec<String> {
-        let mut ids: Vec<String> = lock(&self.shared.state).attached().into_iter().map(|(c, _)| c.to_string()).collect();
+        let mut ids: Vec<String> =
+            lock(&self.shared.state).attached().into_iter().map(|(c, _)| c.to_string()).collect();
         ids.sort();
         ids
     }

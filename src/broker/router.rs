@@ -136,7 +136,8 @@ impl State {
         let mut present = false;
         if let Some(old) = self.sessions.get_mut(client) {
             if let Some(prev) = old.attached.take() {
-                prev.mailbox.push(ToConn::Kick("session taken over by a new connection with the same client id".into()));
+                prev.mailbox
+                    .push(ToConn::Kick("session taken over by a new connection with the same client id".into()));
             }
             let expired = old.expires.is_some_and(|e| e <= now);
             if clean || old.clean || expired {
@@ -298,10 +299,7 @@ impl State {
 
     /// Every attached connection's mailbox (for a broker restart).
     pub fn attached(&self) -> Vec<(Arc<str>, Arc<Mailbox>)> {
-        self.sessions
-            .iter()
-            .filter_map(|(c, s)| s.attached.as_ref().map(|a| (c.clone(), a.mailbox.clone())))
-            .collect()
+        self.sessions.iter().filter_map(|(c, s)| s.attached.as_ref().map(|a| (c.clone(), a.mailbox.clone()))).collect()
     }
 }
 

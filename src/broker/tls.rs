@@ -107,7 +107,8 @@ fn ca_params() -> rcgen::CertificateParams {
 
 fn rsa_key_pair() -> Result<rcgen::KeyPair, TlsError> {
     use rsa::pkcs8::EncodePrivateKey;
-    let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).map_err(|e| TlsError::Generate(e.to_string()))?;
+    let key =
+        rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).map_err(|e| TlsError::Generate(e.to_string()))?;
     let der = key.to_pkcs8_der().map_err(|e| TlsError::Generate(e.to_string()))?;
     rcgen::KeyPair::try_from(der.as_bytes()).map_err(|e| TlsError::Generate(e.to_string()))
 }
@@ -194,12 +195,13 @@ impl Acceptors {
             config.session_storage = Arc::new(NoServerSessionStorage {});
             Ok::<_, TlsError>(Arc::new(config))
         };
-        let verifier = |optional: bool| -> Result<Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>, TlsError> {
-            let Some(roots) = &material.client_ca else { return Ok(None) };
-            let b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots.clone()), provider.clone());
-            let b = if optional { b.allow_unauthenticated() } else { b };
-            b.build().map(Some).map_err(|e| TlsError::Generate(format!("client certificate verifier: {e}")))
-        };
+        let verifier =
+            |optional: bool| -> Result<Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>, TlsError> {
+                let Some(roots) = &material.client_ca else { return Ok(None) };
+                let b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots.clone()), provider.clone());
+                let b = if optional { b.allow_unauthenticated() } else { b };
+                b.build().map(Some).map_err(|e| TlsError::Generate(format!("client certificate verifier: {e}")))
+            };
         Ok(Acceptors {
             any: build(&[], None)?,
             mqtt: build(&[b"mqtt"], None)?,
