@@ -72,7 +72,7 @@ enum Command {
     },
     /// Run the embedded MQTT broker (plain = Mosquitto, aws-iot = AWS IoT Core) until Ctrl-C.
     #[command(after_help = broker_cmd::EXAMPLES)]
-    Broker(broker_cmd::BrokerArgs),
+    Broker(Box<broker_cmd::BrokerArgs>),
 }
 
 /// How the device reaches its broker.
@@ -137,7 +137,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Broker(args) => broker_cmd::run(args),
+        Command::Broker(args) => broker_cmd::run(*args),
         Command::Device { state, mac, commands, run_for, tls } => {
             let connector = match tls.connector() {
                 Ok(c) => c,

@@ -223,7 +223,7 @@ async fn tls_alert_fault_fails_the_handshake_with_that_alert() {
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let r = tokio_rustls::TlsConnector::from(config.clone()).connect(name, client).await;
         if expect_alert {
-            let e = r.err().expect("the handshake must fail");
+            let Err(e) = r else { panic!("the handshake must fail") };
             assert!(e.to_string().contains("HandshakeFailure"), "{e}");
         } else {
             let mut p = Peer::new(r.expect("second handshake succeeds"));
