@@ -154,11 +154,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Serves the link to its end.
     pub(super) async fn run(mut self) {
         self.record(Record::event("open", self.describe_link()));
-        let end = match self.connect().await {
+        // The short-lived phases run boxed so their state is not part of every idle
+        // connection's future.
+        let end = match Box::pin(self.connect()).await {
             Ok(()) => self.session().await,
             Err(end) => end,
         };
-        self.finish(end).await;
+        Box::pin(self.finish(end)).await;
     }
 
     fn describe_link(&self) -> String {
@@ -449,6 +451,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             self.rbuf.reserve(self.need.max(if self.rbuf.capacity() > 1024 { 4096 } else { 256 }));
             let keepalive_at = self.keepalive.map(|k| self.last_in + k);
+            let next = [keepalive_at, self.faults.drop_at, self.disconnect_at].into_iter().flatten().min();
             tokio::select! {
                 r = self.stream.read_buf(&mut self.rbuf) => match r {
                     Ok(0) => return End::Lost("client closed the link".into()),
@@ -470,15 +473,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         return End::Lost(why);
                     }
                 }
-                _ = sleep_until(keepalive_at.unwrap_or_else(Instant::now)), if keepalive_at.is_some() => {
-                    return End::Lost("keepalive timeout (1.5 x keepalive with nothing received)".into());
-                }
-                _ = sleep_until(self.faults.drop_at.unwrap_or_else(Instant::now)), if self.faults.drop_at.is_some() => {
-                    self.fault_event("DropAt", "link dropped");
-                    return End::Lost("fault: dropped at its time".into());
-                }
-                _ = sleep_until(self.disconnect_at.unwrap_or_else(Instant::now)), if self.disconnect_at.is_some() => {
-                    return End::Lost("disconnectAfterInSeconds reached".into());
+                // One timer for the earliest deadline keeps an idle connection small.
+                _ = sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
+                    let now = Instant::now();
+                    if keepalive_at.is_some_and(|t| t <= now) {
+                        return End::Lost("keepalive timeout (1.5 x keepalive with nothing received)".into());
+                    }
+                    if self.faults.drop_at.is_some_and(|t| t <= now) {
+                        self.fault_event("DropAt", "link dropped");
+                        return End::Lost("fault: dropped at its time".into());
+                    }
+                    if self.disconnect_at.is_some_and(|t| t <= now) {
+                        return End::Lost("disconnectAfterInSeconds reached".into());
+                    }
                 }
             }
         }

@@ -198,13 +198,15 @@ impl Broker {
                     };
                     let _ = tcp.set_nodelay(true);
                     let broker = self.clone();
-                    let tls = tls.clone();
-                    tokio::spawn(async move {
-                        match tls {
-                            Some(tls) => broker.serve_tls(tcp, peer.to_string(), tls).await,
-                            None => broker.serve(tcp, LinkInfo { peer: peer.to_string(), tls: None }).await,
+                    // Separate spawns: a plain link must not carry the TLS future's size.
+                    match tls.clone() {
+                        Some(tls) => {
+                            tokio::spawn(async move { Box::pin(broker.serve_tls(tcp, peer.to_string(), tls)).await });
                         }
-                    });
+                        None => {
+                            tokio::spawn(async move { broker.serve(tcp, LinkInfo { peer: peer.to_string(), tls: None }).await });
+                        }
+                    }
                 }
                 changed = restarts.changed() => {
                     if changed.is_err() {
