@@ -455,3 +455,45 @@ async fn tls_offers_1_2_with_the_firmware_suite_and_no_tickets() {
     let mut p = Peer::new(stream);
     assert_eq!(p.connect(connect("fw", Some((USER, PASS)), true, 30)).await, Ok(connack_ok(false)));
 }
+
+/// What AWS's device SDKs do (rumqttc is what the Rust SDK wraps): a persistent session
+/// with keepalive 1200, SDK metadata in the username, QoS 1 both ways, over a real socket.
+#[tokio::test]
+async fn an_sdk_style_client_connects_subscribes_publishes_and_receives() {
+    let b = aws();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bb = b.clone();
+    tokio::spawn(async move { bb.listen(listener, None).await });
+    let mut opts = rumqttc::MqttOptions::new("sdk-client", "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(1200));
+    opts.set_clean_session(false);
+    opts.set_credentials(format!("{USER}&SDK=Rust&Version=0.1&Platform=linux"), PASS);
+    let (client, mut events) = rumqttc::AsyncClient::new(opts, 16);
+    client.subscribe("sdk/echo", rumqttc::QoS::AtLeastOnce).await.unwrap();
+    client.publish("sdk/echo", rumqttc::QoS::AtLeastOnce, false, "hello").await.unwrap();
+    let mut seen = Vec::new();
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(a))) => seen.push(format!("CONNACK {:?}", a.code)),
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(a))) => {
+                    seen.push(format!("SUBACK {:?}", a.return_codes))
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => seen.push("PUBACK".into()),
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    seen.push(format!("PUBLISH {} {:?}", p.topic, p.payload));
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => panic!("connection error: {e}; seen {seen:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(got.is_ok(), "no message back; seen {seen:?}");
+    assert_eq!(seen[0], "CONNACK Success");
+    assert!(seen.contains(&"SUBACK [Success(AtLeastOnce)]".to_string()), "{seen:?}");
+    assert_eq!(seen.last().unwrap(), "PUBLISH sdk/echo b\"hello\"");
+    assert_eq!(b.connected(), ["sdk-client"]);
+}
