@@ -261,3 +261,44 @@ impl Acceptors {
         Ok((stream, info))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_signed_material_is_reused_and_remade_for_new_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        self_signed(dir.path(), &names).unwrap();
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+        let (ca, server, client) = (read("ca.pem"), read("server.pem"), read("client.pem"));
+        self_signed(dir.path(), &names).unwrap();
+        assert_eq!((read("ca.pem"), read("server.pem"), read("client.pem")), (ca.clone(), server.clone(), client));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("server-key.pem")).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // New names: a new server certificate from the same CA.
+        let m = self_signed(dir.path(), &["mqtt.test".to_string()]).unwrap();
+        assert_eq!(read("ca.pem"), ca);
+        assert_ne!(read("server.pem"), server);
+        assert!(Acceptors::new(&m).unwrap().has_mtls());
+    }
+
+    #[test]
+    fn bad_files_are_named_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("c.pem");
+        std::fs::write(&cert, "not pem").unwrap();
+        let e = from_files(&cert, &dir.path().join("missing.pem")).err().unwrap().to_string();
+        assert!(e.contains("missing.pem") && e.contains("No such file"), "{e}");
+        std::fs::write(dir.path().join("k.pem"), "not pem").unwrap();
+        let e = from_files(&cert, &dir.path().join("k.pem")).err().unwrap().to_string();
+        assert!(e.contains("c.pem") && e.contains("no CERTIFICATE"), "{e}");
+        let e = client_ca(&dir.path().join("nope.pem")).err().unwrap().to_string();
+        assert!(e.contains("nope.pem"), "{e}");
+    }
+}
