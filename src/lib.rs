@@ -4,5 +4,6 @@
 
 pub mod broker;
 pub mod driver;
+pub mod duration;
 pub mod link;
 pub mod state;

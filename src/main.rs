@@ -2,6 +2,7 @@
 
 mod broker_cmd;
 
+use tasmota_sim::duration::parse_duration;
 use tasmota_sim::{driver, link, state};
 
 use std::path::PathBuf;
@@ -113,21 +114,6 @@ impl TlsArgs {
         let connect_to = self.connect_to.into_iter().map(|c| ((c.host, c.port), (c.to_host, c.to_port))).collect();
         Ok(link::Connector { resolve, connect_to, trust, compat: self.tls_compat })
     }
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("'{s}': expected a number and a unit, like 500ms, 5s, 2m or 1h"))?;
-    let ms = match unit {
-        "ms" => n,
-        "s" | "" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s, m or h)")),
-    };
-    Ok(Duration::from_millis(ms))
 }
 
 fn main() -> ExitCode {

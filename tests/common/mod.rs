@@ -37,6 +37,21 @@ pub fn have(program: &str) -> bool {
     found
 }
 
+/// Starts `cmd` with stdout read line by line on a thread (stderr passes through).
+fn spawn_with_lines(cmd: &mut Command) -> (Child, Receiver<String>) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("start tasmota-sim");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
 /// The device binary, its console read line by line.
 pub struct DeviceProcess {
     child: Child,
@@ -46,23 +61,7 @@ pub struct DeviceProcess {
 
 impl DeviceProcess {
     pub fn start(args: &[&str]) -> DeviceProcess {
-        let mut child = Command::new(BIN)
-            .arg("device")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start tasmota-sim");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (child, rx) = spawn_with_lines(Command::new(BIN).arg("device").args(args).stdin(Stdio::piped()));
         DeviceProcess { child, lines: rx, seen: vec![] }
     }
 
@@ -295,23 +294,8 @@ pub struct BrokerProcess {
 
 impl BrokerProcess {
     pub fn start(args: &[&str]) -> BrokerProcess {
-        let mut child = Command::new(BIN)
-            .arg("broker")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start tasmota-sim broker");
-        let stdout = child.stdout.take().unwrap();
+        let (child, rx) = spawn_with_lines(Command::new(BIN).arg("broker").args(args));
         let expected = args.iter().filter(|a| a.ends_with("listen")).count();
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
         let mut listening = vec![];
         while listening.len() < expected {
             match rx.recv_timeout(Duration::from_secs(30)) {
