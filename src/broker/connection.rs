@@ -611,9 +611,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 if let Err(e) = profile.check_topic_limits(&f.path) {
                     return Err(End::Lost(format!("SUBSCRIBE: {e}")));
                 }
-                if topic::validate_filter(&f.path).is_err() {
-                    codes.push(SubscribeReasonCode::Failure);
-                    continue;
+                if let Err(e) = topic::validate_filter(&f.path) {
+                    // Mosquitto closes the link on an invalid filter rather than SUBACK 0x80.
+                    return Err(End::Lost(format!("SUBSCRIBE to an invalid filter '{}': {e}", f.path)));
                 }
                 let is_new = !state.sessions.get(&client).is_some_and(|s| s.subscriptions.contains_key(&f.path));
                 if let Some(max) = profile.limits.subscriptions {
