@@ -120,6 +120,7 @@ conformance!(
     retained_messages,
     qos_1_and_2_inbound,
     qos_downgrade_and_outbound_flows,
+    qos_2_outbound_resumes_with_pubrel,
     persistent_sessions_queue_and_redeliver,
     wildcards_and_the_dollar_rule,
     overlapping_subscriptions,
@@ -275,6 +276,36 @@ async fn qos_downgrade_and_outbound_flows(t: &Target) {
     // PINGREQ -> PINGRESP.
     p.send(Packet::PingReq).await;
     assert_eq!(p.expect(S).await, Packet::PingResp);
+}
+
+async fn qos_2_outbound_resumes_with_pubrel(t: &Target) {
+    let addr = t.addr();
+    let mut dev = link(addr).await;
+    assert!(dev.connect(connect("q2-dev", BOB, false, 60)).await.is_ok());
+    dev.subscribe(1, &[("q2/#", QoS::ExactlyOnce)]).await;
+    let mut p = online(addr, "q2-pub", true).await;
+    p.publish("q2/x", "exactly once", QoS::AtLeastOnce, false, 1).await;
+    assert_eq!(p.expect(S).await, Packet::PubAck(PubAck::new(1)));
+    let Packet::Publish(m) = dev.expect(S).await else { panic!("expected PUBLISH") };
+    assert_eq!(m.qos, QoS::AtLeastOnce);
+    dev.send(Packet::PubAck(PubAck::new(m.pkid))).await;
+    p.publish("q2/y", "two", QoS::ExactlyOnce, false, 2).await;
+    assert_eq!(p.expect(S).await, Packet::PubRec(PubRec::new(2)));
+    p.send(Packet::PubRel(PubRel::new(2))).await;
+    assert_eq!(p.expect(S).await, Packet::PubComp(PubComp::new(2)));
+    let Packet::Publish(m) = dev.expect(S).await else { panic!("expected PUBLISH") };
+    dev.send(Packet::PubRec(PubRec::new(m.pkid))).await;
+    assert_eq!(dev.expect(S).await, Packet::PubRel(PubRel::new(m.pkid)));
+    // The link drops before PUBCOMP: the session resumes with PUBREL, not the message.
+    drop(dev);
+    let mut dev = link(addr).await;
+    assert_eq!(
+        dev.connect(connect("q2-dev", BOB, false, 60)).await,
+        Ok(ConnAck::new(ConnectReturnCode::Success, true))
+    );
+    assert_eq!(dev.expect(S).await, Packet::PubRel(PubRel::new(m.pkid)));
+    dev.send(Packet::PubComp(PubComp::new(m.pkid))).await;
+    dev.expect_silence(Duration::from_millis(500)).await;
 }
 
 async fn persistent_sessions_queue_and_redeliver(t: &Target) {

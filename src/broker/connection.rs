@@ -631,6 +631,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         retain: true,
                         pkid: 0,
                         dup: false,
+                        released: false,
                     });
                 }
             }
@@ -682,6 +683,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let redelivery = d.pkid != 0;
         if d.pkid == 0 || self.inflight.iter().any(|o| o.d.pkid == d.pkid) {
             d.pkid = self.alloc_pkid();
+        }
+        if redelivery && d.released {
+            self.send(&Packet::PubRel(PubRel::new(d.pkid)));
+            self.inflight.push_back(Outflight { d, released: true });
+            return;
         }
         let dup = redelivery && d.dup && self.shared.profile.dup_on_redelivery;
         self.send_publish(&d, d.pkid, dup);
@@ -800,7 +806,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let now = Instant::now();
             let will = if will { self.will.take() } else { None };
             let left = Leftovers {
-                unacked: self.inflight.drain(..).map(|o| Delivery { dup: true, ..o.d }).collect(),
+                unacked: self.inflight.drain(..).map(|o| Delivery { dup: true, released: o.released, ..o.d }).collect(),
                 waiting: std::mem::take(&mut self.waiting),
                 next_pkid: self.next_pkid,
                 qos2_in: std::mem::take(&mut self.qos2_in),

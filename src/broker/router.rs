@@ -33,6 +33,9 @@ pub struct Delivery {
     /// Packet id already used for it (a redelivery), or 0.
     pub pkid: u16,
     pub dup: bool,
+    /// QoS 2 only: PUBREC was received before the link dropped, so the reconnect resends
+    /// PUBREL, not the PUBLISH (MQTT-4.4.0-1).
+    pub released: bool,
 }
 
 /// What other parts of the broker tell a connection.
@@ -260,7 +263,14 @@ impl State {
         }
         let n = targets.len();
         for (client, sub_qos) in targets {
-            let d = Delivery { msg: msg.clone(), qos: min_qos(qos, sub_qos), retain: false, pkid: 0, dup: false };
+            let d = Delivery {
+                msg: msg.clone(),
+                qos: min_qos(qos, sub_qos),
+                retain: false,
+                pkid: 0,
+                dup: false,
+                released: false,
+            };
             self.deliver(&client, d);
         }
         n
