@@ -162,7 +162,8 @@ impl Profile {
                 keepalive_reset_by_any: true,
                 session_expiry: None,
                 custom_auth: false,
-                limits: Limits::NONE,
+                // Mosquitto's max_inflight_messages default.
+                limits: Limits { inflight: Some(20), ..Limits::NONE },
             },
             ProfileName::AwsIot => Profile {
                 name,
