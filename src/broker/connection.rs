@@ -435,6 +435,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                             let _ = self.flush().await;
                             return end;
                         }
+                        // Tokio's cooperative budget: a client flooding us yields now and
+                        // then, so the clients it publishes to get their turn.
+                        tokio::task::consume_budget().await;
                     }
                     Err(mqttbytes::Error::InsufficientBytes(n)) => {
                         self.need = n;
@@ -467,6 +470,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                             ToConn::Deliver(d) => self.waiting.push_back(d),
                             ToConn::Kick(why) => kicked = kicked.or(Some(why)),
                         }
+                    }
+                    let dropped = mailbox.take_dropped();
+                    if dropped > 0 {
+                        tracing::debug!(conn = self.id, "{dropped} messages dropped: the client does not read fast enough");
+                        self.record(Record::event("dropped", format!("{dropped} messages: the client does not read fast enough")));
                     }
                     if let Some(why) = kicked {
                         let _ = self.flush().await;
@@ -661,7 +669,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     fn inflight_has_room(&self) -> bool {
-        self.shared.profile.limits.inflight.is_none_or(|max| self.inflight.len() < max)
+        // Even with the limit off, packet ids are 16 bits (1..=65535) and must stay unique.
+        let max = self.shared.profile.limits.inflight.unwrap_or(usize::MAX).min(1024);
+        self.inflight.len() < max
     }
 
     /// Sends (or queues, when the in-flight window is full) one message to the client.
@@ -674,8 +684,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.send_publish(&d, 0, false);
         } else if self.inflight_has_room() && self.waiting.is_empty() {
             self.send_inflight(d);
-        } else {
+        } else if self.waiting.len() < super::router::MAX_QUEUED {
             self.waiting.push_back(d);
+        } else {
+            self.record(Record::event("dropped", format!("{}: more than 1000 messages queued", d.msg.topic)));
         }
     }
 

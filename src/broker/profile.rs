@@ -45,7 +45,8 @@ pub struct Limits {
     pub connects_per_second: Option<u32>,
     /// Keepalive clamp `(min, max)`; 0 is served as max (AWS: 30..1200).
     pub keepalive: Option<(u16, u16)>,
-    /// Unacknowledged QoS 1 messages to one client (AWS: 100); more wait.
+    /// Unacknowledged QoS 1/2 messages to one client (AWS: 100, Mosquitto: 20); more
+    /// wait. Off still means at most 1024 (the linear scans stay short).
     pub inflight: Option<usize>,
 }
 

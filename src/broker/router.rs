@@ -3,6 +3,7 @@
 //! one lock, and hands deliveries to each connection's [`Mailbox`].
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -13,9 +14,13 @@ use tokio::time::Instant;
 use super::profile::Profile;
 use super::topic;
 
-/// Mosquitto's `max_queued_messages` default: QoS 1/2 messages kept for one offline
-/// persistent client; more are dropped.
+/// Mosquitto's `max_queued_messages` default: messages queued for one client (offline
+/// persistent, or online but not reading fast enough); more are dropped.
 pub const MAX_QUEUED: usize = 1000;
+
+/// Deliveries waiting for one connected client before the excess is dropped (a slow
+/// reader must not grow the broker without bound).
+pub const MAILBOX_CAP: usize = 10_000;
 
 /// An application message as routed: topic and payload, shared by every delivery.
 #[derive(Debug)]
@@ -47,19 +52,35 @@ pub enum ToConn {
 }
 
 /// A connection's inbox. A `VecDeque` allocates nothing until used, which keeps an idle
-/// connection small (a tokio mpsc channel preallocates a block of slots).
+/// connection small (a tokio mpsc channel preallocates a block of slots). It holds at most
+/// [`MAILBOX_CAP`] deliveries: a client that does not read fast enough loses the excess, as
+/// with Mosquitto ("Outgoing messages are being dropped"), instead of the broker growing
+/// without bound.
 #[derive(Default)]
 pub struct Mailbox {
     queue: Mutex<VecDeque<ToConn>>,
     notify: Notify,
+    dropped: AtomicU64,
 }
 
 impl Mailbox {
     pub fn push(&self, m: ToConn) {
-        if let Ok(mut q) = self.queue.lock() {
-            q.push_back(m);
+        let was_empty = match self.queue.lock() {
+            Ok(mut q) => {
+                if matches!(m, ToConn::Deliver(_)) && q.len() >= MAILBOX_CAP {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                q.push_back(m);
+                q.len() == 1
+            }
+            Err(_) => return,
+        };
+        // The connection takes everything on each wake-up, so only the first item of a
+        // batch needs to wake it.
+        if was_empty {
+            self.notify.notify_one();
         }
-        self.notify.notify_one();
     }
 
     /// Waits until something is in the box (a permit is stored if `push` came first).
@@ -69,6 +90,11 @@ impl Mailbox {
 
     pub fn take(&self) -> VecDeque<ToConn> {
         self.queue.lock().map(|mut q| std::mem::take(&mut *q)).unwrap_or_default()
+    }
+
+    /// Deliveries dropped because the box was full, since the last call.
+    pub fn take_dropped(&self) -> u64 {
+        self.dropped.swap(0, Ordering::Relaxed)
     }
 }
 

@@ -1,0 +1,1043 @@
+//! The embedded broker (`tasmota-sim broker --profile plain`) against Mosquitto, in one run
+//! on this machine, both on loopback:
+//!
+//! - publish throughput: 1, 100 and 1000 publishers fanning in to one subscriber of
+//!   `bench/#`, QoS 0 and QoS 1, 64-byte payloads, counted where the subscriber receives them;
+//! - connect rate: TCP connect, CONNECT, CONNACK, DISCONNECT, one client at a time and 50 at
+//!   a time, plain and TLS (the same certificate on both brokers, full handshakes);
+//! - memory per idle plain connection: the broker's VmRSS before and after N idle clients.
+//!
+//! `cargo bench --bench broker` runs it all and writes the table into BENCHMARKS.md between
+//! `<!-- broker-bench:begin -->` and `<!-- broker-bench:end -->`. `-- --quick` runs short
+//! windows and only prints. Any other argument keeps the rows whose name contains it, as
+//! libtest filters do (`-- --quick TLS`). Without `--bench` (that is, under
+//! `cargo test --benches`) it does nothing.
+//!
+//! The load comes from this process: raw MQTT 3.1.1 encoded and decoded with rumqttc's
+//! `mqttbytes`, publishers on a two-worker tokio runtime, the subscriber on a thread of its
+//! own so it is never what limits the count. The machine's cores are shared by the load and
+//! the broker, the same way for both brokers.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use rumqttc::mqttbytes::v4::{Connect, ConnectReturnCode, Packet, PubAck, Publish, Subscribe, SubscribeReasonCode};
+use rumqttc::mqttbytes::{Error as WireError, QoS};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+/// Largest packet the load generator accepts from a broker.
+const MAX_PACKET: usize = 64 * 1024;
+/// Any single step with a broker (connect, CONNACK, SUBACK, a write) that takes longer has failed.
+const STEP: Duration = Duration::from_secs(5);
+const PAYLOAD: [u8; 64] = [b'x'; 64];
+/// QoS 1 messages a publisher keeps unacknowledged.
+const QOS1_WINDOW: usize = 10;
+/// QoS 0 messages a publisher writes per call.
+const QOS0_BATCH: usize = 16;
+/// Clients connecting at once while the publishers or idle clients are set up.
+const SETUP_CONCURRENCY: usize = 50;
+/// Clients looping connect/disconnect in the concurrent connect-rate rows.
+const CONNECT_WORKERS: usize = 50;
+/// After a row, the broker has settled when it uses less than this share of one core.
+const QUIET_CPU: f64 = 0.05;
+
+const BEGIN: &str = "<!-- broker-bench:begin -->";
+const END: &str = "<!-- broker-bench:end -->";
+
+/// How long and how big: `--quick` or the full run.
+struct Plan {
+    quick: bool,
+    warmup: Duration,
+    window: Duration,
+    idle_clients: usize,
+    filters: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------------------
+// The brokers
+
+/// A broker process under test, killed when dropped (and, on Linux, when this process dies).
+struct Broker {
+    name: &'static str,
+    child: Child,
+    port: u16,
+    tls_port: u16,
+    /// Where its stderr goes, quoted when it fails.
+    log: PathBuf,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Broker {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `Err` with the reason (and the end of its log) once the process has exited.
+    fn alive(&self) -> Result<(), String> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+        match state {
+            Some("Z" | "X") | None => Err(format!("{} has exited{}", self.name, log_tail(&self.log))),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let last: Vec<&str> = text.lines().rev().take(3).collect();
+    if last.is_empty() {
+        String::new()
+    } else {
+        format!(" (its stderr ends: {})", last.into_iter().rev().collect::<Vec<_>>().join(" / "))
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
+    l.local_addr().map(|a| a.port()).map_err(|e| format!("no free port: {e}"))
+}
+
+/// The child gets SIGKILL when the bench dies, so an interrupted run leaves no broker behind.
+fn die_with_bench(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        extern "C" {
+            fn prctl(option: i32, ...) -> i32;
+        }
+        const PR_SET_PDEATHSIG: i32 = 1;
+        const SIGKILL: i32 = 9;
+        // SAFETY: prctl is async-signal-safe and touches only the calling process.
+        unsafe {
+            cmd.pre_exec(|| {
+                prctl(PR_SET_PDEATHSIG, SIGKILL);
+                Ok(())
+            });
+        }
+    }
+}
+
+/// `tasmota-sim broker --profile plain` with a plain and a TLS listener; `--tls-self-signed`
+/// writes the certificate that Mosquitto then serves too.
+fn start_ours(dir: &Path, certs: &Path) -> Result<Broker, String> {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_tasmota-sim"));
+    if !exe.exists() {
+        return Err(format!("{} is missing: run `cargo build --release`", exe.display()));
+    }
+    let (port, tls_port) = (free_port()?, free_port()?);
+    let log = dir.join("tasmota-sim.log");
+    let stderr = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let mut cmd = Command::new(&exe);
+    cmd.args(["broker", "--profile", "plain", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--tls-listen", &format!("127.0.0.1:{tls_port}"), "--tls-self-signed"])
+        .arg(certs)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr);
+    die_with_bench(&mut cmd);
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    let stdout = child.stdout.take();
+    let broker = Broker { name: "tasmota-sim", child, port, tls_port, log };
+    let stdout = stdout.ok_or("no stdout")?;
+    // A thread reads stdout for the broker's whole life, so it never writes into a closed
+    // pipe, and reports the "listening on" lines.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let want =
+        [format!("listening on mqtt://127.0.0.1:{port} "), format!("listening on mqtts://127.0.0.1:{tls_port} ")];
+    let mut seen = [false, false];
+    // Generating two RSA keys the first time can take a few seconds.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen != [true, true] {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                for (i, w) in want.iter().enumerate() {
+                    seen[i] |= line.starts_with(w.as_str());
+                }
+            }
+            Err(_) => {
+                broker.alive()?;
+                return Err(format!("tasmota-sim did not print both 'listening on' lines{}", log_tail(&broker.log)));
+            }
+        }
+    }
+    Ok(broker)
+}
+
+fn mosquitto_version() -> Option<String> {
+    let out = Command::new("mosquitto").arg("-h").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Some(text.lines().next().unwrap_or("mosquitto (unknown version)").trim().to_string())
+}
+
+/// Mosquitto on two free ports: plain, and TLS with the files our broker wrote.
+fn start_mosquitto(dir: &Path, certs: &Path) -> Result<Broker, String> {
+    let (port, tls_port) = (free_port()?, free_port()?);
+    let conf = dir.join("mosquitto.conf");
+    // `user root`: when the bench runs as root Mosquitto would otherwise switch to the
+    // `mosquitto` user, which can read neither the 0600 key nor keep the parent-death signal.
+    // It has no effect for other users.
+    let text = format!(
+        "per_listener_settings false\nallow_anonymous true\npersistence false\nuser root\n\
+         log_dest stderr\nlog_type error\nlog_type warning\nmax_connections -1\n\
+         listener {port} 127.0.0.1\n\
+         listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
+        certs.join("ca.pem").display(),
+        certs.join("server.pem").display(),
+        certs.join("server-key.pem").display()
+    );
+    std::fs::write(&conf, text).map_err(|e| format!("{}: {e}", conf.display()))?;
+    let log = dir.join("mosquitto.log");
+    let stderr = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let mut cmd = Command::new("mosquitto");
+    cmd.arg("-c").arg(&conf).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+    die_with_bench(&mut cmd);
+    let child = cmd.spawn().map_err(|e| format!("cannot start mosquitto: {e}"))?;
+    let broker = Broker { name: "Mosquitto", child, port, tls_port, log };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for p in [port, tls_port] {
+        while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
+            broker.alive()?;
+            if Instant::now() > deadline {
+                return Err(format!("mosquitto did not listen on {p}{}", log_tail(&broker.log)));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(broker)
+}
+
+/// Stand-in certificates (ECDSA P-256) for Mosquitto's TLS listener when our broker could
+/// not start and write its own.
+fn make_certs(certs: &Path) -> Result<(), String> {
+    let e = |e: rcgen::Error| format!("rcgen: {e}");
+    let ca_key = rcgen::KeyPair::generate().map_err(e)?;
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "broker bench CA");
+    let ca_cert = ca.self_signed(&ca_key).map_err(e)?;
+    let issuer = rcgen::Issuer::new(ca, &ca_key);
+    let key = rcgen::KeyPair::generate().map_err(e)?;
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .map_err(e)?
+        .signed_by(&key, &issuer)
+        .map_err(e)?;
+    std::fs::create_dir_all(certs).map_err(|e| e.to_string())?;
+    for (name, pem) in [("ca.pem", ca_cert.pem()), ("server.pem", cert.pem()), ("server-key.pem", key.serialize_pem())]
+    {
+        std::fs::write(certs.join(name), pem).map_err(|e| format!("{name}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Seconds of CPU the process has used (user + system).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // After the command: state is field 3, utime 14, stime 15 (clock ticks, 100 per second).
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Waits until the broker is idle again after a row, so one row's leftovers do not slow the next.
+async fn settle(broker: &Broker) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = cpu_seconds(broker.pid());
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        broker.alive()?;
+        let now = cpu_seconds(broker.pid());
+        let used = match (last, now) {
+            (Some(a), Some(b)) => (b - a) / 0.5,
+            _ => return Ok(()),
+        };
+        if used < QUIET_CPU {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("still using {:.0}% CPU 20 s after the load stopped", used * 100.0));
+        }
+        last = now;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// MQTT on the wire
+
+fn encode(packet: &Packet) -> BytesMut {
+    let mut buf = BytesMut::new();
+    // Every packet the bench builds is far below MAX_PACKET.
+    let _ = packet.write(&mut buf, MAX_PACKET);
+    buf
+}
+
+/// The next packet from `s`, using what is already in `buf` first.
+async fn read_packet<S: AsyncRead + Unpin>(s: &mut S, buf: &mut BytesMut) -> Result<Packet, String> {
+    loop {
+        match Packet::read(buf, MAX_PACKET) {
+            Ok(p) => return Ok(p),
+            Err(WireError::InsufficientBytes(n)) => buf.reserve(n.max(4096)),
+            Err(e) => return Err(format!("bad packet from the broker: {e}")),
+        }
+        match s.read_buf(buf).await {
+            Ok(0) => return Err("the broker closed the connection".into()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+}
+
+/// CONNECT (clean session) and CONNACK 0 on any stream, within `STEP`.
+async fn mqtt_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    buf: &mut BytesMut,
+    id: &str,
+    keep_alive: u16,
+) -> Result<(), String> {
+    let mut connect = Connect::new(id);
+    connect.keep_alive = keep_alive;
+    let step = async {
+        s.write_all(&encode(&Packet::Connect(connect))).await.map_err(|e| format!("CONNECT: {e}"))?;
+        match read_packet(s, buf).await? {
+            Packet::ConnAck(a) if a.code == ConnectReturnCode::Success => Ok(()),
+            Packet::ConnAck(a) => Err(format!("CONNACK {:?}", a.code)),
+            p => Err(format!("expected CONNACK, got {p:?}")),
+        }
+    };
+    tokio::time::timeout(STEP, step).await.map_err(|_| "no CONNACK within 5 s".to_string())?
+}
+
+/// A connected plain client and what it has read past the CONNACK.
+async fn connect_plain(port: u16, id: &str, keep_alive: u16) -> Result<(TcpStream, BytesMut), String> {
+    let tcp = tokio::time::timeout(STEP, TcpStream::connect(("127.0.0.1", port)))
+        .await
+        .map_err(|_| "TCP connect took over 5 s".to_string())?
+        .map_err(|e| format!("TCP connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let mut s = tcp;
+    let mut buf = BytesMut::with_capacity(4096);
+    mqtt_handshake(&mut s, &mut buf, id, keep_alive).await?;
+    Ok((s, buf))
+}
+
+/// `n` plain clients connected `SETUP_CONCURRENCY` at a time, in the order of their index.
+async fn connect_many(port: u16, prefix: &str, n: usize) -> Result<Vec<(TcpStream, BytesMut)>, String> {
+    let limit = Arc::new(tokio::sync::Semaphore::new(SETUP_CONCURRENCY));
+    let mut set = JoinSet::new();
+    for i in 0..n {
+        let (limit, id) = (limit.clone(), format!("{prefix}-{i}"));
+        set.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            (i, connect_plain(port, &id, 0).await.map_err(|e| format!("client {id}: {e}")))
+        });
+    }
+    let mut out: Vec<Option<(TcpStream, BytesMut)>> = (0..n).map(|_| None).collect();
+    while let Some(joined) = set.join_next().await {
+        let (i, r) = joined.map_err(|e| format!("connect task: {e}"))?;
+        out[i] = Some(r?);
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
+/// A prefix for client ids no earlier row used, so a closing client never meets a takeover.
+fn fresh_prefix(what: &str) -> String {
+    static ROW: AtomicU64 = AtomicU64::new(0);
+    format!("bench{}-{what}", ROW.fetch_add(1, Ordering::Relaxed))
+}
+
+// ---------------------------------------------------------------------------------------
+// Row 1: publish throughput, fan-in to one subscriber
+
+/// The one subscriber, on a thread and runtime of its own: counts PUBLISH packets and
+/// acknowledges QoS 1 ones.
+struct Subscriber {
+    count: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    done: tokio::sync::oneshot::Receiver<Result<(), String>>,
+}
+
+async fn start_subscriber(port: u16, qos: QoS, id: String) -> Result<Subscriber, String> {
+    let count = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (c, st) = (count.clone(), stop.clone());
+    std::thread::Builder::new()
+        .name("subscriber".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("subscriber runtime: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match subscribe(port, qos, &id).await {
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                    Ok((s, buf)) => {
+                        let _ = ready_tx.send(Ok(()));
+                        let _ = done_tx.send(count_deliveries(s, buf, &c, &st).await);
+                    }
+                }
+            });
+        })
+        .map_err(|e| format!("subscriber thread: {e}"))?;
+    match tokio::time::timeout(STEP * 3, ready_rx).await {
+        Ok(Ok(Ok(()))) => Ok(Subscriber { count, stop, done: done_rx }),
+        Ok(Ok(Err(e))) => Err(format!("subscriber: {e}")),
+        _ => Err("subscriber: not subscribed within 15 s".into()),
+    }
+}
+
+async fn subscribe(port: u16, qos: QoS, id: &str) -> Result<(TcpStream, BytesMut), String> {
+    let (mut s, mut buf) = connect_plain(port, id, 0).await?;
+    let mut sub = Subscribe::new("bench/#", qos);
+    sub.pkid = 1;
+    let step = async {
+        s.write_all(&encode(&Packet::Subscribe(sub))).await.map_err(|e| format!("SUBSCRIBE: {e}"))?;
+        match read_packet(&mut s, &mut buf).await? {
+            Packet::SubAck(a) if a.return_codes == [SubscribeReasonCode::Success(qos)] => Ok(()),
+            p => Err(format!("expected SUBACK granting {qos:?}, got {p:?}")),
+        }
+    };
+    tokio::time::timeout(STEP, step).await.map_err(|_| "no SUBACK within 5 s".to_string())??;
+    Ok((s, buf))
+}
+
+async fn count_deliveries(
+    mut s: TcpStream,
+    mut buf: BytesMut,
+    count: &AtomicU64,
+    stop: &AtomicBool,
+) -> Result<(), String> {
+    let mut acks = BytesMut::new();
+    while !stop.load(Ordering::Relaxed) {
+        let mut seen = 0;
+        loop {
+            match Packet::read(&mut buf, MAX_PACKET) {
+                Ok(Packet::Publish(p)) => {
+                    seen += 1;
+                    if p.qos == QoS::AtLeastOnce {
+                        let _ = PubAck::new(p.pkid).write(&mut acks);
+                    }
+                }
+                Ok(_) => {}
+                Err(WireError::InsufficientBytes(_)) => break,
+                Err(e) => return Err(format!("bad packet from the broker: {e}")),
+            }
+        }
+        count.fetch_add(seen, Ordering::Relaxed);
+        if !acks.is_empty() {
+            match tokio::time::timeout(STEP, s.write_all(&acks)).await {
+                Ok(Ok(())) => acks.clear(),
+                Ok(Err(e)) => return Err(format!("PUBACK: {e}")),
+                Err(_) => return Err("PUBACK write blocked for 5 s".into()),
+            }
+        }
+        buf.reserve(64 * 1024);
+        match tokio::time::timeout(Duration::from_millis(200), s.read_buf(&mut buf)).await {
+            Err(_) => {}
+            Ok(Ok(0)) => return Err("the broker closed the subscriber's connection".into()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("subscriber read: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// One publisher, until it is aborted: QoS 0 writes as fast as the broker reads; QoS 1 keeps
+/// `QOS1_WINDOW` messages unacknowledged. `sent` counts messages written (QoS 0) or
+/// acknowledged (QoS 1).
+async fn publish_loop(
+    mut s: TcpStream,
+    mut buf: BytesMut,
+    topic: String,
+    qos: QoS,
+    sent: Arc<AtomicU64>,
+) -> Result<(), String> {
+    let payload = Bytes::from_static(&PAYLOAD);
+    if qos == QoS::AtMostOnce {
+        let mut batch = BytesMut::new();
+        for _ in 0..QOS0_BATCH {
+            let _ = Publish::from_bytes(topic.as_str(), qos, payload.clone()).write(&mut batch);
+        }
+        loop {
+            s.write_all(&batch).await.map_err(|e| format!("PUBLISH: {e}"))?;
+            sent.fetch_add(QOS0_BATCH as u64, Ordering::Relaxed);
+        }
+    }
+    let mut publish = Publish::from_bytes(topic, qos, payload);
+    let mut out = BytesMut::new();
+    let mut inflight = 0;
+    loop {
+        while inflight < QOS1_WINDOW {
+            publish.pkid = publish.pkid.checked_add(1).unwrap_or(1);
+            let _ = publish.write(&mut out);
+            inflight += 1;
+        }
+        if !out.is_empty() {
+            s.write_all(&out).await.map_err(|e| format!("PUBLISH: {e}"))?;
+            out.clear();
+        }
+        // At least one packet, then whatever else is already buffered.
+        let mut packet = Some(read_packet(&mut s, &mut buf).await?);
+        while let Some(p) = packet {
+            if let Packet::PubAck(_) = p {
+                inflight = inflight.saturating_sub(1);
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            packet = Packet::read(&mut buf, MAX_PACKET).ok();
+        }
+    }
+}
+
+/// Messages per second the subscriber received over the window, after the warm-up.
+async fn throughput(broker: &Broker, publishers: usize, qos: QoS, plan: &Plan) -> Result<Measured, String> {
+    let prefix = fresh_prefix("pub");
+    let mut sub = start_subscriber(broker.port, qos, format!("{prefix}-sub")).await?;
+    let clients = connect_many(broker.port, &prefix, publishers).await?;
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut set = JoinSet::new();
+    for (i, (s, buf)) in clients.into_iter().enumerate() {
+        set.spawn(publish_loop(s, buf, format!("bench/{i}"), qos, sent.clone()));
+    }
+    tokio::time::sleep(plan.warmup).await;
+    let (c0, s0, t0) = (sub.count.load(Ordering::Relaxed), sent.load(Ordering::Relaxed), Instant::now());
+    tokio::time::sleep(plan.window).await;
+    let (c1, s1, t1) = (sub.count.load(Ordering::Relaxed), sent.load(Ordering::Relaxed), Instant::now());
+    sub.stop.store(true, Ordering::Relaxed);
+    // Publishers that stopped on their own did so because of an error.
+    let mut failed = Vec::new();
+    while let Some(r) = set.try_join_next() {
+        if let Ok(Err(e)) = r {
+            failed.push(e);
+        }
+    }
+    set.abort_all();
+    let subscriber_end = sub.done.try_recv();
+    if let Ok(Err(e)) = subscriber_end {
+        return Err(format!("subscriber: {e}"));
+    }
+    let secs = (t1 - t0).as_secs_f64();
+    let mut m = Measured::new((c1 - c0) as f64 / secs);
+    let what = if qos == QoS::AtMostOnce { "written" } else { "acknowledged" };
+    m.detail = Some(format!("{:.0} msg/s {what} by the publishers", (s1 - s0) as f64 / secs));
+    if !failed.is_empty() {
+        m.notes.push(format!("{} of {publishers} publishers failed, first: {}", failed.len(), failed[0]));
+    }
+    while set.join_next().await.is_some() {}
+    Ok(m)
+}
+
+// ---------------------------------------------------------------------------------------
+// Row 2: connect rate
+
+fn tls_client(certs: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let ca = certs.join("ca.pem");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&ca).map_err(|e| format!("{}: {e}", ca.display()))? {
+        roots.add(c.map_err(|e| format!("{}: {e}", ca.display()))?).map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // Every connect is a full handshake, as it is for a fleet of distinct devices.
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(config))
+}
+
+/// TCP connect, (TLS), CONNECT, CONNACK, DISCONNECT, and the broker's close.
+async fn connect_cycle(port: u16, tls: Option<&Arc<rustls::ClientConfig>>, id: &str) -> Result<(), String> {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| format!("TCP connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    match tls {
+        None => connect_disconnect(tcp, id).await,
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+            let s = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS handshake: {e}"))?;
+            connect_disconnect(s, id).await
+        }
+    }
+}
+
+async fn connect_disconnect<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, id: &str) -> Result<(), String> {
+    let mut buf = BytesMut::with_capacity(256);
+    mqtt_handshake(&mut s, &mut buf, id, 60).await?;
+    s.write_all(&encode(&Packet::Disconnect)).await.map_err(|e| format!("DISCONNECT: {e}"))?;
+    s.flush().await.map_err(|e| format!("DISCONNECT: {e}"))?;
+    // The broker closes first (MQTT-3.14.4-1), so this side keeps no TIME_WAIT port.
+    let mut rest = [0u8; 64];
+    loop {
+        match s.read(&mut rest).await {
+            Ok(0) | Err(_) => return Ok(()),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Connect cycles per second with `workers` clients looping at once.
+async fn connect_rate(
+    broker: &Broker,
+    workers: usize,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    plan: &Plan,
+) -> Result<Measured, String> {
+    let port = if tls.is_some() { broker.tls_port } else { broker.port };
+    let prefix = fresh_prefix("conn");
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
+    let mut set = JoinSet::new();
+    for w in 0..workers {
+        let (stop, done, errors, first_error, tls) =
+            (stop.clone(), done.clone(), errors.clone(), first_error.clone(), tls.clone());
+        let prefix = prefix.clone();
+        set.spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let id = format!("{prefix}-{w}-{n}");
+                let r = tokio::time::timeout(STEP, connect_cycle(port, tls.as_ref(), &id)).await;
+                match r.unwrap_or_else(|_| Err("connect cycle took over 5 s".into())) {
+                    Ok(()) => done.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        if let Ok(mut first) = first_error.lock() {
+                            first.get_or_insert(e);
+                        }
+                        errors.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        });
+    }
+    tokio::time::sleep(plan.warmup).await;
+    let (c0, e0, t0) = (done.load(Ordering::Relaxed), errors.load(Ordering::Relaxed), Instant::now());
+    tokio::time::sleep(plan.window).await;
+    let (c1, e1, t1) = (done.load(Ordering::Relaxed), errors.load(Ordering::Relaxed), Instant::now());
+    stop.store(true, Ordering::Relaxed);
+    if tokio::time::timeout(STEP * 2, async { while set.join_next().await.is_some() {} }).await.is_err() {
+        set.abort_all();
+    }
+    let first = first_error.lock().ok().and_then(|f| f.clone()).unwrap_or_default();
+    if c1 == c0 {
+        return Err(format!("no connect cycle completed in the window ({} failed: {first})", e1 - e0));
+    }
+    let mut m = Measured::new((c1 - c0) as f64 / (t1 - t0).as_secs_f64());
+    if e1 > e0 {
+        m.notes.push(format!("{} cycles failed in the window, first: {first}", e1 - e0));
+    }
+    Ok(m)
+}
+
+// ---------------------------------------------------------------------------------------
+// Row 3: memory per idle connection
+
+/// The broker's RSS growth per idle connected client, in KiB.
+async fn idle_memory(broker: &Broker, plan: &Plan) -> Result<Measured, String> {
+    let pid = broker.pid();
+    // A few connections first, so what is allocated once (buffers, worker threads) is
+    // in the baseline rather than spread over the clients.
+    drop(connect_many(broker.port, &fresh_prefix("warm"), 20).await?);
+    settle(broker).await?;
+    let before = stable_rss(pid).await.ok_or("cannot read VmRSS")?;
+    let clients = connect_many(broker.port, &fresh_prefix("idle"), plan.idle_clients).await?;
+    settle(broker).await?;
+    let after = stable_rss(pid).await.ok_or("cannot read VmRSS")?;
+    broker.alive()?;
+    drop(clients);
+    let mut m = Measured::new(after.saturating_sub(before) as f64 / plan.idle_clients as f64);
+    m.detail = Some(format!("VmRSS {before} KiB -> {after} KiB"));
+    Ok(m)
+}
+
+/// VmRSS once two readings 300 ms apart agree within 0.5%.
+async fn stable_rss(pid: u32) -> Option<u64> {
+    let mut last = rss_kib(pid)?;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = rss_kib(pid)?;
+        if now.abs_diff(last) * 200 <= last {
+            return Some(now);
+        }
+        last = now;
+    }
+    Some(last)
+}
+
+// ---------------------------------------------------------------------------------------
+// Rows and the report
+
+#[derive(Clone)]
+enum Kind {
+    Throughput { publishers: usize, qos: QoS },
+    Connect { workers: usize, tls: bool },
+    IdleMemory,
+}
+
+struct Measured {
+    value: f64,
+    /// Printed while running, not in the table.
+    detail: Option<String>,
+    /// Listed under the table.
+    notes: Vec<String>,
+}
+
+impl Measured {
+    fn new(value: f64) -> Self {
+        Measured { value, detail: None, notes: Vec::new() }
+    }
+}
+
+struct Row {
+    name: String,
+    kind: Kind,
+    mosquitto: Result<Measured, String>,
+    ours: Result<Measured, String>,
+}
+
+fn rows(plan: &Plan) -> Vec<(String, Kind)> {
+    let mut rows =
+        vec![(format!("memory per idle plain connection, {} clients (KiB)", plan.idle_clients), Kind::IdleMemory)];
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+        for publishers in [1, 100, 1000] {
+            let q = qos as u8;
+            rows.push((
+                format!("publish {publishers} → 1, QoS {q}, 64 B (msg/s)"),
+                Kind::Throughput { publishers, qos },
+            ));
+        }
+    }
+    for tls in [false, true] {
+        for workers in [1, CONNECT_WORKERS] {
+            let how =
+                if workers == 1 { "1 client at a time".to_string() } else { format!("{workers} clients at once") };
+            let name = format!("connect {}, {how} (conn/s)", if tls { "TLS" } else { "plain" });
+            rows.push((name, Kind::Connect { workers, tls }));
+        }
+    }
+    rows.retain(|(name, _)| plan.filters.is_empty() || plan.filters.iter().any(|f| name.contains(f.as_str())));
+    rows
+}
+
+async fn measure(
+    broker: Result<&Broker, &str>,
+    kind: &Kind,
+    plan: &Plan,
+    tls: &Result<Arc<rustls::ClientConfig>, String>,
+) -> Result<Measured, String> {
+    let broker = broker.map_err(str::to_string)?;
+    broker.alive()?;
+    let budget = plan.warmup + plan.window + Duration::from_secs(90);
+    let run = async {
+        match kind {
+            Kind::Throughput { publishers, qos } => throughput(broker, *publishers, *qos, plan).await,
+            Kind::Connect { workers, tls: false } => connect_rate(broker, *workers, None, plan).await,
+            Kind::Connect { workers, tls: true } => connect_rate(broker, *workers, Some(tls.clone()?), plan).await,
+            Kind::IdleMemory => idle_memory(broker, plan).await,
+        }
+    };
+    let mut result = tokio::time::timeout(budget, run)
+        .await
+        .unwrap_or_else(|_| Err(format!("did not finish within {} s", budget.as_secs())));
+    if let Err(e) = &mut result {
+        if let Err(dead) = broker.alive() {
+            *e = format!("{e}; {dead}");
+        }
+    }
+    // Let it finish closing this row's connections before the next row starts.
+    if let Err(e) = settle(broker).await {
+        eprintln!("broker bench: WARNING: {}: {e}", broker.name);
+        match &mut result {
+            Ok(m) => m.notes.push(format!("after this row the broker was {e}")),
+            Err(r) => *r = format!("{r}; then {e}"),
+        }
+    }
+    result
+}
+
+fn cell(r: &Result<Measured, String>, kind: &Kind) -> String {
+    match r {
+        Ok(m) if matches!(kind, Kind::IdleMemory) => format!("{:.2}", m.value),
+        Ok(m) => format!("{:.0}", m.value),
+        Err(e) => format!("failed: {}", e.replace('|', "/")),
+    }
+}
+
+/// ours/Mosquitto for rates, Mosquitto/ours for memory: above 1 is better for us.
+fn ratio(row: &Row) -> Option<f64> {
+    let (Ok(m), Ok(o)) = (&row.mosquitto, &row.ours) else { return None };
+    let r = if matches!(row.kind, Kind::IdleMemory) { m.value / o.value } else { o.value / m.value };
+    r.is_finite().then_some(r)
+}
+
+fn target(row: &Row) -> String {
+    match (&row.kind, &row.ours) {
+        (Kind::IdleMemory, Ok(o)) => format!("≤ 4 KiB: {}", if o.value <= 4.0 { "met" } else { "MISSED" }),
+        (Kind::IdleMemory, Err(_)) => "≤ 4 KiB".into(),
+        (_, _) => match ratio(row) {
+            Some(r) => format!("≥ Mosquitto: {}", if r >= 1.0 { "met" } else { "MISSED" }),
+            None => "≥ Mosquitto".into(),
+        },
+    }
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut t = String::from("| row | Mosquitto | tasmota-sim | ratio | target |\n|---|---:|---:|---:|---|\n");
+    for r in rows {
+        let ratio = ratio(r).map(|x| format!("{x:.2}")).unwrap_or_else(|| "–".into());
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {ratio} | {} |",
+            r.name,
+            cell(&r.mosquitto, &r.kind),
+            cell(&r.ours, &r.kind),
+            target(r)
+        );
+    }
+    let notes: Vec<String> = rows
+        .iter()
+        .flat_map(|r| {
+            let m = r.mosquitto.as_ref().map(|m| m.notes.clone()).unwrap_or_default();
+            let o = r.ours.as_ref().map(|m| m.notes.clone()).unwrap_or_default();
+            let m = m.into_iter().map(move |n| (r.name.clone(), "Mosquitto", n));
+            let o = o.into_iter().map(move |n| (r.name.clone(), "tasmota-sim", n));
+            m.chain(o).collect::<Vec<_>>()
+        })
+        .map(|(row, who, n)| format!("- {row}, {who}: {n}\n"))
+        .collect();
+    if !notes.is_empty() {
+        t.push_str("\nNotes:\n\n");
+        notes.iter().for_each(|n| t.push_str(n));
+    }
+    t
+}
+
+fn shell(cmd: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(cmd).args(args).output().ok()?;
+    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !s.is_empty()).then_some(s)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let nproc = shell("nproc", &[]).unwrap_or_else(|| "?".into());
+    let kernel = shell("uname", &["-r"]).unwrap_or_else(|| "?".into());
+    format!("nproc {nproc}, {cpu}, Linux {kernel}")
+}
+
+fn section(command: &str, plan: &Plan, mosquitto: &str, table: &str) -> String {
+    let date = shell("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_else(|| "unknown date".into());
+    let commit =
+        shell("git", &["-C", env!("CARGO_MANIFEST_DIR"), "describe", "--always", "--dirty"]).unwrap_or_default();
+    format!(
+        "{BEGIN}\n## Embedded broker vs Mosquitto\n\n\
+         `{command}` on {date}, tasmota-sim {} {commit}, {mosquitto}.\n\
+         Machine: {}.\n\n\
+         Both brokers run on loopback in one run; the load comes from the bench process (raw \
+         MQTT 3.1.1, publishers on two tokio workers, the subscriber on its own thread), the \
+         same for both. Throughput: messages per second received by one subscriber of `bench/#` \
+         (at the publishers' QoS) over {} s after {} s of warm-up; QoS 0 publishers write as fast \
+         as the broker reads, QoS 1 publishers keep {QOS1_WINDOW} unacknowledged. Connect: TCP \
+         connect, CONNECT, CONNACK, DISCONNECT and the broker's close, per second; TLS is a full \
+         handshake (no resumption) with the same certificate on both brokers, written by \
+         `tasmota-sim broker --tls-self-signed`. Memory: the broker's VmRSS after {} idle clients \
+         (keepalive 0) minus before, per client. Ratio: ours/Mosquitto for rates, \
+         Mosquitto/ours for memory, so above 1 is better for tasmota-sim.\n\n{table}{END}\n",
+        env!("CARGO_PKG_VERSION"),
+        machine(),
+        plan.window.as_secs_f64(),
+        plan.warmup.as_secs_f64(),
+        plan.idle_clients,
+    )
+}
+
+/// Replaces the marked section of BENCHMARKS.md (or appends it, creating the file).
+fn write_benchmarks_md(section: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
+    let old = match std::fs::read_to_string(&path) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "# Benchmarks\n".to_string(),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(a), Some(b)) if a < b => {
+            let rest = old[b + END.len()..].strip_prefix('\n').unwrap_or(&old[b + END.len()..]);
+            format!("{}{section}{rest}", &old[..a])
+        }
+        _ => format!("{}\n\n{section}", old.trim_end()),
+    };
+    let tmp = path.with_extension("md.tmp");
+    std::fs::write(&tmp, new)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// Lowers the idle-client count to what the open-file limit allows (this process holds one
+/// socket per client, and so does the broker).
+fn fit_to_fd_limit(wanted: usize) -> usize {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<usize>().ok());
+    match soft {
+        Some(soft) if soft < wanted + 500 => {
+            let n = soft.saturating_sub(500).max(100);
+            eprintln!("broker bench: the open-file limit is {soft}: {n} idle clients instead of {wanted}");
+            n
+        }
+        _ => wanted,
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == "--bench") {
+        println!("broker bench: skipped outside `cargo bench` (run `cargo bench --bench broker [-- --quick]`)");
+        return ExitCode::SUCCESS;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let filters: Vec<String> = args.iter().filter(|a| !a.starts_with("--")).cloned().collect();
+    let plan = Plan {
+        quick,
+        warmup: Duration::from_millis(if quick { 500 } else { 1000 }),
+        window: Duration::from_secs(if quick { 1 } else { 3 }),
+        idle_clients: fit_to_fd_limit(if quick { 1000 } else { 5000 }),
+        filters,
+    };
+    let command = format!(
+        "cargo bench --bench broker{}",
+        if args.len() > 1 {
+            format!(" -- {}", args.iter().filter(|a| *a != "--bench").cloned().collect::<Vec<_>>().join(" "))
+        } else {
+            String::new()
+        }
+    );
+
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("broker bench: no temporary directory: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let certs = dir.path().join("certs");
+    let ours = start_ours(dir.path(), &certs);
+    if let Err(e) = &ours {
+        eprintln!("broker bench: tasmota-sim rows FAIL: {e}");
+        if let Err(e) = make_certs(&certs) {
+            eprintln!("broker bench: no certificates for Mosquitto's TLS listener either: {e}");
+        }
+    }
+    let version = mosquitto_version();
+    let mosquitto = match &version {
+        None => Err("mosquitto is not installed (apt-get install mosquitto)".to_string()),
+        Some(_) => start_mosquitto(dir.path(), &certs),
+    };
+    if let Err(e) = &mosquitto {
+        eprintln!("broker bench: SKIPPING the Mosquitto rows: {e}");
+    }
+    let tls = tls_client(&certs);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("broker bench: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut results = Vec::new();
+    runtime.block_on(async {
+        for (name, kind) in rows(&plan) {
+            let mut row = Row { name, kind, mosquitto: Err(String::new()), ours: Err(String::new()) };
+            eprintln!("{} ...", row.name);
+            for who in ["Mosquitto", "tasmota-sim"] {
+                let broker = match who {
+                    "Mosquitto" => mosquitto.as_ref().map_err(|_| "skipped: Mosquitto did not start"),
+                    _ => ours.as_ref().map_err(|_| "tasmota-sim did not start"),
+                };
+                let r = measure(broker, &row.kind, &plan, &tls).await;
+                match &r {
+                    Ok(m) => eprintln!(
+                        "  {who:<12} {}{}",
+                        cell(&r, &row.kind),
+                        m.detail.as_ref().map(|d| format!("  ({d})")).unwrap_or_default()
+                    ),
+                    Err(e) => eprintln!("  {who:<12} FAILED: {e}"),
+                }
+                if who == "Mosquitto" {
+                    row.mosquitto = r;
+                } else {
+                    row.ours = r;
+                }
+            }
+            results.push(row);
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    drop(ours);
+    drop(mosquitto);
+
+    let table = table(&results);
+    let mosquitto = version.unwrap_or_else(|| "Mosquitto not installed".into());
+    let section = section(&command, &plan, &mosquitto, &table);
+    println!("\n{section}");
+    if plan.quick || !plan.filters.is_empty() {
+        eprintln!("broker bench: a quick or filtered run: BENCHMARKS.md left as it was");
+    } else {
+        match write_benchmarks_md(&section) {
+            Ok(path) => eprintln!("broker bench: wrote {}", path.display()),
+            Err(e) => {
+                eprintln!("broker bench: cannot write BENCHMARKS.md: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
