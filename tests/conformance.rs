@@ -37,6 +37,9 @@ impl Target {
         }
         let dir = tempfile::tempdir().unwrap();
         let pw = password_file(dir.path(), "bob", "secret");
+        let added =
+            std::process::Command::new("mosquitto_passwd").arg("-b").arg(&pw).args(["alice", "wonder"]).status();
+        assert!(added.is_ok_and(|s| s.success()), "mosquitto_passwd could not add alice");
         let m = Mosquitto::start(
             dir.path(),
             free_port(),
@@ -147,10 +150,18 @@ async fn connack_return_codes(t: &Target) {
     c.send_raw(&[0x10, 0x0e, 0, 4, b'M', b'Q', b'T', b'T', 6, 2, 0, 60, 0, 2, b'l', b'6']).await;
     assert_eq!(c.recv(S).await, Ok(Packet::ConnAck(ConnAck::new(ConnectReturnCode::RefusedProtocolVersion, false))));
     c.expect_closed(S).await;
-    // The first packet is not CONNECT.
+    // The first packet is not CONNECT: closed, nothing sent back.
+    for first in [Packet::PingReq, Packet::Publish(Publish::new("x", QoS::AtMostOnce, "y"))] {
+        let mut c = link(addr).await;
+        c.send(first).await;
+        c.expect_closed(S).await;
+    }
+    // alice is on the list too.
     let mut c = link(addr).await;
-    c.send(Packet::PingReq).await;
-    c.expect_closed(S).await;
+    assert!(c
+        .connect(connect("cc-alice", Some(("alice", "wonder")), true, 60))
+        .await
+        .is_ok_and(|a| a.code == ConnectReturnCode::Success));
 }
 
 async fn second_connect_closes(t: &Target) {
@@ -341,7 +352,17 @@ async fn persistent_sessions_queue_and_redeliver(t: &Target) {
     dev.expect_silence(Duration::from_millis(500)).await;
     dev.send(Packet::Disconnect).await;
 
-    // A clean session starts empty and discards the old one.
+    // A clean session starts empty, discards the old one, and is not kept for the next
+    // persistent connect either.
+    let mut dev = link(addr).await;
+    assert_eq!(dev.connect(connect("p-dev", BOB, true, 60)).await, Ok(ConnAck::new(ConnectReturnCode::Success, false)));
+    dev.send(Packet::Disconnect).await;
+    let mut dev = link(addr).await;
+    assert_eq!(
+        dev.connect(connect("p-dev", BOB, false, 60)).await,
+        Ok(ConnAck::new(ConnectReturnCode::Success, false))
+    );
+    dev.send(Packet::Disconnect).await;
     let mut dev = link(addr).await;
     assert_eq!(dev.connect(connect("p-dev", BOB, true, 60)).await, Ok(ConnAck::new(ConnectReturnCode::Success, false)));
     p.publish("p/3", "nobody", QoS::AtLeastOnce, false, 3).await;
@@ -398,6 +419,9 @@ async fn unsubscribe(t: &Target) {
     s.subscribe(1, &[("u/x", QoS::AtMostOnce)]).await;
     s.send(Packet::Unsubscribe(Unsubscribe { pkid: 7, topics: vec!["u/x".into()] })).await;
     assert_eq!(s.expect(S).await, Packet::UnsubAck(UnsubAck::new(7)));
+    // A filter never subscribed still gets UNSUBACK.
+    s.send(Packet::Unsubscribe(Unsubscribe { pkid: 8, topics: vec!["u/never".into()] })).await;
+    assert_eq!(s.expect(S).await, Packet::UnsubAck(UnsubAck::new(8)));
     let mut p = online(addr, "u-pub", true).await;
     p.publish("u/x", "gone", QoS::AtMostOnce, false, 0).await;
     s.expect_silence(Duration::from_millis(500)).await;
@@ -431,6 +455,7 @@ async fn malformed_packets_close_only_that_client(t: &Target) {
         &[0x00, 0x00][..],                         // reserved packet type 0
         &[0xf0, 0x00][..],                         // reserved packet type 15
         &[0x82, 0x03, 0x00, 0x01, 0x00][..],       // SUBSCRIBE with a cut filter
+        &[0x36, 0x06, 0x00, 0x01, b'x', 0x00, 0x01, b'y'][..], // PUBLISH with QoS 3
     ]
     .into_iter()
     .enumerate()
