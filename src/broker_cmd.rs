@@ -98,7 +98,7 @@ pub struct BrokerArgs {
     record: Option<PathBuf>,
 }
 
-pub fn run(args: BrokerArgs) -> ExitCode {
+pub fn run(mut args: BrokerArgs) -> ExitCode {
     let mut config = Config::new(args.profile);
     for u in &args.users {
         if let Err(e) = config.users.add(u) {
@@ -113,10 +113,10 @@ pub fn run(args: BrokerArgs) -> ExitCode {
     if args.allow_retain {
         config.profile.retain = RetainPolicy::Allow;
     }
-    config.authorizers = args.authorizers;
-    config.default_authorizer = args.default_authorizer;
+    config.authorizers = std::mem::take(&mut args.authorizers);
+    config.default_authorizer = args.default_authorizer.take();
     config.endpoint = args.endpoint.clone();
-    config.faults = args.faults;
+    config.faults = std::mem::take(&mut args.faults);
     if args.profile == ProfileName::AwsIot && config.authorizers.is_empty() {
         eprintln!("tasmota-sim: warning: no --authorizer: every custom-auth CONNECT will be refused");
     }
@@ -126,24 +126,9 @@ pub fn run(args: BrokerArgs) -> ExitCode {
             Err(e) => return usage(&format!("--record {}: {e}", path.display())),
         }
     }
-    let material = if let Some(dir) = &args.tls_self_signed {
-        Some(tls::self_signed(dir, &server_names(args.profile, &args.endpoint)))
-    } else if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
-        Some(tls::from_files(cert, key))
-    } else {
-        None
-    };
-    let acceptors = match material.map(|m| {
-        m.and_then(|mut m| {
-            if let Some(ca) = &args.client_ca {
-                m.client_ca = Some(tls::client_ca(ca)?);
-            }
-            tls::Acceptors::new(&m)
-        })
-    }) {
-        Some(Ok(a)) => Some(Arc::new(a)),
-        Some(Err(e)) => return usage(&e.to_string()),
-        None => None,
+    let acceptors = match tls_acceptors(&args) {
+        Ok(a) => a.map(Arc::new),
+        Err(e) => return usage(&e.to_string()),
     };
     if args.mtls_listen.is_some() && !acceptors.as_ref().is_some_and(|a| a.has_mtls()) {
         return usage("--mtls-listen needs a client CA: --tls-self-signed DIR, or --client-ca PEM");
@@ -155,10 +140,8 @@ pub fn run(args: BrokerArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let profile_name = match args.profile {
-        ProfileName::Plain => "plain",
-        ProfileName::AwsIot => "aws-iot",
-    };
+    let profile_name =
+        clap::ValueEnum::to_possible_value(&args.profile).map(|v| v.get_name().to_string()).unwrap_or_default();
     runtime.block_on(async move {
         let broker = Broker::new(config);
         let mut listeners = vec![(args.listen, None, "mqtt")];
@@ -199,6 +182,21 @@ pub fn run(args: BrokerArgs) -> ExitCode {
             }
         }
     })
+}
+
+/// The TLS server side the flags ask for, if any.
+fn tls_acceptors(args: &BrokerArgs) -> Result<Option<tls::Acceptors>, tls::TlsError> {
+    let mut material = if let Some(dir) = &args.tls_self_signed {
+        tls::self_signed(dir, &server_names(args.profile, &args.endpoint))?
+    } else if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        tls::from_files(cert, key)?
+    } else {
+        return Ok(None);
+    };
+    if let Some(ca) = &args.client_ca {
+        material.client_ca = Some(tls::client_ca(ca)?);
+    }
+    tls::Acceptors::new(&material).map(Some)
 }
 
 /// The names the self-signed server certificate covers.

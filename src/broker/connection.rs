@@ -76,13 +76,6 @@ enum End {
     Lost(String),
 }
 
-/// An outgoing QoS 1/2 message not yet acknowledged.
-struct Outflight {
-    d: Delivery,
-    /// PUBREC received (QoS 2): waiting for PUBCOMP.
-    released: bool,
-}
-
 /// Faults picked for this client at CONNECT.
 #[derive(Default)]
 struct ConnFaults {
@@ -109,7 +102,8 @@ pub(super) struct Conn<S> {
     disconnect_at: Option<Instant>,
     will: Option<LastWill>,
     attached: bool,
-    inflight: VecDeque<Outflight>,
+    /// Outgoing QoS 1/2 messages not yet acknowledged (`released`: PUBREC came).
+    inflight: VecDeque<Delivery>,
     waiting: VecDeque<Delivery>,
     next_pkid: u16,
     qos2_in: HashMap<u16, (Arc<Message>, bool)>,
@@ -219,16 +213,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
         }
         let max = self.max_remaining();
-        let connect = match Packet::read(&mut self.rbuf, max) {
-            Ok(Packet::Connect(c)) => c,
-            Ok(_) => return Err(End::Refused("first packet is not CONNECT".into())),
-            Err(e) => return Err(End::Refused(format!("malformed CONNECT: {e}"))),
-        };
+        let packet = Packet::read(&mut self.rbuf, max).map_err(|e| End::Refused(format!("malformed CONNECT: {e}")))?;
         self.packets_in += 1;
-        let mut rec = Record::packet(Dir::In, &Packet::Connect(connect.clone()));
-        rec.conn = self.id;
-        self.push_record(rec);
-        self.accept(connect).await
+        self.record_packet(Dir::In, &packet);
+        match packet {
+            Packet::Connect(connect) => self.accept(connect).await,
+            _ => Err(End::Refused("first packet is not CONNECT".into())),
+        }
     }
 
     async fn accept(&mut self, mut c: Connect) -> Result<(), End> {
@@ -518,15 +509,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Packet::Publish(p) => self.on_publish(p)?,
             Packet::PubAck(a) => self.acked(a.pkid, false),
             Packet::PubRec(r) => {
-                if let Some(o) = self.inflight.iter_mut().find(|o| o.d.pkid == r.pkid && !o.released) {
-                    o.released = true;
+                if let Some(d) = self.inflight.iter_mut().find(|d| d.pkid == r.pkid && !d.released) {
+                    d.released = true;
                 }
                 self.send(&Packet::PubRel(PubRel::new(r.pkid)));
             }
             Packet::PubComp(c) => self.acked(c.pkid, true),
             Packet::PubRel(r) => {
                 if let Some((msg, retain)) = self.qos2_in.remove(&r.pkid) {
-                    lock(&self.shared.state).publish(&self.shared.profile, msg, QoS::ExactlyOnce, retain);
+                    self.forward(msg, QoS::ExactlyOnce, retain);
                 }
                 self.send(&Packet::PubComp(PubComp::new(r.pkid)));
             }
@@ -583,25 +574,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         let (qos, retain, pkid) = (p.qos, p.retain, p.pkid);
         let msg = Arc::new(Message { topic: p.topic, payload: p.payload });
-        match qos {
-            QoS::AtMostOnce => {
-                lock(&self.shared.state).publish(&self.shared.profile, msg, qos, retain);
-            }
-            QoS::AtLeastOnce => {
-                lock(&self.shared.state).publish(&self.shared.profile, msg, qos, retain);
+        if qos == QoS::ExactlyOnce {
+            // Stored now, routed on PUBREL: a re-sent PUBLISH is not delivered twice.
+            self.qos2_in.entry(pkid).or_insert((msg, retain));
+            self.send(&Packet::PubRec(PubRec::new(pkid)));
+        } else {
+            self.forward(msg, qos, retain);
+            if qos == QoS::AtLeastOnce {
                 self.send(&Packet::PubAck(PubAck::new(pkid)));
-            }
-            QoS::ExactlyOnce => {
-                // Stored now, routed on PUBREL: a re-sent PUBLISH is not delivered twice.
-                self.qos2_in.entry(pkid).or_insert((msg, retain));
-                self.send(&Packet::PubRec(PubRec::new(pkid)));
             }
         }
         Ok(())
     }
 
     fn on_subscribe(&mut self, s: rumqttc::mqttbytes::v4::Subscribe) -> Result<(), End> {
-        let profile = self.shared.profile.clone();
+        let shared = self.shared.clone();
+        let profile = &shared.profile;
         if let Some(max) = profile.limits.filters_per_subscribe {
             if s.filters.len() > max {
                 return Err(End::Lost(format!("SUBSCRIBE with {} filters (limit {max})", s.filters.len())));
@@ -623,24 +611,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     // Mosquitto closes the link on an invalid filter rather than SUBACK 0x80.
                     return Err(End::Lost(format!("SUBSCRIBE to an invalid filter '{}': {e}", f.path)));
                 }
-                let is_new = !state.sessions.get(&client).is_some_and(|s| s.subscriptions.contains_key(&f.path));
                 if let Some(max) = profile.limits.subscriptions {
-                    if is_new && state.subscription_count(&client) >= max {
+                    if !state.is_subscribed(&client, &f.path) && state.subscription_count(&client) >= max {
                         codes.push(SubscribeReasonCode::Failure);
                         continue;
                     }
                 }
                 state.subscribe(&client, &f.path, f.qos);
                 codes.push(SubscribeReasonCode::Success(f.qos));
-                for (msg, qos) in state.retained_for(&profile, &f.path) {
-                    retained.push(Delivery {
-                        msg,
-                        qos: super::router::min_qos(qos, f.qos),
-                        retain: true,
-                        pkid: 0,
-                        dup: false,
-                        released: false,
-                    });
+                for (msg, qos) in state.retained_for(profile, &f.path) {
+                    retained.push(Delivery::new(msg, super::router::min_qos(qos, f.qos), true));
                 }
             }
         }
@@ -651,12 +631,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Ok(())
     }
 
+    /// Routes an application message to its subscribers (and the retained store).
+    fn forward(&self, msg: Arc<Message>, qos: QoS, retain: bool) {
+        lock(&self.shared.state).publish(&self.shared.profile, msg, qos, retain);
+    }
+
     /// A PUBACK (`comp` false) or PUBCOMP (`comp` true) for `pkid`.
     fn acked(&mut self, pkid: u16, comp: bool) {
         let pos = self
             .inflight
             .iter()
-            .position(|o| o.d.pkid == pkid && if comp { o.released } else { o.d.qos == QoS::AtLeastOnce });
+            .position(|d| d.pkid == pkid && if comp { d.released } else { d.qos == QoS::AtLeastOnce });
         if let Some(pos) = pos {
             self.inflight.remove(pos);
         }
@@ -687,30 +672,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         } else if self.waiting.len() < super::router::MAX_QUEUED {
             self.waiting.push_back(d);
         } else {
-            self.record(Record::event("dropped", format!("{}: more than 1000 messages queued", d.msg.topic)));
+            self.record(Record::event(
+                "dropped",
+                format!("{}: more than {} messages queued", d.msg.topic, super::router::MAX_QUEUED),
+            ));
         }
     }
 
     fn send_inflight(&mut self, mut d: Delivery) {
         let redelivery = d.pkid != 0;
-        if d.pkid == 0 || self.inflight.iter().any(|o| o.d.pkid == d.pkid) {
+        if d.pkid == 0 || self.inflight.iter().any(|o| o.pkid == d.pkid) {
             d.pkid = self.alloc_pkid();
         }
         if redelivery && d.released {
             self.send(&Packet::PubRel(PubRel::new(d.pkid)));
-            self.inflight.push_back(Outflight { d, released: true });
+            self.inflight.push_back(d);
             return;
         }
         let dup = redelivery && d.dup && self.shared.profile.dup_on_redelivery;
         self.send_publish(&d, d.pkid, dup);
-        self.inflight.push_back(Outflight { d, released: false });
+        self.inflight.push_back(d);
     }
 
     fn alloc_pkid(&mut self) -> u16 {
         loop {
             let id = self.next_pkid;
             self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
-            if !self.inflight.iter().any(|o| o.d.pkid == id) {
+            if !self.inflight.iter().any(|d| d.pkid == id) {
                 return id;
             }
         }
@@ -817,13 +805,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let client = self.client_id();
             let now = Instant::now();
             let will = if will { self.will.take() } else { None };
-            let left = Leftovers {
-                unacked: self.inflight.drain(..).map(|o| Delivery { dup: true, released: o.released, ..o.d }).collect(),
+            let mut left = Leftovers {
+                unacked: self.inflight.drain(..).map(|d| Delivery { dup: true, ..d }).collect(),
                 waiting: std::mem::take(&mut self.waiting),
                 next_pkid: self.next_pkid,
                 qos2_in: std::mem::take(&mut self.qos2_in),
             };
-            let mut left = left;
             let mut state = lock(&self.shared.state);
             // Deliveries that reached the mailbox after the session loop ended stay with
             // the session (pushes happen under the state lock, so none can follow).
@@ -836,8 +823,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if let Some(w) = will {
                 drop(state);
                 self.record(Record::event("will", format!("published to {}", w.topic)));
-                let msg = Arc::new(Message { topic: w.topic, payload: w.message });
-                lock(&self.shared.state).publish(&self.shared.profile, msg, w.qos, w.retain);
+                self.forward(Arc::new(Message { topic: w.topic, payload: w.message }), w.qos, w.retain);
             }
         }
         let _ = self.flush().await;

@@ -38,9 +38,16 @@ pub struct Delivery {
     /// Packet id already used for it (a redelivery), or 0.
     pub pkid: u16,
     pub dup: bool,
-    /// QoS 2 only: PUBREC was received before the link dropped, so the reconnect resends
-    /// PUBREL, not the PUBLISH (MQTT-4.4.0-1).
+    /// QoS 2 only: PUBREC was received, so what is owed is PUBREL (also after a
+    /// reconnect, MQTT-4.4.0-1), not the PUBLISH.
     pub released: bool,
+}
+
+impl Delivery {
+    /// A first delivery (no packet id yet).
+    pub fn new(msg: Arc<Message>, qos: QoS, retain: bool) -> Delivery {
+        Delivery { msg, qos, retain, pkid: 0, dup: false, released: false }
+    }
 }
 
 /// What other parts of the broker tell a connection.
@@ -225,7 +232,7 @@ impl State {
         }
     }
 
-    /// Adds or replaces a subscription. Returns false if it was already there (same QoS).
+    /// Adds or replaces a subscription.
     pub fn subscribe(&mut self, client: &Arc<str>, filter: &str, qos: QoS) {
         let Some(session) = self.sessions.get_mut(client) else { return };
         if session.subscriptions.insert(filter.to_string(), qos).is_some() {
@@ -243,6 +250,10 @@ impl State {
         if session.subscriptions.remove(filter).is_some() {
             self.unindex(filter, client);
         }
+    }
+
+    pub fn is_subscribed(&self, client: &Arc<str>, filter: &str) -> bool {
+        self.sessions.get(client).is_some_and(|s| s.subscriptions.contains_key(filter))
     }
 
     pub fn subscription_count(&self, client: &Arc<str>) -> usize {
@@ -263,8 +274,8 @@ impl State {
     /// Routes one PUBLISH: stores or deletes the retained copy, then hands a delivery to
     /// every subscribed client (one per client, at the highest QoS of its matching
     /// subscriptions, capped at the publish QoS). Offline persistent clients keep QoS 1/2
-    /// messages. Returns how many clients got it.
-    pub fn publish(&mut self, profile: &Profile, msg: Arc<Message>, qos: QoS, retain: bool) -> usize {
+    /// messages.
+    pub fn publish(&mut self, profile: &Profile, msg: Arc<Message>, qos: QoS, retain: bool) {
         if retain {
             if msg.payload.is_empty() {
                 self.retained.remove(&msg.topic);
@@ -287,19 +298,9 @@ impl State {
                 add(c, *q);
             }
         }
-        let n = targets.len();
         for (client, sub_qos) in targets {
-            let d = Delivery {
-                msg: msg.clone(),
-                qos: min_qos(qos, sub_qos),
-                retain: false,
-                pkid: 0,
-                dup: false,
-                released: false,
-            };
-            self.deliver(&client, d);
+            self.deliver(&client, Delivery::new(msg.clone(), min_qos(qos, sub_qos), false));
         }
-        n
     }
 
     /// Hands a delivery to the client's connection, or keeps it for an offline persistent
