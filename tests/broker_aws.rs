@@ -7,10 +7,10 @@ mod common;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use common::packets::{connect, with_will, Peer, Recv};
+use common::packets::{connect, in_memory, with_will, Peer, Recv};
 use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Packet, PubAck};
 use rumqttc::mqttbytes::QoS;
-use tasmota_sim::broker::{self, tls, Broker, Config, LinkInfo, ProfileName, RetainPolicy, TlsListen};
+use tasmota_sim::broker::{self, tls, Broker, Config, ProfileName, RetainPolicy, TlsListen};
 use tokio::io::DuplexStream;
 use tokio::time::Instant;
 
@@ -29,16 +29,8 @@ fn aws() -> Broker {
     Broker::new(config())
 }
 
-/// A plain in-memory link (the aws-iot profile serves it as 443 + ALPN mqtt).
-fn link(b: &Broker) -> Peer<DuplexStream> {
-    let (client, server) = tokio::io::duplex(1 << 20);
-    let b = b.clone();
-    tokio::spawn(async move { b.serve(server, LinkInfo { peer: "test".into(), tls: None }).await });
-    Peer::new(client)
-}
-
 async fn online(b: &Broker, id: &str) -> Peer<DuplexStream> {
-    let mut p = link(b);
+    let mut p = in_memory(b);
     let ack = p.connect(connect(id, Some((USER, PASS)), true, 30)).await.unwrap();
     assert_eq!(ack, ConnAck::new(ConnectReturnCode::Success, false));
     p
@@ -52,11 +44,11 @@ fn connack_ok(session_present: bool) -> ConnAck {
 async fn custom_auth_takes_the_tasmota_password_and_sdk_style_usernames() {
     let b = aws();
     online(&b, "a").await;
-    let mut p = link(&b);
+    let mut p = in_memory(&b);
     let sdk_user =
         "tasmota?x-amz-customauthorizer-name=TasmotaAuth&SDK=Python&Version=1.11.0&Platform=linux&Metadata=(a=b)";
     assert_eq!(p.connect(connect("b", Some((sdk_user, PASS)), true, 30)).await, Ok(connack_ok(false)));
-    let mut p = link(&b);
+    let mut p = in_memory(&b);
     assert_eq!(p.connect(connect("c", Some((USER, "second-secret")), true, 30)).await, Ok(connack_ok(false)));
 }
 
@@ -71,7 +63,7 @@ async fn failed_custom_auth_closes_with_no_connack() {
         ("two-qmarks", Some(("tasmota?x-amz-customauthorizer-name=TasmotaAuth?SDK=x", PASS))),
     ];
     for (id, login) in cases {
-        let mut p = link(&b);
+        let mut p = in_memory(&b);
         assert_eq!(p.connect(connect(id, login, true, 30)).await, Err(Recv::Closed), "{id}");
     }
     let records = b.records();
@@ -97,7 +89,7 @@ async fn a_default_authorizer_serves_usernames_that_name_none() {
     let mut c = config();
     c.default_authorizer = Some("TasmotaAuth".into());
     let b = Broker::new(c);
-    let mut p = link(&b);
+    let mut p = in_memory(&b);
     assert_eq!(p.connect(connect("d", Some(("tasmota", PASS)), true, 30)).await, Ok(connack_ok(false)));
 }
 
@@ -107,11 +99,11 @@ async fn retained_publish_and_retained_will_close_under_tasmota_auth() {
     let mut p = online(&b, "r").await;
     p.publish("tele/x/LWT", "Online", QoS::AtMostOnce, true, 0).await;
     p.expect_closed(S).await;
-    let mut p = link(&b);
+    let mut p = in_memory(&b);
     let c = with_will(connect("w", Some((USER, PASS)), true, 30), "tele/w/LWT", "Offline", QoS::AtMostOnce, true);
     assert_eq!(p.connect(c).await, Err(Recv::Closed));
     // Not retained: fine.
-    let mut p = link(&b);
+    let mut p = in_memory(&b);
     let c = with_will(connect("w2", Some((USER, PASS)), true, 30), "tele/w/LWT", "Offline", QoS::AtMostOnce, false);
     assert_eq!(p.connect(c).await, Ok(connack_ok(false)));
 }
@@ -150,7 +142,7 @@ async fn qos_2_closes_publish_subscribe_and_will() {
     let mut p = online(&b, "q2").await;
     p.send(Packet::Subscribe(rumqttc::mqttbytes::v4::Subscribe::new("a/b", QoS::ExactlyOnce))).await;
     p.expect_closed(S).await;
-    let mut p = link(&b);
+    let mut p = in_memory(&b);
     let c = with_will(connect("q3", Some((USER, PASS)), true, 30), "a/w", "x", QoS::ExactlyOnce, false);
     assert_eq!(p.connect(c).await, Err(Recv::Closed));
 }
@@ -201,7 +193,7 @@ async fn the_101st_publish_in_a_second_is_dropped() {
 #[tokio::test(start_paused = true)]
 async fn keepalive_5_is_served_as_30_and_the_link_dies_at_45_s() {
     let b = aws();
-    let mut p = link(&b);
+    let mut p = in_memory(&b);
     assert_eq!(p.connect(connect("ka", Some((USER, PASS)), true, 5)).await, Ok(connack_ok(false)));
     // Silent for 40 s: AWS's 30 s (x 1.5) still holds the link.
     tokio::time::sleep(Duration::from_secs(40)).await;
@@ -212,7 +204,7 @@ async fn keepalive_5_is_served_as_30_and_the_link_dies_at_45_s() {
     assert_eq!(last.elapsed(), Duration::from_secs(45));
     assert!(b.records().iter().any(|r| r.detail.as_deref() == Some("asked 5 s, served 30 s")));
     // 0 means the maximum, 1200.
-    let mut p = link(&b);
+    let mut p = in_memory(&b);
     assert_eq!(p.connect(connect("ka0", Some((USER, PASS)), true, 0)).await, Ok(connack_ok(false)));
     let start = Instant::now();
     p.expect_closed(Duration::from_secs(3600)).await;
@@ -240,16 +232,16 @@ async fn one_connect_per_second_per_client_id_and_takeover_publishes_the_old_wil
     watcher.subscribe(1, &[("tele/+/LWT", QoS::AtMostOnce)]).await;
     let c =
         || with_will(connect("dev", Some((USER, PASS)), true, 30), "tele/dev/LWT", "Offline", QoS::AtMostOnce, false);
-    let mut first = link(&b);
+    let mut first = in_memory(&b);
     assert_eq!(first.connect(c()).await, Ok(connack_ok(false)));
     // Same client id in the same second: throttled, no CONNACK, the first stays.
-    let mut second = link(&b);
+    let mut second = in_memory(&b);
     assert_eq!(second.connect(c()).await, Err(Recv::Closed));
     first.send(Packet::PingReq).await;
     assert_eq!(first.expect(S).await, Packet::PingResp);
     // A second later it takes over: the old link is closed and its will published.
     tokio::time::sleep(S).await;
-    let mut third = link(&b);
+    let mut third = in_memory(&b);
     assert_eq!(third.connect(c()).await, Ok(connack_ok(false)));
     first.expect_closed(S).await;
     let will = watcher.expect_publish(S).await;
@@ -263,9 +255,9 @@ async fn one_connect_per_second_per_client_id_and_takeover_publishes_the_old_wil
 #[tokio::test(start_paused = true)]
 async fn client_id_and_subscription_limits() {
     let b = aws();
-    let mut p = link(&b);
+    let mut p = in_memory(&b);
     assert_eq!(p.connect(connect(&"c".repeat(129), Some((USER, PASS)), true, 30)).await, Err(Recv::Closed));
-    let mut p = link(&b);
+    let mut p = in_memory(&b);
     assert_eq!(p.connect(connect(&"c".repeat(128), Some((USER, PASS)), true, 30)).await, Ok(connack_ok(false)));
 
     let mut p = online(&b, "nine").await;
@@ -294,7 +286,7 @@ async fn client_id_and_subscription_limits() {
 async fn persistent_sessions_as_the_sdks_use_them() {
     let b = aws();
     let sdk = |clean| connect("sdk-thing", Some((USER, PASS)), clean, 1200);
-    let mut dev = link(&b);
+    let mut dev = in_memory(&b);
     assert_eq!(dev.connect(sdk(false)).await, Ok(connack_ok(false)));
     assert_eq!(dev.subscribe(1, &[("cmnd/thing/#", QoS::AtLeastOnce)]).await, [1]);
     dev.send(Packet::Disconnect).await;
@@ -308,7 +300,7 @@ async fn persistent_sessions_as_the_sdks_use_them() {
     assert_eq!(op.expect(S).await, Packet::PubAck(PubAck::new(2)));
 
     tokio::time::sleep(S).await;
-    let mut dev = link(&b);
+    let mut dev = in_memory(&b);
     assert_eq!(dev.connect(sdk(false)).await, Ok(connack_ok(true)));
     let first = dev.expect(S).await;
     let Packet::Publish(first) = first else { panic!("{first:?}") };
@@ -317,7 +309,7 @@ async fn persistent_sessions_as_the_sdks_use_them() {
     // (AWS does not support DUP), before the next one.
     drop(dev);
     tokio::time::sleep(S).await;
-    let mut dev = link(&b);
+    let mut dev = in_memory(&b);
     assert_eq!(dev.connect(sdk(false)).await, Ok(connack_ok(true)));
     let again = dev.expect_publish(S).await;
     assert_eq!((&again.payload[..], again.dup, again.pkid), (&b"ON"[..], false, first.pkid));
@@ -327,7 +319,7 @@ async fn persistent_sessions_as_the_sdks_use_them() {
 
     // An hour alone and the session is gone.
     tokio::time::sleep(Duration::from_secs(3601)).await;
-    let mut dev = link(&b);
+    let mut dev = in_memory(&b);
     assert_eq!(dev.connect(sdk(false)).await, Ok(connack_ok(false)));
     op.publish("cmnd/thing/POWER", "lost", QoS::AtLeastOnce, false, 3).await;
     dev.expect_silence(S).await;

@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::packets::{connect, with_will, Peer, Recv};
+use common::packets::{connect, in_memory, with_will, Peer, Recv};
 use proptest::prelude::*;
 use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Packet};
 use rumqttc::mqttbytes::QoS;
@@ -24,15 +24,8 @@ fn plain(faults: Vec<FaultRule>) -> Broker {
     Broker::new(c)
 }
 
-fn link(b: &Broker) -> Peer<DuplexStream> {
-    let (client, server) = tokio::io::duplex(1 << 20);
-    let b = b.clone();
-    tokio::spawn(async move { b.serve(server, LinkInfo { peer: "test".into(), tls: None }).await });
-    Peer::new(client)
-}
-
 async fn online(b: &Broker, id: &str, clean: bool) -> Peer<DuplexStream> {
-    let mut p = link(b);
+    let mut p = in_memory(b);
     assert!(p.connect(connect(id, None, clean, 0)).await.is_ok_and(|a| a.code == ConnectReturnCode::Success));
     p
 }
@@ -44,7 +37,7 @@ fn fault_details(b: &Broker) -> Vec<String> {
 #[tokio::test(start_paused = true)]
 async fn connack_refused_with_a_return_code_then_served() {
     let b = plain(vec![FaultRule::new(Fault::ConnackRc(3)).for_client("dev*").times(1)]);
-    let mut p = link(&b);
+    let mut p = in_memory(&b);
     assert_eq!(
         p.connect(connect("dev1", None, true, 60)).await,
         Ok(ConnAck::new(ConnectReturnCode::ServiceUnavailable, false))
@@ -58,7 +51,7 @@ async fn connack_refused_with_a_return_code_then_served() {
 #[tokio::test(start_paused = true)]
 async fn late_connack_arrives_exactly_that_late() {
     let b = plain(vec![FaultRule::new(Fault::LateConnack(Duration::from_secs(5)))]);
-    let mut p = link(&b);
+    let mut p = in_memory(&b);
     let start = Instant::now();
     p.send(Packet::Connect(connect("late", None, true, 60))).await;
     assert_eq!(
@@ -74,7 +67,7 @@ async fn silent_connect_and_no_pingresp() {
         FaultRule::new(Fault::SilentOnConnect).for_client("mute"),
         FaultRule::new(Fault::NoPingresp).for_client("deaf"),
     ]);
-    let mut p = link(&b);
+    let mut p = in_memory(&b);
     p.send(Packet::Connect(connect("mute", None, true, 60))).await;
     p.expect_silence(Duration::from_secs(60)).await;
     let mut p = online(&b, "deaf", true).await;
@@ -98,14 +91,14 @@ async fn drop_after_packets_and_drop_at_publish_the_will() {
     let will =
         |id: &str| with_will(connect(id, None, true, 600), &format!("lwt/{id}"), "Offline", QoS::AtMostOnce, false);
 
-    let mut p = link(&b);
+    let mut p = in_memory(&b);
     assert!(p.connect(will("counted")).await.is_ok());
     assert_eq!(p.subscribe(1, &[("x", QoS::AtMostOnce)]).await, [0]);
     p.send(Packet::PingReq).await; // the third packet: dropped, no PINGRESP
     p.expect_closed(S).await;
     assert_eq!(watch.expect_publish(S).await.topic, "lwt/counted");
 
-    let mut p = link(&b);
+    let mut p = in_memory(&b);
     assert!(p.connect(will("timed")).await.is_ok());
     p.expect_closed(Duration::from_secs(200)).await;
     assert_eq!(t0.elapsed(), Duration::from_secs(100));
@@ -123,7 +116,7 @@ async fn corrupt_and_latency() {
     // PINGRESP is D0 00; with the packet type set to 0 it is 00 00, which is no packet.
     assert!(matches!(p.recv(S).await, Err(Recv::Malformed(_))));
 
-    let mut p = link(&b);
+    let mut p = in_memory(&b);
     let start = Instant::now();
     assert!(p.connect(connect("slow", None, true, 60)).await.is_ok());
     assert_eq!(start.elapsed(), Duration::from_millis(250));
@@ -136,10 +129,10 @@ async fn corrupt_and_latency() {
 #[tokio::test(start_paused = true)]
 async fn restart_drops_every_link_publishes_wills_and_keeps_retained_and_sessions() {
     let b = plain(vec![]);
-    let mut keeper = link(&b);
+    let mut keeper = in_memory(&b);
     assert!(keeper.connect(connect("keeper", None, false, 60)).await.is_ok());
     keeper.subscribe(1, &[("lwt/#", QoS::AtLeastOnce)]).await;
-    let mut dev = link(&b);
+    let mut dev = in_memory(&b);
     let c = with_will(connect("dev", None, true, 60), "lwt/dev", "Offline", QoS::AtLeastOnce, false);
     assert!(dev.connect(c).await.is_ok());
     dev.publish("stat/dev/POWER", "ON", QoS::AtMostOnce, true, 0).await;
@@ -152,7 +145,7 @@ async fn restart_drops_every_link_publishes_wills_and_keeps_retained_and_session
     assert_eq!(b.connected(), Vec::<String>::new());
 
     // The persistent session kept the will published while it was offline.
-    let mut keeper = link(&b);
+    let mut keeper = in_memory(&b);
     assert_eq!(
         keeper.connect(connect("keeper", None, false, 60)).await,
         Ok(ConnAck::new(ConnectReturnCode::Success, true))
@@ -238,7 +231,7 @@ async fn fault_rules_added_at_run_time_and_drop_client() {
     let b = plain(vec![]);
     let mut p = online(&b, "one", true).await;
     b.add_fault(FaultRule::new(Fault::ConnackRc(5)).for_client("two"));
-    let mut q = link(&b);
+    let mut q = in_memory(&b);
     assert_eq!(q.connect(connect("two", None, true, 60)).await.map(|a| a.code), Ok(ConnectReturnCode::NotAuthorized));
     assert!(b.drop_client("one"));
     assert!(!b.drop_client("nobody"));
@@ -248,12 +241,12 @@ async fn fault_rules_added_at_run_time_and_drop_client() {
 #[tokio::test(start_paused = true)]
 async fn protocol_levels_other_than_3_1_1_get_connack_1() {
     let b = plain(vec![]);
-    let mut p = link(&b);
+    let mut p = in_memory(&b);
     // MQTT 5 CONNECT header with an empty property block.
     p.send_raw(&[0x10, 0x11, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 0, 0, 4, b'm', b'q', b'5', b'!']).await;
     assert_eq!(p.expect(S).await, Packet::ConnAck(ConnAck::new(ConnectReturnCode::RefusedProtocolVersion, false)));
     p.expect_closed(S).await;
-    let mut p = link(&b);
+    let mut p = in_memory(&b);
     p.send_raw(&[0x82, 0x05, 0, 1, 0, 1, b'a']).await; // SUBSCRIBE first
     p.expect_closed(S).await;
 }

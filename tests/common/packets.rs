@@ -134,6 +134,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Peer<S> {
     }
 }
 
+/// A plain in-memory link to `broker` (the aws-iot profile serves it as 443 + ALPN
+/// `mqtt`), its server side served on a task of the current runtime.
+pub fn in_memory(broker: &tasmota_sim::broker::Broker) -> Peer<tokio::io::DuplexStream> {
+    let (client, server) = tokio::io::duplex(1 << 20);
+    let b = broker.clone();
+    let link = tasmota_sim::broker::LinkInfo { peer: "test".into(), tls: None };
+    tokio::spawn(async move { b.serve(server, link).await });
+    Peer::new(client)
+}
+
 /// A CONNECT packet.
 pub fn connect(client_id: &str, login: Option<(&str, &str)>, clean: bool, keep_alive: u16) -> Connect {
     let mut c = Connect::new(client_id);
