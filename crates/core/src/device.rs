@@ -64,6 +64,9 @@ impl Default for Hardware {
 /// then comes at 3.5 s, as on a real ESP8266 (spec §0 A: 3.712 s).
 pub const DEFAULT_WIFI_CONNECT_MS: u64 = 2_250;
 
+/// How far ahead [`Device::poll_timeout`] looks for a visible tick, in seconds.
+const QUIET_LOOKAHEAD_S: u32 = 3600;
+
 /// Why the device booted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BootReason {
@@ -151,6 +154,9 @@ pub struct Device {
     save_data_counter: u16,
     serial: SerialInput,
     pub(crate) power: u32,
+    /// Settings may differ from `saved`: set by commands, power changes and resets, so
+    /// the once-a-second save check compares only then.
+    pub(crate) settings_dirty: bool,
     blink: Blink,
     boot_reason: BootReason,
     pub(crate) network_up: bool,
@@ -219,6 +225,7 @@ impl Device {
             save_data_counter,
             serial: SerialInput::default(),
             power,
+            settings_dirty: true,
             blink: Blink::default(),
             boot_reason: reason,
             network_up: false,
@@ -289,7 +296,7 @@ impl Device {
 
     /// Bytes typed on the serial console.
     pub fn handle_serial(&mut self, bytes: &[u8], now: Instant) {
-        self.advance(now);
+        self.catch_up(now);
         for &b in bytes {
             if self.halted {
                 return;
@@ -315,57 +322,119 @@ impl Device {
         self.handle_serial(&bytes, now);
     }
 
-    /// When the device next needs [`Device::handle_timeout`]; `None` once stopped.
+    /// When the device next needs [`Device::handle_timeout`]; `None` once stopped. Ticks
+    /// that can produce no output are left out (see `next_visible_tick`).
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.halted {
             return None;
         }
-        let mut next = self.next_tick;
+        let mut next = self.next_visible_tick();
         if !self.backlog.is_empty() {
-            next = next.min(self.backlog.timer.max(self.now));
+            next = next.min(self.backlog.timer);
         }
         if self.blink.mask != 0 {
             next = next.min(self.blink_due());
         }
         if let Some(t) = self.mqtt.client.poll_timeout() {
-            next = next.min(t.max(self.now));
+            next = next.min(t);
         }
-        Some(next)
+        Some(next.max(self.now))
     }
 
-    /// Runs everything due at or before `now`, one main-loop pass at a time.
+    /// Runs everything due at or before `now`, each at its own instant, one main-loop
+    /// pass at a time; then the device's time is `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.run_due(now);
         self.advance(now);
-        // Each pass runs at most one Backlog entry and one tick; the bound only guards
-        // against a bug turning into a hang.
-        for _ in 0..100_000 {
-            if self.halted {
+    }
+
+    /// The earliest timer, due or not: the next 250 ms tick, a Backlog entry, a blink
+    /// step, the MQTT client's CONNACK or keepalive deadline.
+    fn next_timer(&self) -> Instant {
+        let mut next = self.next_tick;
+        if !self.backlog.is_empty() {
+            next = next.min(self.backlog.timer);
+        }
+        if self.blink.mask != 0 {
+            next = next.min(self.blink_due());
+        }
+        if let Some(t) = self.mqtt.client.poll_timeout() {
+            next = next.min(t);
+        }
+        next.max(self.now)
+    }
+
+    /// Runs every timer due at or before `until` in time order, with the device's clock
+    /// set to each timer's instant, so a driver that calls in late (or skips the quiet
+    /// ticks [`Device::poll_timeout`] leaves out) gets the same transcript.
+    pub(crate) fn run_due(&mut self, until: Instant) {
+        // Passes at one instant are bounded only to turn a bug into a stop, not a hang.
+        let mut passes_here = 0u32;
+        while !self.halted {
+            let at = self.next_timer();
+            if at > until {
                 return;
             }
-            let mut progressed = false;
+            if at > self.now {
+                self.now = at;
+                passes_here = 0;
+            }
+            passes_here += 1;
+            if passes_here > 100_000 {
+                return;
+            }
             if !self.backlog.is_empty() && self.backlog.timer <= self.now {
                 self.backlog_loop();
-                progressed = true;
             }
             if self.blink.mask != 0 && self.blink_due() <= self.now {
                 self.blink_loop();
-                progressed = true;
             }
             if self.mqtt.client.poll_timeout().is_some_and(|t| t <= self.now) {
                 let now = self.now;
                 self.mqtt.client.handle_timeout(now);
                 self.drain_client();
-                progressed = true;
             }
             if self.next_tick <= self.now {
                 self.next_tick = next_interval(self.next_tick, 250);
                 self.every_250ms();
-                progressed = true;
-            }
-            if !progressed {
-                return;
             }
         }
+    }
+
+    /// The first 250 ms tick that may give the driver something (an output). In the
+    /// steady state (network and MQTT up, nothing queued, settings saved) the ticks in
+    /// between only count (uptime, TelePeriod, the save countdown): they run, in order,
+    /// when the driver next calls in, so a day of idle device needs a few thousand
+    /// wake-ups instead of 345,600.
+    fn next_visible_tick(&self) -> Instant {
+        let steady = self.network_up
+            && self.restart_flag == 0
+            && self.blink.mask == 0
+            && self.backlog.is_empty()
+            && !self.settings_dirty
+            && self.tele_period < TELE_PERIOD_UNSET
+            && if self.settings.flag(3) { self.mqtt.client.connected() } else { self.initial_connection_state() == 0 };
+        if !steady {
+            return self.next_tick;
+        }
+        // Only phase-1 ticks (once a second) can publish STATE: the m-th from now does.
+        let phase = (self.tick_phase + 1) & 3;
+        let first = self.next_tick.plus_millis(250 * u64::from((5 - phase) & 3));
+        let seconds = match u32::from(self.settings.tele_period) {
+            0 => QUIET_LOOKAHEAD_S,
+            period => period.saturating_sub(self.tele_period).max(1).min(QUIET_LOOKAHEAD_S + 1) - 1,
+        };
+        first.plus_millis(1000 * u64::from(seconds))
+    }
+
+    /// Runs the timers due strictly before an input at `now` (ticks a driver skipped),
+    /// then moves the clock to `now`. Timers due at `now` itself run after the input, on
+    /// the driver's next [`Device::handle_timeout`], as they always have.
+    pub(crate) fn catch_up(&mut self, now: Instant) {
+        if now.as_millis() > 0 {
+            self.run_due(Instant::from_millis(now.as_millis() - 1));
+        }
+        self.advance(now);
     }
 
     pub(crate) fn advance(&mut self, now: Instant) {
@@ -482,6 +551,10 @@ impl Device {
 
     /// `SettingsSave(0)`: writes only when something changed.
     pub(crate) fn settings_save(&mut self) {
+        if !self.settings_dirty {
+            return;
+        }
+        self.settings_dirty = false;
         if self.settings != self.saved {
             self.saved = self.settings.clone();
             self.outputs.push_back(Output::SaveSettings);
@@ -498,6 +571,7 @@ impl Device {
         if self.restart_flag == 0 || !self.backlog.is_empty() {
             return;
         }
+        self.settings_dirty = true;
         match self.restart_flag {
             214..=216 => {
                 let keep = self.settings.clone();
@@ -632,6 +706,7 @@ impl Device {
     }
 
     fn set_device_power(&mut self) {
+        self.settings_dirty = true;
         self.outputs.push_back(Output::Relays(self.power));
     }
 

@@ -81,6 +81,7 @@ impl Device {
     /// `CommandHandler`: `topic` is `/<command>` for typed commands or the full topic of
     /// an MQTT command; `data` is the rest of the line or the payload.
     pub(crate) fn command_handler(&mut self, topic: &str, data: &str) {
+        self.settings_dirty = true;
         let grpflg = self.settings.mqtt_grp_topic.iter().any(|g| !g.is_empty() && topic.contains(g.as_str()));
         let fallback = self.topic_context().topic(Prefix::Cmnd, crate::topic::TopicKind::Fallback, "");
         self.fallback_topic_flag = topic.starts_with(&fallback);

@@ -101,6 +101,11 @@ impl Device {
     }
 
     /// `MqttIsConnected()`.
+    /// `Mqtt.initial_connection_state`: 0 once MqttCheck no longer needs to run.
+    pub(crate) fn initial_connection_state(&self) -> u8 {
+        self.mqtt.initial_connection_state
+    }
+
     pub(crate) fn mqtt_is_connected(&self) -> bool {
         self.mqtt.client.connected()
     }
@@ -329,14 +334,14 @@ impl Device {
     /// The link asked for by [`Output::Connect`] is open (TCP connected, TLS handshake
     /// done): the client sends CONNECT.
     pub fn handle_link_up(&mut self, now: Instant) {
-        self.advance(now);
+        self.catch_up(now);
         self.mqtt.client.link_up(now);
         self.drain_client();
     }
 
     /// The link could not be opened.
     pub fn handle_link_failed(&mut self, failure: LinkFailure, now: Instant) {
-        self.advance(now);
+        self.catch_up(now);
         if !self.mqtt.client.connecting() {
             return;
         }
@@ -359,7 +364,7 @@ impl Device {
 
     /// Bytes arrived on the link.
     pub fn handle_received(&mut self, bytes: &[u8], now: Instant) {
-        self.advance(now);
+        self.catch_up(now);
         if self.is_stopped() {
             return;
         }
@@ -371,7 +376,7 @@ impl Device {
 
     /// The link closed (peer close or I/O error).
     pub fn handle_link_closed(&mut self, now: Instant) {
-        self.advance(now);
+        self.catch_up(now);
         self.mqtt.client.link_closed();
         self.drain_client();
     }
