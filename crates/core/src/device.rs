@@ -422,7 +422,7 @@ impl Device {
         let first = self.next_tick.plus_millis(250 * u64::from((5 - phase) & 3));
         let seconds = match u32::from(self.settings.tele_period) {
             0 => QUIET_LOOKAHEAD_S,
-            period => period.saturating_sub(self.tele_period).max(1).min(QUIET_LOOKAHEAD_S + 1) - 1,
+            period => period.saturating_sub(self.tele_period).clamp(1, QUIET_LOOKAHEAD_S + 1) - 1,
         };
         first.plus_millis(1000 * u64::from(seconds))
     }
