@@ -7,3 +7,4 @@ pub mod driver;
 pub mod duration;
 pub mod link;
 pub mod state;
+pub mod scenario;

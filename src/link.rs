@@ -201,7 +201,13 @@ impl Connector {
         }
     }
 
-    async fn handshake(&self, req: &TlsRequest, tcp: TcpStream) -> Result<BoxStream, LinkFailure> {
+    /// The TLS handshake the core asked for, over any byte stream (a TCP socket, or an
+    /// in-memory link to an embedded broker on the virtual clock).
+    pub async fn handshake<IO: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
+        &self,
+        req: &TlsRequest,
+        tcp: IO,
+    ) -> Result<BoxStream, LinkFailure> {
         if let Validation::Fingerprints(_) = req.validation {
             tracing::warn!(
                 "SetOption132 (fingerprint validation) is not simulated: the server is checked against the trust anchors"

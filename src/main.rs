@@ -1,6 +1,7 @@
 //! `tasmota-sim`: simulate Tasmota devices on the wire.
 
 mod broker_cmd;
+mod scenario_cmd;
 
 use tasmota_sim::duration::parse_duration;
 use tasmota_sim::{driver, link, state};
@@ -71,6 +72,9 @@ enum Command {
         #[command(flatten)]
         tls: TlsArgs,
     },
+    /// Run scenario files (TOML): steps, expectations, golden transcripts, a verdict.
+    #[command(after_help = scenario_cmd::EXAMPLES)]
+    Scenario(Box<scenario_cmd::ScenarioArgs>),
     /// Run the embedded MQTT broker (plain = Mosquitto, aws-iot = AWS IoT Core) until Ctrl-C.
     #[command(after_help = broker_cmd::EXAMPLES)]
     Broker(Box<broker_cmd::BrokerArgs>),
@@ -124,6 +128,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Broker(args) => broker_cmd::run(*args),
+        Command::Scenario(args) => scenario_cmd::run(*args),
         Command::Device { state, mac, commands, run_for, tls } => {
             let connector = match tls.connector() {
                 Ok(c) => c,

@@ -1,0 +1,149 @@
+//! The operator: an MQTT client standing where a person with `mosquitto_sub`/`_pub` or
+//! the AWS console's MQTT test client would stand. It subscribes, publishes commands and
+//! reports every message it receives to the scenario runner.
+//!
+//! It speaks MQTT 3.1.1 through rumqttc's codec (not the device's), over any byte stream:
+//! an in-memory link to an embedded broker, or TCP/TLS to a real one.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttc::mqttbytes::v4::{Connect, Login, Packet, Publish, Subscribe, SubscribeFilter};
+use rumqttc::mqttbytes::{self, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::link::BoxStream;
+
+/// The keepalive the operator asks for; it pings on time.
+const KEEPALIVE_S: u16 = 60;
+const MAX_PACKET: usize = 256 * 1024;
+
+/// A message the operator received.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Received {
+    pub topic: String,
+    pub payload: String,
+    pub retain: bool,
+}
+
+/// What the operator tells the runner.
+#[derive(Debug)]
+pub enum OperatorEvent {
+    /// Connected and subscribed.
+    Ready,
+    Message(Received),
+    /// The link ended; why.
+    Down(String),
+}
+
+/// What the runner asks of the operator.
+#[derive(Debug)]
+pub struct Command {
+    pub topic: String,
+    pub payload: String,
+    pub retain: bool,
+    pub qos: u8,
+}
+
+/// Runs one operator session on `stream` until the link ends or `commands` closes.
+pub async fn run(
+    mut stream: BoxStream,
+    client_id: String,
+    login: Option<(String, String)>,
+    filters: Vec<String>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    events: impl Fn(OperatorEvent),
+) {
+    let mut connect = Connect::new(client_id);
+    connect.keep_alive = KEEPALIVE_S;
+    connect.login = login.map(|(u, p)| Login::new(u, p));
+    let mut out = BytesMut::new();
+    let mut rbuf = BytesMut::new();
+    let mut next_pkid: u16 = 0;
+    let mut pkid = || {
+        next_pkid = next_pkid % u16::MAX + 1;
+        next_pkid
+    };
+    if let Err(e) = Packet::Connect(connect).write(&mut out, MAX_PACKET) {
+        return events(OperatorEvent::Down(format!("cannot encode CONNECT: {e}")));
+    }
+    let mut subscribed = filters.is_empty();
+    let mut connected = false;
+    let mut ping = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(u64::from(KEEPALIVE_S)),
+        Duration::from_secs(u64::from(KEEPALIVE_S)),
+    );
+    loop {
+        if !out.is_empty() {
+            if let Err(e) = stream.write_all(&out).await {
+                return events(OperatorEvent::Down(format!("write: {e}")));
+            }
+            out.clear();
+        }
+        tokio::select! {
+            n = stream.read_buf(&mut rbuf) => {
+                match n {
+                    Ok(0) => return events(OperatorEvent::Down("the broker closed the link".into())),
+                    Err(e) => return events(OperatorEvent::Down(format!("read: {e}"))),
+                    Ok(_) => {}
+                }
+                loop {
+                    let packet = match Packet::read(&mut rbuf, MAX_PACKET) {
+                        Ok(p) => p,
+                        Err(mqttbytes::Error::InsufficientBytes(_)) => break,
+                        Err(e) => return events(OperatorEvent::Down(format!("malformed packet from the broker: {e}"))),
+                    };
+                    match packet {
+                        Packet::ConnAck(ack) => {
+                            if ack.code != rumqttc::mqttbytes::v4::ConnectReturnCode::Success {
+                                return events(OperatorEvent::Down(format!("CONNACK {:?}", ack.code)));
+                            }
+                            connected = true;
+                            if subscribed {
+                                events(OperatorEvent::Ready);
+                            } else {
+                                let subs: Vec<SubscribeFilter> = filters.iter().map(|f| SubscribeFilter::new(f.clone(), QoS::AtMostOnce)).collect();
+                                let mut s = Subscribe::new_many(subs);
+                                s.pkid = pkid();
+                                if let Err(e) = Packet::Subscribe(s).write(&mut out, MAX_PACKET) {
+                                    return events(OperatorEvent::Down(format!("cannot encode SUBSCRIBE: {e}")));
+                                }
+                            }
+                        }
+                        Packet::SubAck(_) if !subscribed => {
+                            subscribed = true;
+                            events(OperatorEvent::Ready);
+                        }
+                        Packet::Publish(p) => {
+                            if p.qos == QoS::AtLeastOnce {
+                                let _ = Packet::PubAck(rumqttc::mqttbytes::v4::PubAck::new(p.pkid)).write(&mut out, MAX_PACKET);
+                            }
+                            events(OperatorEvent::Message(Received {
+                                topic: p.topic.clone(),
+                                payload: String::from_utf8_lossy(&p.payload).into_owned(),
+                                retain: p.retain,
+                            }));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            cmd = commands.recv(), if connected => {
+                let Some(cmd) = cmd else { return };
+                let qos = if cmd.qos == 1 { QoS::AtLeastOnce } else { QoS::AtMostOnce };
+                let mut p = Publish::new(cmd.topic, qos, cmd.payload.into_bytes());
+                p.retain = cmd.retain;
+                if qos == QoS::AtLeastOnce {
+                    p.pkid = pkid();
+                }
+                if let Err(e) = Packet::Publish(p).write(&mut out, MAX_PACKET) {
+                    tracing::warn!("operator: cannot encode PUBLISH: {e}");
+                }
+            }
+            _ = ping.tick(), if connected => {
+                let _ = Packet::PingReq.write(&mut out, MAX_PACKET);
+            }
+        }
+    }
+}

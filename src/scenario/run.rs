@@ -1,0 +1,477 @@
+//! Running one scenario: build its world, carry out its steps in order, check its
+//! expectations, compare its transcript.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tasmota_core::BootReason;
+
+use super::file::{Action, Expect, Matcher, PublishPattern, RecordPattern, Scenario, Step};
+use super::world::{EmbeddedBroker, EmbeddedNet, Net, World};
+use super::{operator, transcript, BrokerUrl, Options, Outcome, Verdict};
+use crate::broker::{self, Broker, Record, TlsListen};
+use crate::link::{Connector, TlsCompat, Trust};
+
+/// Where each expectation looks from: per device console, per operator, per broker.
+#[derive(Default, Clone)]
+struct Cursors {
+    console: Vec<usize>,
+    received: Vec<usize>,
+    records: Vec<usize>,
+}
+
+/// Runs `s` on a fresh runtime (paused unless `opts.real_time`), to the end.
+pub fn run(s: &Scenario, opts: &Options) -> Outcome {
+    let started = std::time::Instant::now();
+    let virtual_clock = !opts.real_time && opts.broker.is_none();
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all();
+    if virtual_clock {
+        builder.start_paused(true);
+    }
+    let runtime = match builder.build() {
+        Ok(r) => r,
+        Err(e) => return Outcome::invalid(s, format!("cannot start the runtime: {e}")),
+    };
+    let mut outcome = runtime.block_on(run_steps(s, opts, virtual_clock));
+    outcome.wall = started.elapsed();
+    if s.transcript && virtual_clock && matches!(outcome.verdict, Verdict::Passed) {
+        let dir = opts.transcripts.clone().unwrap_or_else(|| transcript::default_dir(&s.file));
+        match transcript::check(&dir, &s.name, &outcome.transcript, opts.bless) {
+            Ok(transcript::Checked::Same) => {}
+            Ok(transcript::Checked::Written(path)) => outcome.notes.push(format!("transcript written to {}", path.display())),
+            Err(failure) => outcome.verdict = Verdict::Failed { step: None, message: failure },
+        }
+    }
+    outcome
+}
+
+async fn run_steps(s: &Scenario, opts: &Options, virtual_clock: bool) -> Outcome {
+    let net = match build_net(s, opts) {
+        Ok(n) => n,
+        Err(e) => return Outcome::invalid(s, e),
+    };
+    let brokers: Vec<Broker> = match &net {
+        Net::Embedded(n) => n.brokers.iter().map(|b| b.broker.clone()).collect(),
+        Net::External { .. } => Vec::new(),
+    };
+    let mut world = match World::new(s, net, virtual_clock).await {
+        Ok(w) => w,
+        Err(e) => return Outcome::failed(s, None, format!("before the first step: {e}")),
+    };
+    world.boot_devices();
+    let mut cursors = Cursors {
+        console: vec![0; s.devices.len()],
+        received: vec![0; s.operators.len()],
+        records: vec![0; brokers.len()],
+    };
+    let mut verdict = Verdict::Passed;
+    let mut steps_run = 0;
+    for (index, step) in s.steps.iter().enumerate() {
+        steps_run += 1;
+        if let Err(message) = run_step(&mut world, &brokers, &mut cursors, step).await {
+            verdict = Verdict::Failed { step: Some((index + 1, step.line, step.column)), message };
+            break;
+        }
+    }
+    // Let what the last step set off finish printing (a few ms of the device's time).
+    let settle = world.now_plus(Duration::from_millis(1));
+    world.run_until(settle, |_| false).await;
+    let transcript: Vec<String> = if s.devices.len() == 1 {
+        world.devices[0].console.iter().map(|l| l.line.clone()).collect()
+    } else {
+        let mut all: Vec<_> = world.devices.iter().flat_map(|d| d.console.iter()).collect();
+        all.sort_by_key(|l| l.at_ms);
+        all.into_iter().map(|l| l.line.clone()).collect()
+    };
+    let records = brokers.iter().map(Broker::records).collect();
+    Outcome {
+        name: s.name.clone(),
+        file: s.file.clone(),
+        verdict,
+        transcript,
+        virtual_ms: world.now_ms(),
+        wall: Duration::ZERO,
+        steps_run,
+        steps_total: s.steps.len(),
+        records,
+        notes: Vec::new(),
+    }
+}
+
+fn build_net(s: &Scenario, opts: &Options) -> Result<Net, String> {
+    if let Some(url) = &opts.broker {
+        for (i, step) in s.steps.iter().enumerate() {
+            if matches!(step.action, Action::Fault { .. } | Action::BrokerRestart { .. }) {
+                return Err(format!(
+                    "step {} (line {}) needs the embedded broker: faults and broker restarts cannot be run against {url}",
+                    i + 1,
+                    step.line
+                ));
+            }
+        }
+        if s.brokers.len() > 1 {
+            return Err(format!("the scenario has {} brokers; --broker stands in for one", s.brokers.len()));
+        }
+        return Ok(Net::External { connector: external_connector(s, opts, url)?, url: url.clone() });
+    }
+    if let Some(b) = s.brokers.iter().find(|b| b.external) {
+        return Err(format!("broker '{}' is external: run with --broker URL (for example mqtt://127.0.0.1:1883)", b.name));
+    }
+    let tls_names: Vec<String> = {
+        let mut n: Vec<String> = s.brokers.iter().filter(|b| b.tls_port.is_some()).map(|b| b.host.clone()).collect();
+        n.sort();
+        n.dedup();
+        n
+    };
+    let (acceptors, roots) = if tls_names.is_empty() {
+        (None, rustls::RootCertStore::empty())
+    } else {
+        let dir = opts.tls_dir.join(names_key(&tls_names));
+        let material = broker::tls::self_signed(&dir, &tls_names).map_err(|e| format!("TLS setup: {e}"))?;
+        let roots = material.client_ca.clone().unwrap_or_else(rustls::RootCertStore::empty);
+        let acceptors = broker::tls::Acceptors::new(&material).map_err(|e| format!("TLS setup: {e}"))?;
+        (Some(Arc::new(acceptors)), roots)
+    };
+    let mut brokers = Vec::new();
+    for spec in &s.brokers {
+        let mut config = broker::Config::new(spec.profile);
+        for (u, p) in &spec.users {
+            config.users.add(&format!("{u}:{p}")).map_err(|e| format!("broker '{}': {e}", spec.name))?;
+        }
+        config.authorizers = spec.authorizers.clone();
+        config.default_authorizer = spec.default_authorizer.clone();
+        if let Some(e) = &spec.endpoint {
+            config.endpoint = e.clone();
+        }
+        if spec.allow_retain {
+            config.profile.retain = broker::RetainPolicy::Allow;
+        }
+        for l in &spec.limits {
+            config.profile.limits.set(l).map_err(|e| format!("broker '{}': {e}", spec.name))?;
+        }
+        config.faults = spec.faults.clone();
+        config.record_in_memory = true;
+        let tls = match (&acceptors, spec.tls_port) {
+            (Some(a), Some(_)) => Some(TlsListen { acceptors: a.clone(), mtls: false }),
+            _ => None,
+        };
+        brokers.push(EmbeddedBroker { spec: spec.clone(), broker: Broker::new(config), tls });
+    }
+    let client = Connector {
+        resolve: Default::default(),
+        connect_to: Default::default(),
+        trust: Trust::Roots(Arc::new(roots)),
+        compat: TlsCompat::Firmware,
+    };
+    Ok(Net::Embedded(Arc::new(EmbeddedNet { brokers, client })))
+}
+
+/// A directory name for one set of TLS names, so scenarios with different broker names
+/// do not remake each other's certificates.
+fn names_key(names: &[String]) -> String {
+    let joined = names.join(",");
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in joined.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
+fn external_connector(s: &Scenario, opts: &Options, url: &BrokerUrl) -> Result<Connector, String> {
+    let trust = if opts.insecure {
+        Trust::Insecure
+    } else if let Some(path) = &opts.ca_file {
+        Trust::Roots(Arc::new(crate::link::load_ca_file(path)?))
+    } else {
+        Trust::Roots(Arc::new(crate::link::firmware_roots()))
+    };
+    let mut connect_to = std::collections::HashMap::new();
+    for b in &s.brokers {
+        for port in [b.port, b.tls_port].into_iter().flatten() {
+            connect_to.insert((b.host.clone(), port), (url.host.clone(), url.port));
+        }
+    }
+    let resolve = opts.resolve.iter().map(|r| ((r.host.clone(), r.port), r.addr)).collect();
+    Ok(Connector { resolve, connect_to, trust, compat: TlsCompat::Firmware })
+}
+
+async fn run_step(world: &mut World, brokers: &[Broker], cursors: &mut Cursors, step: &Step) -> Result<(), String> {
+    match &step.action {
+        Action::Console { device, line } => {
+            if !world.type_line(*device, line) {
+                return Err(format!("device '{}' is off or halted: nothing can be typed", world.devices[*device].name));
+            }
+            // What the line sets off at this instant is carried out before the next step.
+            let now = world.now_plus(Duration::ZERO);
+            world.run_until(now, |_| false).await;
+        }
+        Action::MqttPublish { operator, topic, payload, retain, qos } => {
+            let cmd = operator::Command { topic: topic.clone(), payload: payload.clone(), retain: *retain, qos: *qos };
+            world.operator_publish(*operator, cmd)?;
+            let now = world.now_plus(Duration::ZERO);
+            world.run_until(now, |_| false).await;
+        }
+        Action::Advance(d) => {
+            let until = world.now_plus(*d);
+            world.run_until(until, |_| false).await;
+        }
+        Action::Restart { device } => world.power_on(*device, BootReason::Restart),
+        Action::PowerOff { device } => world.power_off(*device),
+        Action::PowerOn { device } => {
+            if world.devices[*device].core.is_some() {
+                return Err(format!("device '{}' is already on", world.devices[*device].name));
+            }
+            world.power_on(*device, BootReason::PowerOn);
+        }
+        Action::Fault { broker, rule } => brokers[*broker].add_fault(rule.clone()),
+        Action::DeviceFault { device, fault } => world.set_device_fault(*device, fault),
+        Action::BrokerRestart { broker, down } => brokers[*broker].restart(*down),
+        Action::Expect(e) => {
+            let found = wait_for(world, brokers, cursors, e, e.within).await;
+            match found {
+                Some(next) => *cursors = next,
+                None => return Err(not_seen(world, brokers, cursors, e)),
+            }
+        }
+        Action::ExpectNot(e) => {
+            // Only what happens from now on counts.
+            let from = Cursors {
+                console: world.devices.iter().map(|d| d.console.len()).collect(),
+                received: world.operators.iter().map(|o| o.received.len()).collect(),
+                records: brokers.iter().map(|b| b.records().len()).collect(),
+            };
+            let start_ms = world.now_ms();
+            if let Some(seen) = wait_for(world, brokers, &from, e, e.within).await {
+                let what = describe_hit(world, brokers, &from, &seen, &e.what);
+                return Err(format!(
+                    "expected no {} within {}, but {what} {} ms after the step began",
+                    e.text,
+                    show(e.within),
+                    world.now_ms() - start_ms
+                ));
+            }
+            if let Matcher::Setting { .. } = e.what {
+            } else {
+                *cursors = Cursors {
+                    console: world.devices.iter().map(|d| d.console.len()).collect(),
+                    received: world.operators.iter().map(|o| o.received.len()).collect(),
+                    records: brokers.iter().map(|b| b.records().len()).collect(),
+                };
+            }
+        }
+        Action::ExpectOrder { items, within } => {
+            let deadline = world.now_plus(*within);
+            let start = tokio::time::Instant::now();
+            for (n, e) in items.iter().enumerate() {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                // Each item is looked for after the previous one in every stream it shares.
+                match wait_for(world, brokers, cursors, e, left).await {
+                    Some(next) => *cursors = next,
+                    None => {
+                        return Err(format!(
+                            "expect_order item {} of {}: {}",
+                            n + 1,
+                            items.len(),
+                            not_seen(world, brokers, cursors, &Expect { within: *within, ..e.clone() })
+                        ))
+                    }
+                }
+            }
+            let _ = start;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the world until `e` is seen after `from` (then returns the cursors just past the
+/// match) or `within` passes.
+async fn wait_for(
+    world: &mut World,
+    brokers: &[Broker],
+    from: &Cursors,
+    e: &Expect,
+    within: Duration,
+) -> Option<Cursors> {
+    let deadline = world.now_plus(within);
+    let mut hit = None;
+    world
+        .run_until(deadline, |w| {
+            hit = find(w, brokers, from, &e.what);
+            hit.is_some()
+        })
+        .await;
+    hit
+}
+
+fn find(w: &World, brokers: &[Broker], from: &Cursors, m: &Matcher) -> Option<Cursors> {
+    let mut next = from.clone();
+    match m {
+        Matcher::Console { device, text } => {
+            let lines = &w.devices[*device].console;
+            let full = has_timestamp(text);
+            let i = lines[from.console[*device]..]
+                .iter()
+                .position(|l| if full { strip_name(&l.line) == text } else { l.text == *text })?;
+            next.console[*device] += i + 1;
+        }
+        Matcher::ConsoleRegex { device, re } => {
+            let lines = &w.devices[*device].console;
+            let i = lines[from.console[*device]..].iter().position(|l| re.is_match(&l.text))?;
+            next.console[*device] += i + 1;
+        }
+        Matcher::Publish { operator, pattern } => {
+            let got = &w.operators[*operator].received;
+            let i = got[from.received[*operator]..].iter().position(|m| publish_matches(pattern, &m.msg))?;
+            next.received[*operator] += i + 1;
+        }
+        Matcher::Record { broker, pattern } => {
+            let records = brokers[*broker].records();
+            let i = records[from.records[*broker].min(records.len())..].iter().position(|r| record_matches(pattern, r))?;
+            next.records[*broker] += i + 1;
+        }
+        Matcher::Setting { device, name, value } => {
+            let d = &w.devices[*device];
+            let settings = d.core.as_ref().map_or(&d.flash, |c| c.settings());
+            let now = serde_json::to_value(settings).ok()?;
+            if now.get(name) != Some(value) {
+                return None;
+            }
+        }
+    }
+    Some(next)
+}
+
+fn has_timestamp(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() > 13 && b[2] == b':' && b[5] == b':' && b[8] == b'.' && b[12] == b' '
+}
+
+/// A transcript line without its `[device] ` prefix.
+fn strip_name(line: &str) -> &str {
+    match line.strip_prefix('[') {
+        Some(rest) => rest.split_once("] ").map_or(line, |(_, l)| l),
+        None => line,
+    }
+}
+
+fn publish_matches(p: &PublishPattern, m: &operator::Received) -> bool {
+    p.topic.as_ref().is_none_or(|t| crate::broker::topic::matches(t, &m.topic, false) || *t == m.topic)
+        && p.payload.as_ref().is_none_or(|x| *x == m.payload)
+        && p.payload_regex.as_ref().is_none_or(|re| re.is_match(&m.payload))
+        && p.retain.is_none_or(|r| r == m.retain)
+        && p.json.as_ref().is_none_or(|want| {
+            serde_json::from_str::<serde_json::Value>(&m.payload).is_ok_and(|got| json_contains(&got, want))
+        })
+}
+
+/// Whether `got` has every key of `want` with the same value (objects recursively).
+pub fn json_contains(got: &serde_json::Value, want: &serde_json::Value) -> bool {
+    match (got, want) {
+        (serde_json::Value::Object(g), serde_json::Value::Object(w)) => {
+            w.iter().all(|(k, wv)| g.get(k).is_some_and(|gv| json_contains(gv, wv)))
+        }
+        _ => got == want,
+    }
+}
+
+fn record_matches(p: &RecordPattern, r: &Record) -> bool {
+    p.kind.as_ref().is_none_or(|k| *k == r.kind)
+        && p.client.as_ref().is_none_or(|c| r.client.as_ref() == Some(c))
+        && p.topic.as_ref().is_none_or(|t| r.topic.as_ref() == Some(t))
+        && p.payload.as_ref().is_none_or(|x| r.payload.as_ref() == Some(x))
+        && p.retain.is_none_or(|x| r.retain == Some(x))
+        && p.codes.as_ref().is_none_or(|c| r.codes.as_ref() == Some(c))
+        && p.detail_regex.as_ref().is_none_or(|re| r.detail.as_deref().is_some_and(|d| re.is_match(d)))
+}
+
+fn describe_hit(w: &World, brokers: &[Broker], from: &Cursors, seen: &Cursors, m: &Matcher) -> String {
+    match m {
+        Matcher::Console { device, .. } | Matcher::ConsoleRegex { device, .. } => {
+            let i = seen.console[*device] - 1;
+            format!("the console printed '{}'", w.devices[*device].console[i].line)
+        }
+        Matcher::Publish { operator, .. } => {
+            let m = &w.operators[*operator].received[seen.received[*operator] - 1].msg;
+            format!("the operator received {} = {}{}", m.topic, m.payload, if m.retain { " (retained)" } else { "" })
+        }
+        Matcher::Record { broker, .. } => {
+            let records = brokers[*broker].records();
+            let r = &records[seen.records[*broker] - 1];
+            format!("the broker recorded {}", serde_json::to_string(r).unwrap_or_default())
+        }
+        Matcher::Setting { .. } => {
+            let _ = from;
+            "the setting had that value".to_string()
+        }
+    }
+}
+
+/// The failure message of an expectation not met, with what was seen instead.
+fn not_seen(w: &World, brokers: &[Broker], from: &Cursors, e: &Expect) -> String {
+    let mut msg = format!("expected {} within {}; not seen", e.text, show(e.within));
+    let tail = |items: Vec<String>| -> String {
+        if items.is_empty() {
+            return " (nothing since the previous match)".into();
+        }
+        let skip = items.len().saturating_sub(12);
+        let mut s = String::from(". Seen since the previous match:");
+        if skip > 0 {
+            s.push_str(&format!("\n    ... {skip} earlier"));
+        }
+        for i in &items[skip..] {
+            s.push_str("\n    ");
+            s.push_str(i);
+        }
+        s
+    };
+    match &e.what {
+        Matcher::Console { device, .. } | Matcher::ConsoleRegex { device, .. } => {
+            let lines = &w.devices[*device].console[from.console[*device]..];
+            msg.push_str(&tail(lines.iter().map(|l| l.line.clone()).collect()));
+        }
+        Matcher::Publish { operator, .. } => {
+            let op = &w.operators[*operator];
+            let got = &op.received[from.received[*operator]..];
+            msg.push_str(&tail(
+                got.iter()
+                    .map(|m| {
+                        let r = if m.msg.retain { " (retained)" } else { "" };
+                        format!("{} = {}{r}", m.msg.topic, m.msg.payload)
+                    })
+                    .collect(),
+            ));
+            if let Some(why) = &op.down {
+                msg.push_str(&format!("\n    (the operator's link ended: {why})"));
+            }
+        }
+        Matcher::Record { broker, .. } => {
+            let records = brokers[*broker].records();
+            let start = from.records[*broker].min(records.len());
+            msg.push_str(&tail(
+                records[start..].iter().map(|r| serde_json::to_string(r).unwrap_or_default()).collect(),
+            ));
+        }
+        Matcher::Setting { device, name, .. } => {
+            let d = &w.devices[*device];
+            let settings = d.core.as_ref().map_or(&d.flash, |c| c.settings());
+            let now = serde_json::to_value(settings).ok().and_then(|v| v.get(name).cloned());
+            msg.push_str(&format!(": {name} is {}", now.unwrap_or_default()));
+        }
+    }
+    msg
+}
+
+/// A duration as scenario files write it.
+pub fn show(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 3_600_000 == 0 && ms > 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
