@@ -261,6 +261,11 @@ impl Broker {
         }
     }
 
+    /// Whether the broker is in the downtime of a restart (its listeners refuse links).
+    pub fn is_down(&self) -> bool {
+        self.shared.is_down()
+    }
+
     /// Adds a fault rule (it applies to connections from now on).
     pub fn add_fault(&self, rule: FaultRule) {
         self.shared.faults.lock().unwrap_or_else(|e| e.into_inner()).push(rule);

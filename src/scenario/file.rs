@@ -63,6 +63,8 @@ struct RawDevice {
     name: Option<String>,
     mac: Option<Spanned<String>>,
     settings: Option<Settings>,
+    /// SetOptions on top of `settings`: `setoptions = { 103 = 1 }`.
+    setoptions: Option<Spanned<BTreeMap<String, u32>>>,
     tls_handshake: Option<Spanned<String>>,
 }
 
@@ -427,7 +429,16 @@ impl Checker<'_> {
             if devices.iter().any(|o: &DeviceSpec| o.name == name) {
                 self.fail(span, format!("a second device named '{name}'"));
             }
-            devices.push(DeviceSpec { name, mac, settings: d.settings.unwrap_or_default(), tls_handshake });
+            let mut settings = d.settings.unwrap_or_default();
+            if let Some(opts) = &d.setoptions {
+                for (k, v) in opts.get_ref() {
+                    match k.parse::<u32>() {
+                        Ok(n) if tasmota_core::settings::OptionSlot::of(n).is_some() => settings.set_option(n, *v),
+                        _ => self.fail(opts.span(), format!("setoptions: '{k}' is not a SetOption number (0..177)")),
+                    }
+                }
+            }
+            devices.push(DeviceSpec { name, mac, settings, tls_handshake });
         }
         if devices.is_empty() {
             devices.push(DeviceSpec {

@@ -46,14 +46,15 @@ pub struct Command {
     pub qos: u8,
 }
 
-/// Runs one operator session on `stream` until the link ends or `commands` closes.
+/// Runs one operator session on `stream` until the link ends or `commands` closes
+/// (then it returns without a `Down` event).
 pub async fn run(
     mut stream: BoxStream,
     client_id: String,
     login: Option<(String, String)>,
     filters: Vec<String>,
-    mut commands: mpsc::UnboundedReceiver<Command>,
-    events: impl Fn(OperatorEvent),
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    events: &impl Fn(OperatorEvent),
 ) {
     let mut connect = Connect::new(client_id);
     connect.keep_alive = KEEPALIVE_S;

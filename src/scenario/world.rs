@@ -40,6 +40,7 @@ pub struct Message {
 }
 
 /// How devices reach brokers.
+#[derive(Clone)]
 pub enum Net {
     /// Embedded brokers over in-memory links, addressed by the host and ports in the file.
     Embedded(Arc<EmbeddedNet>),
@@ -153,15 +154,33 @@ impl World {
             named_lines: s.devices.len() > 1,
         };
         for (i, spec) in s.operators.iter().enumerate() {
-            let stream = world.operator_link(spec.broker, &spec.name).await?;
-            let (ctx, crx) = mpsc::unbounded_channel();
+            let (ctx, mut crx) = mpsc::unbounded_channel();
             let tx = world.tx.clone();
-            let (id, login, filters) = (spec.client_id.clone(), spec.login.clone(), spec.subscribe.clone());
-            let task = tokio::spawn(operator::run(stream, id, login, filters, crx, move |event| {
-                let _ = tx.send(Event::Operator { operator: i, event });
-            }));
+            let net = world.net.clone();
+            let name = spec.name.clone();
+            let spec = spec.clone();
+            // Like mosquitto_sub, the operator connects again (a second later) when its
+            // link ends, e.g. across a broker restart.
+            let task = tokio::spawn(async move {
+                let events = move |event| {
+                    let _ = tx.send(Event::Operator { operator: i, event });
+                };
+                loop {
+                    match operator_link(&net, spec.broker, &spec.name).await {
+                        Ok(stream) => {
+                            let (id, login, filters) = (spec.client_id.clone(), spec.login.clone(), spec.subscribe.clone());
+                            operator::run(stream, id, login, filters, &mut crx, &events).await;
+                            if crx.is_closed() {
+                                return;
+                            }
+                        }
+                        Err(e) => events(OperatorEvent::Down(e)),
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
             world.operators.push(OperatorSlot {
-                name: spec.name.clone(),
+                name,
                 commands: Some(ctx),
                 ready: false,
                 down: None,
@@ -186,36 +205,6 @@ impl World {
     pub fn boot_devices(&mut self) {
         for i in 0..self.devices.len() {
             self.power_on(i, BootReason::PowerOn);
-        }
-    }
-
-    async fn operator_link(&self, broker: usize, name: &str) -> Result<BoxStream, String> {
-        match &self.net {
-            Net::Embedded(net) => {
-                let b = &net.brokers[broker];
-                let (client, server) = tokio::io::duplex(1 << 16);
-                // On AWS IoT the console's MQTT client is signed in with IAM: here a link
-                // that presents a verified client certificate on the ALPN that allows it.
-                let tls = (b.spec.profile == broker::ProfileName::AwsIot).then(|| TlsInfo {
-                    sni: Some(b.spec.host.clone()),
-                    alpn: Some(b"x-amzn-mqtt-ca".to_vec()),
-                    client_cert: true,
-                    mtls_listener: false,
-                });
-                let link = LinkInfo { peer: format!("operator {name}"), tls };
-                let broker = b.broker.clone();
-                tokio::spawn(async move { broker.serve(server, link).await });
-                Ok(Box::pin(client))
-            }
-            Net::External { connector, url } => {
-                let tls = url.tls.then(|| TlsRequest {
-                    server_name: url.host.clone(),
-                    alpn: None,
-                    validation: tasmota_core::mqtt::tls::Validation::TrustAnchors,
-                });
-                let req = ConnectRequest { host: url.host.clone(), port: url.port, tls, timeout_ms: 10_000 };
-                connector.open(&req).await.map_err(|f| format!("operator '{name}' cannot reach {url}: {f:?}"))
-            }
         }
     }
 
@@ -273,11 +262,11 @@ impl World {
     }
 
     pub fn operator_publish(&mut self, i: usize, cmd: operator::Command) -> Result<(), String> {
+        // Sent as soon as the operator is connected (at once, unless it is reconnecting).
         let op = &self.operators[i];
-        match (&op.commands, &op.down) {
-            (_, Some(why)) => Err(format!("operator '{}' is disconnected: {why}", op.name)),
-            (Some(tx), None) => tx.send(cmd).map_err(|_| format!("operator '{}' has stopped", op.name)),
-            (None, None) => Err(format!("operator '{}' has stopped", op.name)),
+        match &op.commands {
+            Some(tx) => tx.send(cmd).map_err(|_| format!("operator '{}' has stopped", op.name)),
+            None => Err(format!("operator '{}' has stopped", op.name)),
         }
     }
 
@@ -384,12 +373,15 @@ impl World {
             Event::Operator { operator, event } => {
                 let op = &mut self.operators[operator];
                 match event {
-                    OperatorEvent::Ready => op.ready = true,
+                    OperatorEvent::Ready => {
+                        op.ready = true;
+                        op.down = None;
+                    }
                     OperatorEvent::Message(msg) => op.received.push(Message { at_ms, msg }),
                     OperatorEvent::Down(why) => {
                         tracing::debug!(operator = %op.name, %why, "operator link ended");
+                        op.ready = false;
                         op.down = Some(why);
-                        op.commands = None;
                     }
                 }
             }
@@ -489,6 +481,37 @@ impl World {
     }
 }
 
+/// A fresh link for an operator to its broker.
+async fn operator_link(net: &Net, broker: usize, name: &str) -> Result<BoxStream, String> {
+    match net {
+        Net::Embedded(net) => {
+            let b = &net.brokers[broker];
+            let (client, server) = tokio::io::duplex(1 << 16);
+            // On AWS IoT the console's MQTT client is signed in with IAM: here a link
+            // that presents a verified client certificate on the ALPN that allows it.
+            let tls = (b.spec.profile == broker::ProfileName::AwsIot).then(|| TlsInfo {
+                sni: Some(b.spec.host.clone()),
+                alpn: Some(b"x-amzn-mqtt-ca".to_vec()),
+                client_cert: true,
+                mtls_listener: false,
+            });
+            let link = LinkInfo { peer: format!("operator {name}"), tls };
+            let broker = b.broker.clone();
+            tokio::spawn(async move { broker.serve(server, link).await });
+            Ok(Box::pin(client))
+        }
+        Net::External { connector, url } => {
+            let tls = url.tls.then(|| TlsRequest {
+                server_name: url.host.clone(),
+                alpn: None,
+                validation: tasmota_core::mqtt::tls::Validation::TrustAnchors,
+            });
+            let req = ConnectRequest { host: url.host.clone(), port: url.port, tls, timeout_ms: 10_000 };
+            connector.open(&req).await.map_err(|f| format!("operator '{name}' cannot reach {url}: {f:?}"))
+        }
+    }
+}
+
 impl EmbeddedNet {
     /// An in-memory link to the embedded broker at `req.host:req.port`: an unknown name
     /// fails as DNS does, an unknown address or port as a refused TCP connect.
@@ -497,6 +520,10 @@ impl EmbeddedNet {
         let Some(b) = self.brokers.iter().find(|b| b.spec.host == host) else {
             return Err(if host.parse::<std::net::IpAddr>().is_ok() { LinkFailure::Tcp } else { LinkFailure::Dns });
         };
+        if b.broker.is_down() {
+            // A restarting broker's port is closed: connection refused.
+            return Err(LinkFailure::Tcp);
+        }
         let (client, server) = tokio::io::duplex(1 << 16);
         let broker = b.broker.clone();
         if b.spec.tls_port == Some(req.port) {
