@@ -6,5 +6,5 @@ pub mod broker;
 pub mod driver;
 pub mod duration;
 pub mod link;
-pub mod state;
 pub mod scenario;
+pub mod state;

@@ -133,8 +133,9 @@ pub fn run(args: ScenarioArgs) -> ExitCode {
         println!("{}", serde_json::to_string_pretty(&report::json(&outcomes)).unwrap_or_default());
     } else if !single {
         let passed = outcomes.iter().filter(|o| o.verdict == Verdict::Passed).count();
+        let skipped = outcomes.iter().filter(|o| matches!(o.verdict, Verdict::Skipped(_))).count();
         let wall: f64 = outcomes.iter().map(|o| o.wall.as_secs_f64()).sum();
-        println!("{passed} of {} scenarios passed in {:.2} s", outcomes.len(), wall);
+        println!("{passed} of {} scenarios passed ({skipped} skipped) in {:.2} s", outcomes.len(), wall);
     }
     if let Some(path) = &args.junit {
         let xml = report::junit(&outcomes);

@@ -302,14 +302,30 @@ pub struct Expect {
 #[derive(Debug, Clone)]
 pub enum Matcher {
     /// A console line, exact (with or without its timestamp).
-    Console { device: usize, text: String },
-    ConsoleRegex { device: usize, re: regex::Regex },
+    Console {
+        device: usize,
+        text: String,
+    },
+    ConsoleRegex {
+        device: usize,
+        re: regex::Regex,
+    },
     /// A message an operator received.
-    Publish { operator: usize, pattern: PublishPattern },
+    Publish {
+        operator: usize,
+        pattern: PublishPattern,
+    },
     /// A line in a broker's record.
-    Record { broker: usize, pattern: RecordPattern },
+    Record {
+        broker: usize,
+        pattern: RecordPattern,
+    },
     /// A settings value now.
-    Setting { device: usize, name: String, value: serde_json::Value },
+    Setting {
+        device: usize,
+        name: String,
+        value: serde_json::Value,
+    },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -518,7 +534,10 @@ impl Checker<'_> {
                 "plain" => ProfileName::Plain,
                 "aws-iot" => ProfileName::AwsIot,
                 other => {
-                    self.fail(p.span(), format!("profile: '{other}' is not a broker profile (expected plain or aws-iot)"));
+                    self.fail(
+                        p.span(),
+                        format!("profile: '{other}' is not a broker profile (expected plain or aws-iot)"),
+                    );
                     return None;
                 }
             },
@@ -761,10 +780,16 @@ impl Checker<'_> {
     }
 
     fn expect(&mut self, e: RawExpect, span: Span, r: &Refs) -> Option<Expect> {
-        let set = [e.console.is_some(), e.console_regex.is_some(), e.publish.is_some(), e.record.is_some(), e.setting.is_some()]
-            .iter()
-            .filter(|b| **b)
-            .count();
+        let set = [
+            e.console.is_some(),
+            e.console_regex.is_some(),
+            e.publish.is_some(),
+            e.record.is_some(),
+            e.setting.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
         if set != 1 {
             self.fail(span, "an expectation names one of: console, console_regex, publish, record, setting");
             return None;
@@ -799,7 +824,10 @@ impl Checker<'_> {
             let json = p.json.map(|v| serde_json::to_value(v).unwrap_or(serde_json::Value::Null));
             let shown = describe_publish(&p.topic, &p.payload, &payload_regex, &json, p.retain);
             let pattern = PublishPattern { topic: p.topic, payload: p.payload, payload_regex, json, retain: p.retain };
-            (Matcher::Publish { operator, pattern }, format!("operator '{}' receives {shown}", r.operators[operator].name))
+            (
+                Matcher::Publish { operator, pattern },
+                format!("operator '{}' receives {shown}", r.operators[operator].name),
+            )
         } else if let Some(rec) = e.record {
             let broker = self.broker_ref(r.brokers, e.broker.as_deref(), span.clone())?;
             let detail_regex = match rec.detail_regex.as_deref().map(regex::Regex::new) {
@@ -810,7 +838,8 @@ impl Checker<'_> {
                 other => other.and_then(Result::ok),
             };
             let mut parts = BTreeMap::new();
-            for (k, v) in [("kind", &rec.kind), ("client", &rec.client), ("topic", &rec.topic), ("payload", &rec.payload)]
+            for (k, v) in
+                [("kind", &rec.kind), ("client", &rec.client), ("topic", &rec.topic), ("payload", &rec.payload)]
             {
                 if let Some(v) = v {
                     parts.insert(k, format!("{v:?}"));

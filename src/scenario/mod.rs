@@ -110,9 +110,14 @@ impl std::str::FromStr for BrokerUrl {
 pub enum Verdict {
     Passed,
     /// `step`: its number (1-based), line and column; `None` for the transcript or setup.
-    Failed { step: Option<(usize, usize, usize)>, message: String },
+    Failed {
+        step: Option<(usize, usize, usize)>,
+        message: String,
+    },
     /// The scenario cannot be run as given (exit code 2).
     Invalid(String),
+    /// Not run here: its broker is external and no `--broker` was given.
+    Skipped(String),
 }
 
 /// One scenario's result.

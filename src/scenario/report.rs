@@ -47,6 +47,9 @@ pub fn human(o: &Outcome, with_transcript: bool) -> String {
         Verdict::Invalid(message) => {
             let _ = writeln!(s, "INVALID {}: {message}", o.name);
         }
+        Verdict::Skipped(why) => {
+            let _ = writeln!(s, "SKIP {}: {why}", o.name);
+        }
     }
     for n in &o.notes {
         let _ = writeln!(s, "  note: {n}");
@@ -63,6 +66,7 @@ pub fn json(outcomes: &[Outcome]) -> serde_json::Value {
                 Verdict::Passed => ("passed", None, None),
                 Verdict::Failed { step, message } => ("failed", *step, Some(message.clone())),
                 Verdict::Invalid(m) => ("invalid", None, Some(m.clone())),
+                Verdict::Skipped(m) => ("skipped", None, Some(m.clone())),
             };
             serde_json::json!({
                 "name": o.name,
@@ -80,23 +84,25 @@ pub fn json(outcomes: &[Outcome]) -> serde_json::Value {
         })
         .collect();
     let passed = outcomes.iter().filter(|o| o.verdict == Verdict::Passed).count();
-    serde_json::json!({ "passed": passed, "total": outcomes.len(), "scenarios": list })
+    let skipped = outcomes.iter().filter(|o| matches!(o.verdict, Verdict::Skipped(_))).count();
+    serde_json::json!({ "passed": passed, "skipped": skipped, "total": outcomes.len(), "scenarios": list })
 }
 
 /// JUnit XML (the Ant/Jenkins schema that GitLab, GitHub and Jenkins read).
 pub fn junit(outcomes: &[Outcome]) -> String {
     let failures = outcomes.iter().filter(|o| matches!(o.verdict, Verdict::Failed { .. })).count();
     let errors = outcomes.iter().filter(|o| matches!(o.verdict, Verdict::Invalid(_))).count();
+    let skipped = outcomes.iter().filter(|o| matches!(o.verdict, Verdict::Skipped(_))).count();
     let time: f64 = outcomes.iter().map(|o| o.wall.as_secs_f64()).sum();
     let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
         x,
-        "<testsuites name=\"tasmota-sim scenarios\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\" time=\"{time:.3}\">",
+        "<testsuites name=\"tasmota-sim scenarios\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\" skipped=\"{skipped}\" time=\"{time:.3}\">",
         outcomes.len()
     );
     let _ = writeln!(
         x,
-        "  <testsuite name=\"scenarios\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\" time=\"{time:.3}\">",
+        "  <testsuite name=\"scenarios\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\" skipped=\"{skipped}\" time=\"{time:.3}\">",
         outcomes.len()
     );
     for o in outcomes {
@@ -118,6 +124,9 @@ pub fn junit(outcomes: &[Outcome]) -> String {
                     esc(&format!("{at}{first}")),
                     esc(message)
                 );
+            }
+            Verdict::Skipped(m) => {
+                let _ = write!(x, "\n      <skipped message=\"{}\"/>", esc(m));
             }
             Verdict::Invalid(m) => {
                 let _ = write!(x, "\n      <error message=\"{}\" type=\"invalid\">{}</error>", esc(m), esc(m));

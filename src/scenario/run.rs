@@ -22,6 +22,13 @@ struct Cursors {
 
 /// Runs `s` on a fresh runtime (paused unless `opts.real_time`), to the end.
 pub fn run(s: &Scenario, opts: &Options) -> Outcome {
+    if opts.broker.is_none() {
+        if let Some(b) = s.brokers.iter().find(|b| b.external) {
+            let why =
+                format!("broker '{}' is external: run with --broker URL (for example mqtt://127.0.0.1:1883)", b.name);
+            return Outcome { verdict: Verdict::Skipped(why), ..Outcome::empty(&s.name, &s.file, s.steps.len()) };
+        }
+    }
     let started = std::time::Instant::now();
     let virtual_clock = !opts.real_time && opts.broker.is_none();
     let mut builder = tokio::runtime::Builder::new_current_thread();
@@ -39,7 +46,9 @@ pub fn run(s: &Scenario, opts: &Options) -> Outcome {
         let dir = opts.transcripts.clone().unwrap_or_else(|| transcript::default_dir(&s.file));
         match transcript::check(&dir, &s.name, &outcome.transcript, opts.bless) {
             Ok(transcript::Checked::Same) => {}
-            Ok(transcript::Checked::Written(path)) => outcome.notes.push(format!("transcript written to {}", path.display())),
+            Ok(transcript::Checked::Written(path)) => {
+                outcome.notes.push(format!("transcript written to {}", path.display()))
+            }
             Err(failure) => outcome.verdict = Verdict::Failed { step: None, message: failure },
         }
     }
@@ -114,9 +123,6 @@ fn build_net(s: &Scenario, opts: &Options) -> Result<Net, String> {
             return Err(format!("the scenario has {} brokers; --broker stands in for one", s.brokers.len()));
         }
         return Ok(Net::External { connector: external_connector(s, opts, url)?, url: url.clone() });
-    }
-    if let Some(b) = s.brokers.iter().find(|b| b.external) {
-        return Err(format!("broker '{}' is external: run with --broker URL (for example mqtt://127.0.0.1:1883)", b.name));
     }
     let tls_names: Vec<String> = {
         let mut n: Vec<String> = s.brokers.iter().filter(|b| b.tls_port.is_some()).map(|b| b.host.clone()).collect();
@@ -303,9 +309,13 @@ fn find(w: &World, brokers: &[Broker], from: &Cursors, m: &Matcher) -> Option<Cu
         Matcher::Console { device, text } => {
             let lines = &w.devices[*device].console;
             let full = has_timestamp(text);
-            let i = lines[from.console[*device]..]
-                .iter()
-                .position(|l| if full { strip_name(&l.line) == text } else { l.text == *text })?;
+            let i = lines[from.console[*device]..].iter().position(|l| {
+                if full {
+                    strip_name(&l.line) == text
+                } else {
+                    l.text == *text
+                }
+            })?;
             next.console[*device] += i + 1;
         }
         Matcher::ConsoleRegex { device, re } => {
@@ -320,7 +330,8 @@ fn find(w: &World, brokers: &[Broker], from: &Cursors, m: &Matcher) -> Option<Cu
         }
         Matcher::Record { broker, pattern } => {
             let records = brokers[*broker].records();
-            let i = records[from.records[*broker].min(records.len())..].iter().position(|r| record_matches(pattern, r))?;
+            let i =
+                records[from.records[*broker].min(records.len())..].iter().position(|r| record_matches(pattern, r))?;
             next.records[*broker] += i + 1;
         }
         Matcher::Setting { device, name, value } => {

@@ -53,7 +53,10 @@ pub fn diff(want: &[&str], got: &[&str]) -> String {
     let first = want.iter().zip(got).position(|(a, b)| a != b).unwrap_or(want.len().min(got.len()));
     // Common tail, to show only the changed middle.
     let mut tail = 0;
-    while tail < want.len() - first && tail < got.len() - first && want[want.len() - 1 - tail] == got[got.len() - 1 - tail] {
+    while tail < want.len() - first
+        && tail < got.len() - first
+        && want[want.len() - 1 - tail] == got[got.len() - 1 - tail]
+    {
         tail += 1;
     }
     let mut out = Vec::new();

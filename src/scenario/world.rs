@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tasmota_core::mqtt::tls::TlsRequest;
-use tasmota_core::{BootReason, ConnectRequest, Device, Hardware, LinkFailure, LogLevel, Output, RestartKind, Settings};
+use tasmota_core::{
+    BootReason, ConnectRequest, Device, Hardware, LinkFailure, LogLevel, Output, RestartKind, Settings,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -168,7 +170,8 @@ impl World {
                 loop {
                     match operator_link(&net, spec.broker, &spec.name).await {
                         Ok(stream) => {
-                            let (id, login, filters) = (spec.client_id.clone(), spec.login.clone(), spec.subscribe.clone());
+                            let (id, login, filters) =
+                                (spec.client_id.clone(), spec.login.clone(), spec.subscribe.clone());
                             operator::run(stream, id, login, filters, &mut crx, &events).await;
                             if crx.is_closed() {
                                 return;
@@ -188,7 +191,8 @@ impl World {
                 task: Some(task),
             });
         }
-        let ready = world.run_until(world.now_plus(Duration::from_secs(10)), |w| w.operators.iter().all(|o| o.ready)).await;
+        let ready =
+            world.run_until(world.now_plus(Duration::from_secs(10)), |w| w.operators.iter().all(|o| o.ready)).await;
         if !ready {
             let why: Vec<String> = world
                 .operators

@@ -1,0 +1,174 @@
+//! The scenario runner through the binary: the whole library on the virtual clock, the
+//! README's main job, invalid and failing scenarios with their exit codes, golden
+//! transcript diffs, JUnit/JSON output, and the Mosquitto scenario in real time against a
+//! Mosquitto this test starts.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn sim(args: &[&str], tls_dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tasmota-sim"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("scenario")
+        .args(args)
+        .arg("--tls-dir")
+        .arg(tls_dir)
+        .output()
+        .expect("run tasmota-sim")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn the_whole_library_passes_on_the_virtual_clock_with_junit_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let junit = dir.path().join("scenarios.xml");
+    let o = sim(&["scenarios/", "--junit", junit.to_str().unwrap(), "--json"], dir.path());
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let total = report["total"].as_u64().unwrap();
+    assert!(total >= 15, "{total} scenarios");
+    // Only the external-broker scenario is skipped; it runs in the Mosquitto test below.
+    assert_eq!(report["skipped"], 1, "{out}");
+    assert_eq!(report["passed"].as_u64().unwrap(), total - 1, "{out}");
+    for s in report["scenarios"].as_array().unwrap() {
+        if s["verdict"] == "passed" {
+            assert_eq!(s["steps_run"], s["steps_total"], "{}", s["name"]);
+        }
+    }
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains(&format!("tests=\"{total}\" failures=\"0\" errors=\"0\" skipped=\"1\"")), "{xml}");
+    assert_eq!(xml.matches("<testcase ").count() as u64, total);
+    assert!(xml.contains("<testcase classname=\"scenarios\" name=\"aws-iot-light\""), "{xml}");
+}
+
+#[test]
+fn the_main_job_prints_the_aws_guide_transcript_and_a_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = sim(&["scenarios/aws-iot-light.toml"], dir.path());
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    for line in [
+        "00:00:03.500 CMD: BackLog SetOption3 1; SetOption103 1; MqttHost a1b2c3d4e5f6g7-ats.iot.eu-central-1.amazonaws.com; MqttPort 443; MqttUser tasmota?x-amz-customauthorizer-name=TasmotaAuth; MqttPassword YknLuSd2tBY2HodwI/7RqA==",
+        "00:00:03.500 MQT: stat/tasmota_4B3316/RESULT = {\"SetOption3\":\"ON\"}",
+        "00:00:03.700 MQT: stat/tasmota_4B3316/RESULT = {\"SetOption103\":\"ON\"}",
+        "00:00:03.900 MQT: stat/tasmota_4B3316/RESULT = {\"MqttHost\":\"a1b2c3d4e5f6g7-ats.iot.eu-central-1.amazonaws.com\"}",
+        "00:00:04.100 MQT: stat/tasmota_4B3316/RESULT = {\"MqttPort\":443}",
+        "00:00:04.300 MQT: stat/tasmota_4B3316/RESULT = {\"MqttUser\":\"tasmota?x-amz-customauthorizer-name=TasmotaAuth\"}",
+        "00:00:04.500 MQT: stat/tasmota_4B3316/RESULT = {\"MqttPassword\":\"YknLuSd2tBY2HodwI/7RqA==\"}",
+        "00:00:06.000 APP: Restarting",
+        "00:00:04.700 MQT: TLS connected in 1200 ms, max ThunkStack used 4596",
+        "00:00:04.700 MQT: tele/tasmota_4B3316/LWT = Online",
+        "00:00:04.700 MQT: stat/tasmota_4B3316/RESULT = {\"POWER\":\"ON\"}",
+    ] {
+        assert!(out.lines().any(|l| l == line), "missing {line:?} in:\n{out}");
+    }
+    assert!(out.lines().any(|l| l.starts_with("PASS aws-iot-light (9 steps, 10701ms of device time in ")), "{out}");
+}
+
+#[test]
+fn a_bad_file_is_invalid_with_its_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.toml");
+    std::fs::write(&f, "name = \"bad\"\n\n[[step]]\nadvance = \"ten\"\n").unwrap();
+    let o = sim(&[f.to_str().unwrap()], dir.path());
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains(&format!("INVALID bad: {}:4:11: advance: 'ten': expected a number and a unit", f.display())),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_failing_expectation_shows_expected_and_seen_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("fails.toml");
+    std::fs::write(
+        &f,
+        "transcript = false\n[[step]]\nconsole = \"Power ON\"\n[[step]]\nexpect = { console = 'RSL: RESULT = {\"POWER\":\"OFF\"}', within = \"1s\" }\n",
+    )
+    .unwrap();
+    let o = sim(&[f.to_str().unwrap(), "-q"], dir.path());
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains(&format!("FAIL fails at step 2 ({}:4:1)", f.display())), "{out}");
+    assert!(
+        out.contains("expected console \"RSL: RESULT = {\\\"POWER\\\":\\\"OFF\\\"}\" within 1s; not seen."),
+        "{out}"
+    );
+    assert!(out.contains("00:00:00.000 RSL: RESULT = {\"POWER\":\"ON\"}"), "{out}");
+}
+
+#[test]
+fn a_changed_console_fails_with_a_diff_until_blessed() {
+    let dir = tempfile::tempdir().unwrap();
+    let scen = dir.path().join("scenarios");
+    let golden = dir.path().join("fixtures/transcripts");
+    std::fs::create_dir_all(&scen).unwrap();
+    std::fs::create_dir_all(&golden).unwrap();
+    std::fs::write(scen.join("p.toml"), "[[step]]\nconsole = \"Power ON\"\n").unwrap();
+    let file = scen.join("p.toml");
+    let file = file.to_str().unwrap();
+    let o = sim(&[file, "-q"], dir.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("no golden transcript"), "{}", text(&o));
+    let o = sim(&[file, "-q", "--bless"], dir.path());
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let written = std::fs::read_to_string(golden.join("p.log")).unwrap();
+    assert!(written.contains("00:00:00.000 RSL: RESULT = {\"POWER\":\"ON\"}\n"), "{written}");
+    std::fs::write(golden.join("p.log"), written.replace("\"ON\"", "\"OFF\"")).unwrap();
+    let o = sim(&[file, "-q"], dir.path());
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains(
+            "- 00:00:00.000 RSL: RESULT = {\"POWER\":\"OFF\"}\n  + 00:00:00.000 RSL: RESULT = {\"POWER\":\"ON\"}"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_same_run_twice_gives_the_same_transcript() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = sim(&["scenarios/broker-restart.toml", "--json"], dir.path());
+    let b = sim(&["scenarios/broker-restart.toml", "--json"], dir.path());
+    let ta: serde_json::Value = serde_json::from_slice(&a.stdout).unwrap();
+    let tb: serde_json::Value = serde_json::from_slice(&b.stdout).unwrap();
+    assert_eq!(ta["scenarios"][0]["transcript"], tb["scenarios"][0]["transcript"]);
+    assert_eq!(ta["scenarios"][0]["verdict"], "passed");
+}
+
+#[test]
+fn the_mosquitto_scenario_runs_in_real_time_against_mosquitto_with_tls_and_a_password() {
+    if !common::have("mosquitto") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = common::test_ca(dir.path(), &["localhost"]);
+    let pw = common::password_file(dir.path(), "bob", "secret");
+    let port = common::free_port();
+    let conf = format!(
+        "allow_anonymous false\npassword_file {}\ncafile {}\ncertfile {}\nkeyfile {}\ntls_version tlsv1.2",
+        pw.display(),
+        ca.ca.display(),
+        ca.cert.display(),
+        ca.key.display()
+    );
+    let _broker = common::Mosquitto::start(dir.path(), port, &conf);
+    let url = format!("mqtts://localhost:{port}");
+    let o = sim(
+        &["scenarios/mosquitto-tls-password.toml", "--broker", &url, "--ca-file", ca.ca.to_str().unwrap()],
+        dir.path(),
+    );
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("MQT: Connected"), "{out}");
+    assert!(out.contains("PASS mosquitto-tls-password"), "{out}");
+}
