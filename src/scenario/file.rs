@@ -936,7 +936,8 @@ mod tests {
         assert!(e.message.starts_with("console_regex:"), "{e}");
 
         let e = parse("[[step]]\nmqtt_publish = { topic = \"t\" }\n").unwrap_err();
-        assert!(e.message.contains("no [[broker]]"), "{e}");
+        assert!(e.message.contains("no broker for one"), "{e}");
+        assert_eq!(e.line, 1, "{e}");
 
         let e = parse("[[broker]]\nhost = \"h\"\nfaults = [\"drop-after=x\"]\n").unwrap_err();
         assert_eq!((e.line, e.column), (3, 11), "{e}");
