@@ -19,6 +19,8 @@
 //! own so it is never what limits the count. The machine's cores are shared by the load and
 //! the broker, the same way for both brokers.
 
+mod common;
+
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -33,6 +35,8 @@ use rumqttc::mqttbytes::{Error as WireError, QoS};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
+
+use common::shell;
 
 /// Largest packet the load generator accepts from a broker.
 const MAX_PACKET: usize = 64 * 1024;
@@ -903,22 +907,8 @@ fn table(rows: &[Row]) -> String {
     t
 }
 
-fn shell(cmd: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(cmd).args(args).output().ok()?;
-    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (out.status.success() && !s.is_empty()).then_some(s)
-}
-
 fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
+    let (cpu, _) = common::cpu();
     let nproc = shell("nproc", &[]).unwrap_or_else(|| "?".into());
     let kernel = shell("uname", &["-r"]).unwrap_or_else(|| "?".into());
     format!("nproc {nproc}, {cpu}, Linux {kernel}")
@@ -953,28 +943,6 @@ fn section(command: &str, plan: &Plan, mosquitto: &str, table: &str) -> String {
         plan.warmup.as_secs_f64(),
         plan.idle_clients,
     )
-}
-
-/// Replaces the marked section of BENCHMARKS.md (or appends it, creating the file).
-fn write_benchmarks_md(section: &str) -> Result<PathBuf, String> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
-    let old = match std::fs::read_to_string(&path) {
-        Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "# Benchmarks\n".to_string(),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
-    let new = match (old.find(BEGIN), old.find(END)) {
-        (Some(a), Some(b)) if a < b => {
-            let rest = old[b + END.len()..].strip_prefix('\n').unwrap_or(&old[b + END.len()..]);
-            format!("{}{section}{rest}", &old[..a])
-        }
-        _ => format!("{}\n\n{section}", old.trim_end()),
-    };
-    let tmp = path.with_extension("md.tmp");
-    std::fs::write(&tmp, new)
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(path)
 }
 
 /// Lowers the idle-client count to what the open-file limit allows (this process holds one
@@ -1095,7 +1063,7 @@ fn main() -> ExitCode {
     if plan.quick || !plan.filters.is_empty() {
         eprintln!("broker bench: a quick or filtered run: BENCHMARKS.md left as it was");
     } else {
-        match write_benchmarks_md(&section) {
+        match common::write_benchmarks_md(BEGIN, END, &section) {
             Ok(path) => eprintln!("broker bench: wrote {}", path.display()),
             Err(e) => {
                 eprintln!("broker bench: cannot write BENCHMARKS.md: {e}");

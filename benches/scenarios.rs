@@ -17,11 +17,14 @@
 //! the end the first time). `-- --quick` runs fewer passes and only prints. Without `--bench`
 //! (that is, under `cargo test --benches`) it does nothing.
 
+mod common;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use common::shell;
 use tasmota_sim::scenario::{run_file, Options, Outcome, Verdict};
 
 const START: &str = "<!-- scenarios-bench:start -->";
@@ -199,23 +202,10 @@ fn device_time(virtual_ms: u64) -> String {
     }
 }
 
-fn shell(cmd: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(cmd).args(args).output().ok()?;
-    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (out.status.success() && !s.is_empty()).then_some(s)
-}
-
 /// CPU model and core count, from /proc/cpuinfo.
 fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, m)| m.trim().to_string())
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
-    let cores = if cores > 0 { cores.to_string() } else { "?".into() };
+    let (cpu, cores) = common::cpu();
+    let cores = cores.map_or_else(|| "?".into(), |n| n.to_string());
     format!("{cpu}, {cores} cores")
 }
 
@@ -302,28 +292,6 @@ fn section(command: &str, plan: &Plan, r: &Results) -> String {
     t
 }
 
-/// Replaces the marked section of BENCHMARKS.md (or appends it, creating the file).
-fn write_benchmarks_md(section: &str) -> Result<PathBuf, String> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
-    let old = match std::fs::read_to_string(&path) {
-        Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "# Benchmarks\n".to_string(),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
-    let new = match old.find(START).and_then(|a| old[a..].find(END).map(|b| (a, a + b))) {
-        Some((a, b)) => {
-            let rest = old[b + END.len()..].strip_prefix('\n').unwrap_or(&old[b + END.len()..]);
-            format!("{}{section}{rest}", &old[..a])
-        }
-        None => format!("{}\n\n{section}", old.trim_end()),
-    };
-    let tmp = path.with_extension("md.scenarios-tmp");
-    std::fs::write(&tmp, new)
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(path)
-}
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if !args.iter().any(|a| a == "--bench") {
@@ -388,7 +356,7 @@ fn main() -> ExitCode {
     if plan.quick {
         eprintln!("scenarios bench: a quick run: BENCHMARKS.md left as it was");
     } else {
-        match write_benchmarks_md(&section) {
+        match common::write_benchmarks_md(START, END, &section) {
             Ok(path) => eprintln!("scenarios bench: wrote {}", path.display()),
             Err(e) => {
                 eprintln!("scenarios bench: cannot write BENCHMARKS.md: {e}");
