@@ -328,17 +328,7 @@ impl Device {
         if self.halted {
             return None;
         }
-        let mut next = self.next_visible_tick();
-        if !self.backlog.is_empty() {
-            next = next.min(self.backlog.timer);
-        }
-        if self.blink.mask != 0 {
-            next = next.min(self.blink_due());
-        }
-        if let Some(t) = self.mqtt.client.poll_timeout() {
-            next = next.min(t);
-        }
-        Some(next.max(self.now))
+        Some(self.earliest(self.next_visible_tick()))
     }
 
     /// Runs everything due at or before `now`, each at its own instant, one main-loop
@@ -351,7 +341,13 @@ impl Device {
     /// The earliest timer, due or not: the next 250 ms tick, a Backlog entry, a blink
     /// step, the MQTT client's CONNACK or keepalive deadline.
     fn next_timer(&self) -> Instant {
-        let mut next = self.next_tick;
+        self.earliest(self.next_tick)
+    }
+
+    /// The earliest of `tick` and the other timers (Backlog, blink, MQTT client), never
+    /// before the device's time.
+    fn earliest(&self, tick: Instant) -> Instant {
+        let mut next = tick;
         if !self.backlog.is_empty() {
             next = next.min(self.backlog.timer);
         }
