@@ -318,6 +318,17 @@ impl Broker {
     pub fn records(&self) -> Vec<Record> {
         self.shared.recorder.snapshot()
     }
+
+    /// The records in memory from index `start` on: what a reader that has seen `start`
+    /// records has not seen yet.
+    pub fn records_since(&self, start: usize) -> Vec<Record> {
+        self.shared.recorder.since(start)
+    }
+
+    /// How many records are in memory.
+    pub fn record_count(&self) -> usize {
+        self.shared.recorder.count()
+    }
 }
 
 async fn bind_again(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {

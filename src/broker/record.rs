@@ -188,7 +188,18 @@ impl Recorder {
 
     /// Everything recorded in memory so far.
     pub fn snapshot(&self) -> Vec<Record> {
-        self.memory.as_ref().and_then(|m| m.lock().ok().map(|m| m.clone())).unwrap_or_default()
+        self.since(0)
+    }
+
+    /// The records in memory from index `start` on (none if there are fewer).
+    pub fn since(&self, start: usize) -> Vec<Record> {
+        let memory = self.memory.as_ref().and_then(|m| m.lock().ok());
+        memory.map(|m| m.get(start..).map(<[Record]>::to_vec).unwrap_or_default()).unwrap_or_default()
+    }
+
+    /// How many records are in memory.
+    pub fn count(&self) -> usize {
+        self.memory.as_ref().and_then(|m| m.lock().ok().map(|m| m.len())).unwrap_or(0)
     }
 }
 

@@ -415,7 +415,6 @@ impl Checker<'_> {
     }
 
     fn scenario(&mut self, raw: RawScenario) -> Option<Scenario> {
-        let _ = self.text;
         let name = raw.name.unwrap_or_else(|| {
             self.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "scenario".into())
         });
@@ -605,49 +604,41 @@ impl Checker<'_> {
     }
 
     fn broker_ref(&mut self, brokers: &[BrokerSpec], name: Option<&str>, span: Span) -> Option<usize> {
-        match name {
-            None if brokers.is_empty() => {
-                self.fail(span, "this needs a broker, and the scenario has no [[broker]]");
-                None
-            }
-            None => Some(0),
-            Some(n) => {
-                let found = brokers.iter().position(|b| b.name == n);
-                if found.is_none() {
-                    let known: Vec<&str> = brokers.iter().map(|b| b.name.as_str()).collect();
-                    self.fail(span, format!("broker '{n}' is not declared (brokers: {})", known.join(", ")));
-                }
-                found
-            }
-        }
+        let names: Vec<&str> = brokers.iter().map(|b| b.name.as_str()).collect();
+        self.pick("broker", &names, name, span, "this needs a broker, and the scenario has no [[broker]]")
     }
 
     fn device_ref(&mut self, devices: &[DeviceSpec], name: Option<&str>, span: Span) -> Option<usize> {
-        match name {
-            None => Some(0),
-            Some(n) => {
-                let found = devices.iter().position(|d| d.name == n);
-                if found.is_none() {
-                    let known: Vec<&str> = devices.iter().map(|d| d.name.as_str()).collect();
-                    self.fail(span, format!("device '{n}' is not declared (devices: {})", known.join(", ")));
-                }
-                found
-            }
-        }
+        // There is always a device: without [[device]] the scenario gets a default one.
+        let names: Vec<&str> = devices.iter().map(|d| d.name.as_str()).collect();
+        self.pick("device", &names, name, span, "")
     }
 
     fn operator_ref(&mut self, operators: &[OperatorSpec], name: Option<&str>, span: Span) -> Option<usize> {
-        match name {
-            None if operators.is_empty() => {
-                self.fail(span, "this needs an operator, and the scenario has no broker for one");
+        let names: Vec<&str> = operators.iter().map(|o| o.name.as_str()).collect();
+        self.pick("operator", &names, name, span, "this needs an operator, and the scenario has no broker for one")
+    }
+
+    /// The index of the `kind` named `wanted` (the first when no name is given), or an
+    /// error listing the declared names (`none_declared` when there are none).
+    fn pick(
+        &mut self,
+        kind: &str,
+        names: &[&str],
+        wanted: Option<&str>,
+        span: Span,
+        none_declared: &str,
+    ) -> Option<usize> {
+        match wanted {
+            None if names.is_empty() => {
+                self.fail(span, none_declared);
                 None
             }
             None => Some(0),
             Some(n) => {
-                let found = operators.iter().position(|o| o.name == n);
+                let found = names.iter().position(|k| *k == n);
                 if found.is_none() {
-                    let known: Vec<&str> = operators.iter().map(|o| o.name.as_str()).collect();
-                    self.fail(span, format!("operator '{n}' is not declared (operators: {})", known.join(", ")));
+                    self.fail(span, format!("{kind} '{n}' is not declared ({kind}s: {})", names.join(", ")));
                 }
                 found
             }

@@ -245,11 +245,11 @@ async fn run_step(world: &mut World, brokers: &[Broker], cursors: &mut Cursors, 
             let from = Cursors {
                 console: world.devices.iter().map(|d| d.console.len()).collect(),
                 received: world.operators.iter().map(|o| o.received.len()).collect(),
-                records: brokers.iter().map(|b| b.records().len()).collect(),
+                records: brokers.iter().map(Broker::record_count).collect(),
             };
             let start_ms = world.now_ms();
             if let Some(seen) = wait_for(world, brokers, &from, e, e.within).await {
-                let what = describe_hit(world, brokers, &from, &seen, &e.what);
+                let what = describe_hit(world, brokers, &seen, &e.what);
                 return Err(format!(
                     "expected no {} within {}, but {what} {} ms after the step began",
                     e.text,
@@ -261,7 +261,6 @@ async fn run_step(world: &mut World, brokers: &[Broker], cursors: &mut Cursors, 
         }
         Action::ExpectOrder { items, within } => {
             let deadline = world.now_plus(*within);
-            let start = tokio::time::Instant::now();
             for (n, e) in items.iter().enumerate() {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 // Each item is looked for after the previous one in every stream it shares.
@@ -277,7 +276,6 @@ async fn run_step(world: &mut World, brokers: &[Broker], cursors: &mut Cursors, 
                     }
                 }
             }
-            let _ = start;
         }
     }
     Ok(())
@@ -329,9 +327,8 @@ fn find(w: &World, brokers: &[Broker], from: &Cursors, m: &Matcher) -> Option<Cu
             next.received[*operator] += i + 1;
         }
         Matcher::Record { broker, pattern } => {
-            let records = brokers[*broker].records();
-            let i =
-                records[from.records[*broker].min(records.len())..].iter().position(|r| record_matches(pattern, r))?;
+            let new = brokers[*broker].records_since(from.records[*broker]);
+            let i = new.iter().position(|r| record_matches(pattern, r))?;
             next.records[*broker] += i + 1;
         }
         Matcher::Setting { device, name, value } => {
@@ -389,7 +386,7 @@ fn record_matches(p: &RecordPattern, r: &Record) -> bool {
         && p.detail_regex.as_ref().is_none_or(|re| r.detail.as_deref().is_some_and(|d| re.is_match(d)))
 }
 
-fn describe_hit(w: &World, brokers: &[Broker], from: &Cursors, seen: &Cursors, m: &Matcher) -> String {
+fn describe_hit(w: &World, brokers: &[Broker], seen: &Cursors, m: &Matcher) -> String {
     match m {
         Matcher::Console { device, .. } | Matcher::ConsoleRegex { device, .. } => {
             let i = seen.console[*device] - 1;
@@ -400,14 +397,10 @@ fn describe_hit(w: &World, brokers: &[Broker], from: &Cursors, seen: &Cursors, m
             format!("the operator received {} = {}{}", m.topic, m.payload, if m.retain { " (retained)" } else { "" })
         }
         Matcher::Record { broker, .. } => {
-            let records = brokers[*broker].records();
-            let r = &records[seen.records[*broker] - 1];
-            format!("the broker recorded {}", serde_json::to_string(r).unwrap_or_default())
+            let r = brokers[*broker].records_since(seen.records[*broker] - 1);
+            format!("the broker recorded {}", r.first().and_then(|r| serde_json::to_string(r).ok()).unwrap_or_default())
         }
-        Matcher::Setting { .. } => {
-            let _ = from;
-            "the setting had that value".to_string()
-        }
+        Matcher::Setting { .. } => "the setting had that value".to_string(),
     }
 }
 
@@ -450,11 +443,8 @@ fn not_seen(w: &World, brokers: &[Broker], from: &Cursors, e: &Expect) -> String
             }
         }
         Matcher::Record { broker, .. } => {
-            let records = brokers[*broker].records();
-            let start = from.records[*broker].min(records.len());
-            msg.push_str(&tail(
-                records[start..].iter().map(|r| serde_json::to_string(r).unwrap_or_default()).collect(),
-            ));
+            let new = brokers[*broker].records_since(from.records[*broker]);
+            msg.push_str(&tail(new.iter().map(|r| serde_json::to_string(r).unwrap_or_default()).collect()));
         }
         Matcher::Setting { device, name, .. } => {
             let d = &w.devices[*device];
