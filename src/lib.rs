@@ -6,5 +6,6 @@ pub mod broker;
 pub mod driver;
 pub mod duration;
 pub mod link;
+pub mod profile;
 pub mod scenario;
 pub mod state;

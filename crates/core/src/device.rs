@@ -17,10 +17,10 @@ use alloc::vec::Vec;
 
 use crate::backlog::Backlog;
 use crate::console::{LogLevel, LogLine, SerialEvent, SerialInput};
-use crate::identity::{format_token, sanitize_hostname, Mac};
+use crate::identity::{format_token, sanitize_hostname};
 use crate::mqtt::{ConnectRequest, Mqtt};
 use crate::settings::{Settings, DEFAULT_HOSTNAME};
-use crate::telemetry::{Wifi, TELE_PERIOD_UNSET};
+use crate::telemetry::TELE_PERIOD_UNSET;
 use crate::time::Instant;
 use crate::topic::{Prefix, TopicContext, TopicKind};
 
@@ -30,39 +30,7 @@ pub const IMAGE_NAME: &str = "(release-tasmota)";
 const CORE_RELEASE: &str = "2_7_7";
 const BUILD_DATE_TIME: &str = "2024-08-15T08:00:00";
 
-/// The hardware a device is built from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Hardware {
-    pub mac: Mac,
-    /// Number of relays (`devices_present`), 1..=28.
-    pub relays: u8,
-    /// The module name INFO1 reports.
-    pub module: String,
-    /// How long after boot WiFi is connected and the network is up.
-    pub wifi_connect_ms: u64,
-    /// The access point STATE reports.
-    pub wifi: Wifi,
-    /// The address DHCP gives the device; `None` derives `10.x.y.z` from the MAC.
-    pub ip: Option<[u8; 4]>,
-}
-
-impl Default for Hardware {
-    /// A Sonoff Basic: one relay, the default MAC.
-    fn default() -> Self {
-        Hardware {
-            mac: Mac::DEFAULT,
-            relays: 1,
-            module: String::from("Sonoff Basic"),
-            wifi_connect_ms: DEFAULT_WIFI_CONNECT_MS,
-            wifi: Wifi::default(),
-            ip: None,
-        }
-    }
-}
-
-/// WiFi association and DHCP after boot: the first `MQT: Attempting connection...`
-/// then comes at 3.5 s, as on a real ESP8266 (spec §0 A: 3.712 s).
-pub const DEFAULT_WIFI_CONNECT_MS: u64 = 2_250;
+pub use crate::hardware::{Hardware, DEFAULT_WIFI_CONNECT_MS};
 
 /// How far ahead [`Device::poll_timeout`] looks for a visible tick, in seconds.
 const QUIET_LOOKAHEAD_S: u32 = 3600;
@@ -237,7 +205,8 @@ impl Device {
             response: String::new(),
             outputs: VecDeque::new(),
         };
-        device.log(LogLevel::Info, String::from("HDW: ESP8266EX"));
+        let hdw = format!("HDW: {}", device.hw.chip.name());
+        device.log(LogLevel::Info, hdw);
         let banner = format!(
             "Project tasmota - {} Version {}{}-{}({})",
             device.settings.devicename, VERSION, IMAGE_NAME, CORE_RELEASE, BUILD_DATE_TIME
@@ -452,6 +421,15 @@ impl Device {
     pub(crate) fn log(&mut self, level: LogLevel, text: String) {
         let uptime_ms = self.uptime_ms();
         self.outputs.push_back(Output::Log(LogLine { uptime_ms, level, text }));
+    }
+
+    pub(crate) fn outputs_len(&self) -> usize {
+        self.outputs.len()
+    }
+
+    /// The outputs queued since [`Device::outputs_len`] was `first`.
+    pub(crate) fn outputs_from(&self, first: usize) -> impl Iterator<Item = &Output> {
+        self.outputs.iter().skip(first)
     }
 
     pub(crate) fn push_output(&mut self, output: Output) {

@@ -17,6 +17,7 @@ mod commands;
 pub mod console;
 pub mod device;
 pub mod grammar;
+pub mod hardware;
 pub mod identity;
 pub mod json;
 pub mod mqtt;
@@ -24,12 +25,14 @@ pub mod settings;
 pub mod telemetry;
 pub mod time;
 pub mod topic;
+pub mod web;
 #[cfg(feature = "vectors")]
 pub mod vectors;
 
 pub use commands::DEFAULT_FINGERPRINTS;
 pub use console::{LogLevel, LogLine};
-pub use device::{BootReason, Device, Hardware, Output, Publish, RestartKind};
+pub use device::{BootReason, Device, Output, Publish, RestartKind};
+pub use hardware::{Chip, Hardware};
 pub use identity::Mac;
 pub use mqtt::{ConnectRequest, LinkFailure};
 pub use settings::Settings;

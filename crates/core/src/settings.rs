@@ -71,6 +71,10 @@ pub struct Settings {
     pub bootcount: u16,
     /// `WebServer`: 0 off, 1 user, 2 admin.
     pub webserver: u8,
+    /// `SwitchMode<n>` of Switch1..28.
+    pub switchmode: [u8; 28],
+    /// `WebPassword`: empty means no authentication.
+    pub web_password: String,
     /// SetOption0..31 (`flag`), 50..81 (`flag3`), 82..113 (`flag4`), 114..145 (`flag5`),
     /// 146..177 (`flag6`), one bit each.
     pub flags: [u32; 5],
@@ -140,6 +144,8 @@ impl Default for Settings {
             blinkcount: 10,
             bootcount: 0,
             webserver: 2,
+            web_password: String::new(),
+            switchmode: [0; 28],
             flags: [0; 5],
             param: [0; PARAM_COUNT],
             mqtt_fingerprint: crate::commands::DEFAULT_FINGERPRINTS,
