@@ -28,7 +28,7 @@ use crate::topic::{Prefix, TopicContext, TopicKind};
 pub const VERSION: &str = "14.2.0";
 pub const IMAGE_NAME: &str = "(release-tasmota)";
 const CORE_RELEASE: &str = "2_7_7";
-const BUILD_DATE_TIME: &str = "2024-08-15T08:00:00";
+pub(crate) const BUILD_DATE_TIME: &str = "2024-08-15T08:00:00";
 
 pub use crate::hardware::{Hardware, DEFAULT_WIFI_CONNECT_MS};
 
@@ -138,6 +138,21 @@ pub struct Device {
     /// The response buffer (`ResponseData()`).
     pub(crate) response: String,
     outputs: VecDeque<Output>,
+    pub(crate) inputs: crate::sensors::Inputs,
+    /// What TLS holds of the heap now.
+    pub(crate) tls_link: TlsLink,
+    /// UTC seconds minus uptime seconds: 0 until `Time <epoch>` sets the clock.
+    pub(crate) rtc_offset_s: i64,
+}
+
+/// The TLS link's share of the heap (spec: about 6.0 KB while up, 6.6 KB more during
+/// the handshake).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum TlsLink {
+    #[default]
+    None,
+    Handshake,
+    Up,
 }
 
 /// `ERROR` preset of every command response.
@@ -204,7 +219,11 @@ impl Device {
             no_mqtt_response: false,
             response: String::new(),
             outputs: VecDeque::new(),
+            inputs: crate::sensors::Inputs::default(),
+            tls_link: TlsLink::None,
+            rtc_offset_s: 0,
         };
+        device.inputs.sensors = alloc::vec![Default::default(); device.hw.sensors.len()];
         let hdw = format!("HDW: {}", device.hw.chip.name());
         device.log(LogLevel::Info, hdw);
         let banner = format!(

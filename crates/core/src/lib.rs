@@ -21,6 +21,7 @@ pub mod hardware;
 pub mod identity;
 pub mod json;
 pub mod mqtt;
+pub mod sensors;
 pub mod settings;
 pub mod telemetry;
 pub mod time;

@@ -71,6 +71,18 @@ pub struct Settings {
     pub bootcount: u16,
     /// `WebServer`: 0 off, 1 user, 2 admin.
     pub webserver: u8,
+    /// `SerialLog` and `WebLog` levels (0..4).
+    pub seriallog_level: u8,
+    pub weblog_level: u8,
+    /// `LedState` (Status 0).
+    pub ledstate: u8,
+    /// How many times settings were saved (Status 1 `SaveCount`).
+    pub save_count: u32,
+    /// `Time` format 1..4 (Status and STATE show format 1 unless changed).
+    pub time_format: u8,
+    /// `Timezone` hours (-13..14, or 99 for the DST rules) and minutes.
+    pub timezone: i8,
+    pub timezone_minutes: u8,
     /// `SwitchMode<n>` of Switch1..28.
     pub switchmode: [u8; 28],
     /// `WebPassword`: empty means no authentication.
@@ -146,6 +158,13 @@ impl Default for Settings {
             webserver: 2,
             web_password: String::new(),
             switchmode: [0; 28],
+            seriallog_level: 2,
+            weblog_level: 2,
+            ledstate: 1,
+            save_count: 0,
+            time_format: 1,
+            timezone: 0,
+            timezone_minutes: 0,
             flags: [0; 5],
             param: [0; PARAM_COUNT],
             mqtt_fingerprint: crate::commands::DEFAULT_FINGERPRINTS,

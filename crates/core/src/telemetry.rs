@@ -69,6 +69,7 @@ impl Device {
     /// `PerformEverySecond()`: uptime and the TelePeriod countdown.
     pub(crate) fn perform_every_second(&mut self) {
         self.uptime_s = self.uptime_s.wrapping_add(1);
+        self.energy_every_second();
         if self.settings.tele_period == 0 {
             return;
         }
@@ -81,7 +82,7 @@ impl Device {
         self.tele_period += 1;
         if self.tele_period >= u32::from(self.settings.tele_period) {
             self.tele_period = 0;
-            self.mqtt_publish_tele_state();
+            self.publish_teleperiod();
         }
     }
 
@@ -90,6 +91,16 @@ impl Device {
         let state = self.mqtt_show_state();
         let retain = self.settings.flag(crate::commands::STATE_RETAIN);
         self.publish_prefix_topic(Prefix::Tele, false, "STATE", state, retain);
+    }
+
+    /// STATE then SENSOR, as every TelePeriod (`MqttPublishTeleperiodSensor`).
+    pub(crate) fn publish_teleperiod(&mut self) {
+        self.mqtt_publish_tele_state();
+        if self.has_sensor_data() {
+            let sensor = self.sensor_json();
+            let retain = self.settings.flag(crate::commands::SENSOR_RETAIN);
+            self.publish_prefix_topic(Prefix::Tele, false, "SENSOR", sensor, retain);
+        }
     }
 
     /// `MqttShowState()`: the STATE JSON in the firmware's key order.

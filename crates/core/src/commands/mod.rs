@@ -6,10 +6,11 @@
 //! is on. A name matches case-insensitively and the reply uses the table's spelling.
 
 mod mqtt;
+mod status;
 mod tasmota;
 
 pub use mqtt::DEFAULT_FINGERPRINTS;
-pub(crate) use mqtt::{INFO_RETAIN, STATE_RETAIN};
+pub(crate) use mqtt::{INFO_RETAIN, SENSOR_RETAIN, STATE_RETAIN};
 
 use alloc::format;
 use alloc::string::String;

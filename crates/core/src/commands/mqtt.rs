@@ -48,6 +48,7 @@ pub(crate) static TABLE: Table = Table {
         ("SensorRetain", cmnd_sensor_retain),
         ("InfoRetain", cmnd_info_retain),
         ("StateRetain", cmnd_state_retain),
+        ("StatusRetain", super::status::cmnd_status_retain),
     ],
 };
 

@@ -29,6 +29,16 @@ pub(crate) static TABLE: Table = Table {
         ("FN", cmnd_friendlyname),
         ("FriendlyName", cmnd_friendlyname),
         ("TelePeriod", cmnd_teleperiod),
+        ("Status", super::status::cmnd_status),
+        ("State", super::status::cmnd_state),
+        ("Module", super::status::cmnd_module),
+        ("Time", super::status::cmnd_time),
+        ("Timezone", super::status::cmnd_timezone),
+        ("SerialLog", super::status::cmnd_seriallog),
+        ("WebLog", super::status::cmnd_weblog),
+        ("WebServer", super::status::cmnd_webserver),
+        ("WebPassword", super::status::cmnd_webpassword),
+        ("SwitchMode", super::status::cmnd_switchmode),
         ("Reset", cmnd_reset),
     ],
 };
@@ -271,6 +281,10 @@ fn cmnd_teleperiod(d: &mut Device, mb: &mut Mailbox) {
     if (0..=3600).contains(&mb.payload) {
         let v = if mb.payload == 1 { DEFAULT_TELE_PERIOD } else { mb.payload as u16 };
         d.settings.tele_period = if v > 0 && v < 10 { 10 } else { v };
+    }
+    // Any TelePeriod command sends STATE (and SENSOR) on the next second.
+    if d.settings.tele_period != 0 {
+        d.tele_period = u32::from(d.settings.tele_period);
     }
     d.reply_number(mb, i64::from(d.settings.tele_period));
 }

@@ -15,7 +15,7 @@ use super::client::{Client, ClientOutput, MAX_PACKET_SIZE, MQTT_CONNECT_FAILED};
 use super::packet::{Connect, Will};
 use super::tls::{self, TlsRequest, Validation};
 use crate::console::LogLevel;
-use crate::device::{Device, Output};
+use crate::device::{Device, Output, TlsLink};
 use crate::json::escape;
 use crate::time::Instant;
 use crate::topic::{Prefix, TopicKind, TOPSZ};
@@ -167,8 +167,28 @@ impl Device {
         let request = ConnectRequest { host: s.mqtt_host.clone(), port: s.mqtt_port, tls, timeout_ms };
         self.drain_client();
         self.mqtt.attempt_at = self.now;
+        let tls_fits = request.tls.is_none() || self.check_heap();
         self.mqtt.client.start_connect(connect);
-        self.push_output(Output::Connect(request));
+        if tls_fits {
+            if request.tls.is_some() {
+                self.tls_link = TlsLink::Handshake;
+            }
+            self.push_output(Output::Connect(request));
+        } else {
+            let now = self.now;
+            self.handle_link_failed(LinkFailure::Tls(tls::error::OUT_OF_MEMORY), now);
+        }
+    }
+
+    /// Before a TLS handshake: logs the low-memory warning below 15 KB free, and says
+    /// whether the handshake's buffers and secondary stack fit at all.
+    fn check_heap(&mut self) -> bool {
+        let free = self.free_heap();
+        if free < crate::hardware::LOW_HEAP_BYTES {
+            self.log(LogLevel::Info, format!("MQT: Low memory, free heap {free} bytes before TLS handshake"));
+        }
+        let h = self.hw.heap;
+        free >= h.tls_session + h.tls_handshake
     }
 
     /// `MqttDisconnected(state)`.
@@ -303,12 +323,18 @@ impl Device {
         while let Some(out) = self.mqtt.client.poll() {
             match out {
                 ClientOutput::Transmit(bytes) => self.push_output(Output::Transmit(bytes)),
-                ClientOutput::Close => self.push_output(Output::Close),
+                ClientOutput::Close => {
+                    self.tls_link = TlsLink::None;
+                    self.push_output(Output::Close)
+                }
                 ClientOutput::Connected => {
                     if self.mqtt.tls {
                         let ms = self.now.millis_since(self.mqtt.attempt_at);
-                        let text =
-                            format!("MQT: TLS connected in {ms} ms, max ThunkStack used {}", tls::THUNK_STACK_USED);
+                        let text = if self.hw.chip.is_esp32() {
+                            format!("MQT: TLS connected in {ms} ms, stack low mark {}", tls::STACK_LOW_MARK)
+                        } else {
+                            format!("MQT: TLS connected in {ms} ms, max ThunkStack used {}", tls::THUNK_STACK_USED)
+                        };
                         self.log(LogLevel::Info, text);
                         self.log(LogLevel::Info, String::from("MQT: MFLN not supported by TLS server"));
                     }
@@ -335,6 +361,9 @@ impl Device {
     /// done): the client sends CONNECT.
     pub fn handle_link_up(&mut self, now: Instant) {
         self.catch_up(now);
+        if self.tls_link == TlsLink::Handshake {
+            self.tls_link = TlsLink::Up;
+        }
         self.mqtt.client.link_up(now);
         self.drain_client();
     }
@@ -358,6 +387,7 @@ impl Device {
                 LinkFailure::Dns => {}
             }
         }
+        self.tls_link = TlsLink::None;
         self.mqtt.client.link_failed(rc);
         self.drain_client();
     }
@@ -377,6 +407,7 @@ impl Device {
     /// The link closed (peer close or I/O error).
     pub fn handle_link_closed(&mut self, now: Instant) {
         self.catch_up(now);
+        self.tls_link = TlsLink::None;
         self.mqtt.client.link_closed();
         self.drain_client();
     }

@@ -13,6 +13,8 @@ pub const FIRMWARE_CIPHER_SUITE: &str = "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256";
 /// `getMaxThunkStackUse()` as a real ESP8266 reported it after an AWS IoT handshake
 /// (`MQT: TLS connected in 1753 ms, max ThunkStack used 4596`, Tasmota AWS IoT guide).
 pub const THUNK_STACK_USED: u32 = 4596;
+/// What ESP32 builds report instead: `stack low mark` of the TLS task, bytes.
+pub const STACK_LOW_MARK: u32 = 3284;
 
 /// How the server's certificate is checked.
 #[derive(Clone, Debug, PartialEq, Eq)]

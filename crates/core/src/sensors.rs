@@ -1,0 +1,321 @@
+//! Buttons, switches, sensors and the energy monitor: inputs the driver sets and what
+//! `tele/<t>/SENSOR` (`MqttShowSensor`) reports of them.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::console::LogLevel;
+use crate::device::Device;
+use crate::hardware::{Model, SensorKind};
+use crate::json::escape;
+use crate::telemetry::iso_time;
+use crate::time::Instant;
+
+/// Input and sensor state a device keeps (small: a few words per sensor).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Inputs {
+    /// Switch states, bit n for Switch n+1 (1 = closed/ON).
+    pub switches: u32,
+    /// Per sensor: the walk state of temperature and humidity, and overrides set by the
+    /// driver (`sensor` scenario step).
+    pub sensors: Vec<SensorState>,
+    pub energy: EnergyState,
+}
+
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SensorState {
+    walk: [(u32, i32); 2],
+    set: [Option<i32>; 2],
+}
+
+/// Energy counted since boot, in milliwatt-seconds, and at the last TelePeriod.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct EnergyState {
+    pub counted_mws: u64,
+    pub at_last_tele_mws: u64,
+    walk: [(u32, i32); 2],
+    set: [Option<i32>; 2],
+}
+
+/// Which value of a sensor the driver sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quantity {
+    Temperature,
+    Humidity,
+    Voltage,
+    /// The load's power while the relay is on, watts.
+    Power,
+}
+
+/// Why [`Device::set_sensor`] refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NoSuchSensor(pub String);
+
+/// `TaylorLog()` of `support_float.ino`: the firmware's own ln(x), ten terms.
+fn taylor_log(x: f32) -> f32 {
+    if x <= 0.0 {
+        return f32::NAN;
+    }
+    if x == 1.0 {
+        return 0.0;
+    }
+    let mut z = (x + 1.0) / (x - 1.0);
+    let step = ((x - 1.0) * (x - 1.0)) / ((x + 1.0) * (x + 1.0));
+    let mut total = 0.0f32;
+    let mut powe = 1.0f32;
+    for _ in 0..10 {
+        z *= step;
+        total += (1.0 / powe) * z;
+        powe += 2.0;
+    }
+    total * 2.0
+}
+
+/// `CalcTempHumToDew()` (Magnus formula with TaylorLog), °C.
+pub fn dew_point(t: f32, h: f32) -> f32 {
+    let gamma = taylor_log(h / 100.0) + 17.62 * t / (243.5 + t);
+    243.5 * gamma / (17.62 - gamma)
+}
+
+/// A thousandths value with `decimals` digits, as `dtostrfd` prints it.
+pub fn fixed(milli: i64, decimals: u32) -> String {
+    let scale = 10i64.pow(3 - decimals.min(3));
+    let v = milli.abs();
+    let rounded = (v + scale / 2) / scale;
+    let sign = if milli < 0 && rounded != 0 { "-" } else { "" };
+    if decimals == 0 {
+        return format!("{sign}{rounded}");
+    }
+    let unit = 10i64.pow(decimals.min(3));
+    format!("{sign}{}.{:0width$}", rounded / unit, rounded % unit, width = decimals as usize)
+}
+
+impl Device {
+    /// A button was pressed (and released): with no ButtonTopic, Button n toggles relay n
+    /// (`ButtonHandler` single press, `ExecuteCommandPower(n, POWER_TOGGLE, SRC_BUTTON)`).
+    pub fn press_button(&mut self, button: u8, now: Instant) -> Result<(), NoSuchSensor> {
+        self.catch_up(now);
+        if button == 0 || button > self.hw.buttons {
+            return Err(NoSuchSensor(format!("Button{button} (the device has {})", self.hw.buttons)));
+        }
+        if self.is_stopped() {
+            return Ok(());
+        }
+        self.log(LogLevel::Debug, format!("BTN: Button{button} immediate"));
+        if u32::from(button) <= u32::from(self.hw.relays) {
+            self.execute_command_power(u32::from(button), 2);
+        }
+        Ok(())
+    }
+
+    /// A switch changed to `on` (`SwitchHandler`): SwitchMode 0 toggles the relay on every
+    /// change, 1 makes it follow, 2 follow inverted; with SetOption114 the relay is left
+    /// alone and `{"Switch<n>":{"Action":"ON|OFF"}}` is published instead.
+    pub fn set_switch(&mut self, switch: u8, on: bool, now: Instant) -> Result<(), NoSuchSensor> {
+        self.catch_up(now);
+        if switch == 0 || switch > self.hw.switches {
+            return Err(NoSuchSensor(format!("Switch{switch} (the device has {})", self.hw.switches)));
+        }
+        let bit = 1u32 << (switch - 1);
+        let was = self.inputs.switches & bit != 0;
+        if was == on || self.is_stopped() {
+            return Ok(());
+        }
+        self.inputs.switches ^= bit;
+        let mode = self.settings.switchmode[usize::from(switch - 1)];
+        let state = match mode {
+            0 => 2,
+            1 => i32::from(on),
+            2 => i32::from(!on),
+            // Push-button modes act on closing only.
+            3 | 4 if on => 2,
+            _ => return Ok(()),
+        };
+        if self.settings.flag(114) {
+            let text = String::from(self.settings.state_text(u32::from(on)));
+            let payload = format!("{{\"Switch{switch}\":{{\"Action\":\"{}\"}}}}", escape(&text));
+            self.publish_prefix_topic(crate::topic::Prefix::Stat, true, "RESULT", payload, false);
+            return Ok(());
+        }
+        if u32::from(switch) <= u32::from(self.hw.relays) {
+            self.execute_command_power(u32::from(switch), state);
+        }
+        Ok(())
+    }
+
+    /// Sets a sensor value (thousandths) from now on, overriding its model. `index` is
+    /// 1-based among the sensors that have the quantity (Power and Voltage: the energy
+    /// monitor).
+    pub fn set_sensor(&mut self, index: u8, what: Quantity, milli: i32, now: Instant) -> Result<(), NoSuchSensor> {
+        self.catch_up(now);
+        match what {
+            Quantity::Voltage | Quantity::Power => {
+                if self.hw.energy.is_none() {
+                    return Err(NoSuchSensor(String::from("the device has no energy monitor")));
+                }
+                self.inputs.energy.set[usize::from(what == Quantity::Power)] = Some(milli);
+            }
+            Quantity::Temperature | Quantity::Humidity => {
+                let humidity = what == Quantity::Humidity;
+                let found = self
+                    .hw
+                    .sensors
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| !humidity || s.humidity.is_some())
+                    .nth(usize::from(index.max(1)) - 1)
+                    .map(|(i, _)| i);
+                let Some(i) = found else {
+                    let kind = if humidity { "humidity" } else { "temperature" };
+                    return Err(NoSuchSensor(format!("no {kind} sensor {index}")));
+                };
+                self.inputs.sensors[i].set[usize::from(humidity)] = Some(milli);
+            }
+        }
+        Ok(())
+    }
+
+    /// The value of a model at the device's uptime, unless overridden.
+    fn model_value(model: &Model, set: Option<i32>, walk: &mut (u32, i32), secs: u32) -> i32 {
+        set.unwrap_or_else(|| model.value(secs, walk))
+    }
+
+    /// Whether SENSOR has anything to report.
+    pub(crate) fn has_sensor_data(&self) -> bool {
+        self.hw.switches > 0 || !self.hw.sensors.is_empty() || self.hw.energy.is_some()
+    }
+
+    /// The body of a SENSOR message after `"Time":...` (`MqttShowSensor`): switches, then
+    /// sensors, then ENERGY, then TempUnit.
+    pub(crate) fn sensor_json(&mut self) -> String {
+        let secs = self.uptime_s;
+        let mut s = format!("{{\"Time\":\"{}\"", iso_time(u64::from(secs)));
+        for n in 0..self.hw.switches {
+            let on = (self.inputs.switches >> n) & 1;
+            s.push_str(&format!(",\"Switch{}\":\"{}\"", n + 1, escape(self.settings.state_text(on))));
+        }
+        let mut ds_count = 0;
+        for (i, spec) in self.hw.sensors.iter().enumerate() {
+            let st = &mut self.inputs.sensors[i];
+            let t = Device::model_value(&spec.temperature, st.set[0], &mut st.walk[0], secs);
+            match spec.kind {
+                SensorKind::Am2301 | SensorKind::Dht11 => {
+                    let h = spec.humidity.as_ref().map_or(0, |m| Device::model_value(m, st.set[1], &mut st.walk[1], secs));
+                    // TempHumDewShow: the values are rounded to the resolution first.
+                    let t1 = fixed(i64::from(t), 1);
+                    let h1 = fixed(i64::from(h), 1);
+                    let tf: f32 = t1.parse().unwrap_or(0.0);
+                    let hf: f32 = h1.parse().unwrap_or(0.0);
+                    let dew = (dew_point(tf, hf) * 1000.0) as i64;
+                    s.push_str(&format!(
+                        ",\"{}\":{{\"Temperature\":{t1},\"Humidity\":{h1},\"DewPoint\":{}}}",
+                        spec.kind.name(),
+                        fixed(dew, 1)
+                    ));
+                }
+                SensorKind::Ds18b20 => {
+                    ds_count += 1;
+                    let id = spec.id.as_deref().unwrap_or("000000000000");
+                    s.push_str(&format!(
+                        ",\"DS18B20\":{{\"Id\":\"{id}\",\"Temperature\":{}}}",
+                        fixed(i64::from(t), 1)
+                    ));
+                }
+            }
+        }
+        let _ = ds_count;
+        if self.hw.energy.is_some() {
+            s.push_str(&self.energy_json());
+        }
+        if !self.hw.sensors.is_empty() {
+            s.push_str(",\"TempUnit\":\"C\"");
+        }
+        s.push('}');
+        s
+    }
+
+    /// The energy monitor's readings now: (volts, watts, power factor), thousandths.
+    fn energy_now(&mut self) -> (i64, i64, i64) {
+        let secs = self.uptime_s;
+        let on = self.power & 1 != 0;
+        let Some(spec) = &self.hw.energy else { return (0, 0, 0) };
+        let e = &mut self.inputs.energy;
+        let volts = Device::model_value(&spec.voltage, e.set[0], &mut e.walk[0], secs);
+        let load = Device::model_value(&spec.load, e.set[1], &mut e.walk[1], secs);
+        (i64::from(volts), if on { i64::from(load.max(0)) } else { 0 }, i64::from(spec.factor))
+    }
+
+    /// Counts one second of energy (`EnergyEverySecond`).
+    pub(crate) fn energy_every_second(&mut self) {
+        if self.hw.energy.is_some() {
+            let (_, watts, _) = self.energy_now();
+            self.inputs.energy.counted_mws += watts as u64;
+        }
+    }
+
+    /// `,"ENERGY":{...}` (`EnergyShow(true)`).
+    fn energy_json(&mut self) -> String {
+        let (volts, watts, factor) = self.energy_now();
+        let total_wh = self.hw.energy.as_ref().map_or(0, |e| e.total_wh);
+        let counted = self.inputs.energy.counted_mws;
+        // Wh in thousandths of a kWh: mWs / 3600 = mWh.
+        let today_mwh = (counted / 3600) as i64;
+        let total_mkwh = i64::from(total_wh) + today_mwh / 1000;
+        let period_wh = ((counted - self.inputs.energy.at_last_tele_mws) / 3_600_000) as i64;
+        self.inputs.energy.at_last_tele_mws = counted;
+        let apparent = if factor > 0 { watts * 1000 / factor } else { 0 };
+        let reactive = isqrt(apparent * apparent - watts * watts);
+        let current = if volts > 0 { apparent * 1000 / volts } else { 0 };
+        let (factor_shown, apparent_shown) = if watts == 0 { (0, 0) } else { (factor, apparent) };
+        format!(
+            ",\"ENERGY\":{{\"TotalStartTime\":\"{}\",\"Total\":{},\"Yesterday\":{},\"Today\":{},\"Period\":{},\"Power\":{},\"ApparentPower\":{},\"ReactivePower\":{},\"Factor\":{},\"Voltage\":{},\"Current\":{}}}",
+            iso_time(0),
+            fixed(total_mkwh, 3),
+            fixed(0, 3),
+            fixed(today_mwh / 1000, 3),
+            period_wh,
+            fixed(watts, 0),
+            fixed(apparent_shown, 0),
+            fixed(if watts == 0 { 0 } else { reactive }, 0),
+            fixed(factor_shown, 2),
+            fixed(volts, 0),
+            fixed(if watts == 0 { 0 } else { current }, 3)
+        )
+    }
+}
+
+/// Integer square root of a non-negative value.
+fn isqrt(v: i64) -> i64 {
+    if v <= 0 {
+        return 0;
+    }
+    let mut x = v;
+    let mut y = (x + 1) / 2;
+    while y < x {
+        x = y;
+        y = (x + v / x) / 2;
+    }
+    x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_print_as_the_firmware_prints_them() {
+        assert_eq!(fixed(21_500, 1), "21.5");
+        assert_eq!(fixed(21_549, 1), "21.5");
+        assert_eq!(fixed(21_550, 1), "21.6");
+        assert_eq!(fixed(-250, 1), "-0.3");
+        assert_eq!(fixed(-40, 1), "0.0");
+        assert_eq!(fixed(230_400, 0), "230");
+        assert_eq!(fixed(950, 2), "0.95");
+        assert_eq!(fixed(12_345, 3), "12.345");
+        assert_eq!(isqrt(63_157 * 63_157), 63_157);
+        // 21.5 °C at 45 %: gamma = ln(0.45) + 17.62 * 21.5 / 265 = 0.6311, dew point
+        // 243.5 * 0.6311 / (17.62 - 0.6311) = 9.05 °C.
+        assert_eq!(fixed((dew_point(21.5, 45.0) * 1000.0) as i64, 1), "9.0");
+    }
+}
