@@ -143,6 +143,8 @@ pub struct Device {
     pub(crate) tls_link: TlsLink,
     /// UTC seconds minus uptime seconds: 0 until `Time <epoch>` sets the clock.
     pub(crate) rtc_offset_s: i64,
+    /// Seconds until the next Tasmota discovery (0: none pending).
+    pub(crate) discovery_in: u8,
 }
 
 /// The TLS link's share of the heap (spec: about 6.0 KB while up, 6.6 KB more during
@@ -222,7 +224,10 @@ impl Device {
             inputs: crate::sensors::Inputs::default(),
             tls_link: TlsLink::None,
             rtc_offset_s: 0,
+            discovery_in: 0,
         };
+        // TasDiscoverInit: discovery is switched on again at every boot.
+        device.settings.set_option(19, 0);
         device.inputs.sensors = alloc::vec![Default::default(); device.hw.sensors.len()];
         let hdw = format!("HDW: {}", device.hw.chip.name());
         device.log(LogLevel::Info, hdw);
@@ -396,6 +401,7 @@ impl Device {
             && self.blink.mask == 0
             && self.backlog.is_empty()
             && !self.settings_dirty
+            && self.discovery_in == 0
             && self.tele_period < TELE_PERIOD_UNSET
             && if self.settings.flag(3) { self.mqtt.client.connected() } else { self.initial_connection_state() == 0 };
         if !steady {
@@ -637,6 +643,11 @@ impl Device {
 
     /// `MqttPublishPayload`.
     pub(crate) fn publish(&mut self, topic: String, payload: String, retain: bool) {
+        self.publish_at(LogLevel::Info, topic, payload, retain);
+    }
+
+    /// `MqttPublishPayload` with the log line at `level` (discovery logs at DEBUG_MORE).
+    pub(crate) fn publish_at(&mut self, level: LogLevel, topic: String, payload: String, retain: bool) {
         let retain = retain && !self.settings.flag(104);
         let sent = self.settings.flag(3) && self.mqtt_publish_lib(&topic, &payload, retain);
         let text = if sent {
@@ -645,7 +656,7 @@ impl Device {
             let last = topic.rsplit('/').next().unwrap_or(&topic);
             format!("RSL: {last} = {payload}")
         };
-        self.log(LogLevel::Info, text);
+        self.log(level, text);
         self.outputs.push_back(Output::Publish(Publish { topic, payload, retain, sent }));
     }
 

@@ -16,6 +16,7 @@ pub mod backlog;
 mod commands;
 pub mod console;
 pub mod device;
+pub mod discovery;
 pub mod grammar;
 pub mod hardware;
 pub mod identity;

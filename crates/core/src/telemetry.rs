@@ -70,6 +70,7 @@ impl Device {
     pub(crate) fn perform_every_second(&mut self) {
         self.uptime_s = self.uptime_s.wrapping_add(1);
         self.energy_every_second();
+        self.discovery_every_second();
         if self.settings.tele_period == 0 {
             return;
         }

@@ -11,7 +11,7 @@ use crate::grammar::Shortcut;
 use crate::settings::{OptionSlot, DEFAULT_HOSTNAME, DEFAULT_TELE_PERIOD};
 
 pub(crate) static TABLE: Table = Table {
-    synonyms: &[("WifiNoSleep", 127)],
+    synonyms: &[("WifiNoSleep", 127), ("DiscoverOff", 19), ("DiscoverButton", 73), ("DiscoverSwitch", 114)],
     commands: &[
         ("Restart", cmnd_restart),
         ("Backlog", cmnd_backlog),
@@ -39,6 +39,7 @@ pub(crate) static TABLE: Table = Table {
         ("WebServer", super::status::cmnd_webserver),
         ("WebPassword", super::status::cmnd_webpassword),
         ("SwitchMode", super::status::cmnd_switchmode),
+        ("Discover", cmnd_discover),
         ("Reset", cmnd_reset),
     ],
 };
@@ -155,6 +156,9 @@ impl Device {
                     let ok = value <= 1 && !matches!(n, 5 | 6 | 7 | 9 | 14 | 22 | 23 | 25 | 27);
                     if ok {
                         self.settings.set_option(n, value);
+                        if matches!(n, 19 | 73 | 114) {
+                            self.rediscover(crate::discovery::AGAIN_DELAY_S);
+                        }
                         let restart = matches!(
                             n,
                             3 | 15 | 68 | 75 | 85 | 88 | 97 | 102 | 103 | 104 | 106 | 107 | 132 | 151..=153
@@ -275,6 +279,16 @@ fn cmnd_friendlyname(d: &mut Device, mb: &mut Mailbox) {
     }
     let value = d.settings.friendlyname[i].clone();
     d.reply_idx_text(mb, &value);
+}
+
+/// `CmndTasDiscover`: 1 switches discovery on (SetOption19 0), 0 off; either way it is
+/// published again a second later.
+fn cmnd_discover(d: &mut Device, mb: &mut Mailbox) {
+    if (0..=1).contains(&mb.payload) {
+        d.settings.set_option(19, u32::from(mb.payload == 0));
+        d.rediscover(crate::discovery::AGAIN_DELAY_S);
+    }
+    d.reply_state_text(mb, u32::from(!d.settings.flag(19)));
 }
 
 fn cmnd_teleperiod(d: &mut Device, mb: &mut Mailbox) {

@@ -214,6 +214,8 @@ impl Device {
             self.mqtt.retry_counter = 0;
             self.mqtt.retry_counter_delay = 1;
             self.mqtt.connect_count = self.mqtt.connect_count.wrapping_add(1);
+            let first = self.mqtt.connect_count == 1;
+            self.rediscover(if first { crate::discovery::FIRST_DELAY_S } else { crate::discovery::AGAIN_DELAY_S });
 
             let lwt = self.own_topic(Prefix::Tele, "LWT");
             self.publish(lwt, String::from(LWT_ONLINE), true);

@@ -1,0 +1,144 @@
+//! Tasmota discovery for Home Assistant (`xdrv_12_discovery.ino`, spec §10): retained
+//! `tasmota/discovery/<MAC>/config` and `/sensors`, about 10 s after the first connect
+//! and 1 s after later reconnects and the Discover commands.
+
+use alloc::format;
+use alloc::string::String;
+
+use crate::console::LogLevel;
+use crate::device::{Device, VERSION};
+use crate::json::escape;
+
+/// `MAX_FRIENDLYNAMES`, `MAX_RELAYS_SET`, `MAX_SWITCHES_SET`, `MAX_KEYS_SET`,
+/// `MAX_SHUTTERS`.
+const MAX_FRIENDLYNAMES: usize = 8;
+const MAX_RELAYS_SET: usize = 32;
+const MAX_SWITCHES_SET: usize = 28;
+const MAX_KEYS_SET: usize = 32;
+const MAX_SHUTTERS: usize = 4;
+
+/// Seconds from the first connect to the first discovery, and from a reconnect or a
+/// Discover command.
+pub(crate) const FIRST_DELAY_S: u8 = 10;
+pub(crate) const AGAIN_DELAY_S: u8 = 1;
+
+/// SetOption19 (discovery off), 73 (buttons), 114 (switches).
+const SO_DISCOVERY_OFF: u32 = 19;
+const SO_BUTTONS: u32 = 73;
+const SO_SWITCHES: u32 = 114;
+
+impl Device {
+    /// The discovery topic of this device.
+    pub fn discovery_topic(&self, kind: &str) -> String {
+        format!("tasmota/discovery/{}/{kind}", self.unique_id)
+    }
+
+    /// `TasDiscoverMessage()`: the config JSON, keys in the firmware's order.
+    pub(crate) fn discovery_config(&self) -> String {
+        let s = &self.settings;
+        let relays = usize::from(self.hw.relays);
+        let maxfn = relays.clamp(1, MAX_FRIENDLYNAMES);
+        let mut out = format!("{{\"ip\":\"{}\",\"dn\":\"{}\",\"fn\":[", self.ip_address(), escape(&s.devicename));
+        for i in 0..MAX_FRIENDLYNAMES {
+            if i > 0 {
+                out.push(',');
+            }
+            if i < maxfn {
+                out.push_str(&format!("\"{}\"", escape(&s.friendlyname[i])));
+            } else {
+                out.push_str("null");
+            }
+        }
+        out.push_str(&format!(
+            "],\"hn\":\"{}\",\"mac\":\"{}\",\"md\":\"{}\",\"ty\":0,\"if\":0,\"ofln\":\"Offline\",\"onln\":\"Online\",\"state\":[\"{}\",\"{}\",\"{}\",\"{}\"],\"sw\":\"{VERSION}\",\"t\":\"{}\",\"ft\":\"{}\",\"tp\":[\"cmnd\",\"stat\",\"tele\"],\"rl\":[",
+            escape(&self.hostname),
+            self.unique_id,
+            escape(&self.hw.module),
+            escape(s.state_text(0)),
+            escape(s.state_text(1)),
+            escape(s.state_text(2)),
+            escape(s.state_text(3)),
+            escape(&self.mqtt_topic),
+            escape(&s.mqtt_fulltopic),
+        ));
+        push_list(&mut out, MAX_RELAYS_SET, |i| if i < relays { String::from("1") } else { String::from("0") });
+        out.push_str("],\"swc\":[");
+        let switches = usize::from(self.hw.switches);
+        let show_switches = s.flag(SO_SWITCHES);
+        push_list(&mut out, MAX_SWITCHES_SET, |i| {
+            if i < switches && show_switches {
+                format!("{}", s.switchmode[i])
+            } else {
+                String::from("-1")
+            }
+        });
+        out.push_str("],\"swn\":[");
+        push_list(&mut out, MAX_SWITCHES_SET, |i| {
+            if i < switches && show_switches {
+                format!("\"Switch{}\"", i + 1)
+            } else {
+                String::from("null")
+            }
+        });
+        out.push_str("],\"btn\":[");
+        let buttons = usize::from(self.hw.buttons);
+        let show_buttons = s.flag(SO_BUTTONS);
+        push_list(&mut out, MAX_KEYS_SET, |i| String::from(if i < buttons && show_buttons { "1" } else { "0" }));
+        out.push_str(&format!(
+            "],\"so\":{{\"4\":{},\"11\":{},\"13\":{},\"17\":{},\"20\":{},\"30\":{},\"68\":{},\"73\":{},\"82\":{},\"114\":{},\"117\":{}}},\"lk\":0,\"lt_st\":0,\"bat\":0,\"dslp\":0,\"sho\":[",
+            s.option(4),
+            s.option(11),
+            s.option(13),
+            s.option(17),
+            s.option(20),
+            s.option(30),
+            s.option(68),
+            s.option(73),
+            s.option(82),
+            s.option(114),
+            s.option(117),
+        ));
+        push_list(&mut out, MAX_SHUTTERS, |_| String::from("0"));
+        out.push_str("],\"sht\":[");
+        push_list(&mut out, MAX_SHUTTERS, |_| String::from("[0,0,0]"));
+        out.push_str("],\"ver\":1}");
+        out
+    }
+
+    /// `TasDiscovery()`: config and sensors, retained, logged at DEBUG_MORE; with
+    /// SetOption19 on, empty retained payloads clear what was published.
+    pub(crate) fn tas_discovery(&mut self) {
+        let off = self.settings.flag(SO_DISCOVERY_OFF);
+        let config = if off { String::new() } else { self.discovery_config() };
+        let topic = self.discovery_topic("config");
+        self.publish_at(LogLevel::DebugMore, topic, config, true);
+        let sensors = if off { String::new() } else { format!("{{\"sn\":{},\"ver\":1}}", self.sensor_json()) };
+        let topic = self.discovery_topic("sensors");
+        self.publish_at(LogLevel::DebugMore, topic, sensors, true);
+    }
+
+    /// Called once a second: counts down to the next discovery.
+    pub(crate) fn discovery_every_second(&mut self) {
+        if self.discovery_in == 0 {
+            return;
+        }
+        self.discovery_in -= 1;
+        if self.discovery_in == 0 && self.settings.flag(3) && self.mqtt_is_connected() {
+            self.tas_discovery();
+        }
+    }
+
+    /// Schedules a discovery `secs` from now.
+    pub(crate) fn rediscover(&mut self, secs: u8) {
+        self.discovery_in = secs;
+    }
+}
+
+fn push_list(out: &mut String, n: usize, item: impl Fn(usize) -> String) {
+    for i in 0..n {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&item(i));
+    }
+}
