@@ -263,7 +263,6 @@ impl Device {
         let today_mwh = (counted / 3600) as i64;
         let total_mkwh = i64::from(total_wh) + today_mwh / 1000;
         let period_wh = ((counted - self.inputs.energy.at_last_tele_mws) / 3_600_000) as i64;
-        self.inputs.energy.at_last_tele_mws = counted;
         let apparent = if factor > 0 { watts * 1000 / factor } else { 0 };
         let reactive = isqrt(apparent * apparent - watts * watts);
         let current = if volts > 0 { apparent * 1000 / volts } else { 0 };

@@ -99,6 +99,8 @@ impl Device {
         self.mqtt_publish_tele_state();
         if self.has_sensor_data() {
             let sensor = self.sensor_json();
+            // Period counts from one TelePeriod to the next.
+            self.inputs.energy.at_last_tele_mws = self.inputs.energy.counted_mws;
             let retain = self.settings.flag(crate::commands::SENSOR_RETAIN);
             self.publish_prefix_topic(Prefix::Tele, false, "SENSOR", sensor, retain);
         }

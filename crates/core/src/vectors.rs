@@ -27,6 +27,7 @@ use alloc::vec::Vec;
 
 use crate::console::LogLevel;
 use crate::device::{BootReason, Device, Hardware, Output};
+use crate::hardware::{Chip, EnergySpec, Model, SensorKind, SensorSpec};
 use crate::identity::Mac;
 use crate::mqtt::LinkFailure;
 use crate::settings::Settings;
@@ -51,6 +52,10 @@ pub enum Step {
     Type(String),
     /// Let this many milliseconds pass.
     Wait(u64),
+    /// Press (and release) a button.
+    Button(u8),
+    /// Set a switch on or off.
+    Switch(u8, bool),
 }
 
 /// A vector file that does not parse.
@@ -105,13 +110,86 @@ pub fn parse(text: &str) -> Result<Vec<Vector>, ParseError> {
                 Ok(n @ 1..=28) => n,
                 _ => return Err(err(format!("'relays' takes 1..28, got '{n}'"))),
             };
-        } else if raw.starts_with("-> ") || looks_like_console_line(raw) {
+        } else if let Some(n) = raw.strip_prefix("buttons ") {
+            v.hardware.buttons = n.trim().parse().map_err(|_| err(format!("'buttons' takes a number, got '{n}'")))?;
+        } else if let Some(n) = raw.strip_prefix("switches ") {
+            v.hardware.switches = n.trim().parse().map_err(|_| err(format!("'switches' takes a number, got '{n}'")))?;
+        } else if let Some(spec) = raw.strip_prefix("sensor ") {
+            v.hardware.sensors.push(parse_sensor(spec).map_err(err)?);
+        } else if let Some(spec) = raw.strip_prefix("energy ") {
+            let vals = milli_values(spec).map_err(err)?;
+            let [volts, watts] = vals[..] else {
+                return Err(err(format!("'energy' takes volts and watts, got '{spec}'")));
+            };
+            v.hardware.energy = Some(EnergySpec {
+                voltage: Model::Constant(volts),
+                load: Model::Constant(watts),
+                factor: 950,
+                total_wh: 0,
+            });
+        } else if let Some(chip) = raw.strip_prefix("chip ") {
+            v.hardware.chip = match chip.trim() {
+                "esp8266" => Chip::Esp8266,
+                "esp32" => Chip::Esp32,
+                "esp32c3" => Chip::Esp32C3,
+                other => return Err(err(format!("'chip' takes esp8266, esp32 or esp32c3, got '{other}'"))),
+            };
+        } else if let Some(n) = raw.strip_prefix("button ") {
+            let n = n.trim().parse().map_err(|_| err(format!("'button' takes a number, got '{n}'")))?;
+            v.steps.push(Step::Button(n));
+        } else if let Some(rest) = raw.strip_prefix("switch ") {
+            let (n, state) = rest.trim().split_once(' ').unwrap_or((rest.trim(), ""));
+            let n = n.parse().map_err(|_| err(format!("'switch' takes a number and on|off, got '{rest}'")))?;
+            let on = match state {
+                "on" => true,
+                "off" => false,
+                _ => return Err(err(format!("'switch' takes a number and on|off, got '{rest}'"))),
+            };
+            v.steps.push(Step::Switch(n, on));
+        } else if raw.starts_with("-> ") || raw.starts_with("error: ") || looks_like_console_line(raw) {
             v.expected.push(raw.to_string());
         } else {
             return Err(err(format!("expected '=== name', '> input', 'wait MS', 'given CMD', 'mac', 'relays', a console line 'HH:MM:SS.mmm ...' or '-> topic', got '{raw}'")));
         }
     }
     Ok(out)
+}
+
+/// Numbers with up to three decimals, as thousandths.
+fn milli_values(text: &str) -> Result<Vec<i32>, String> {
+    text.split_whitespace()
+        .map(|t| {
+            let (int, frac) = t.split_once('.').unwrap_or((t, ""));
+            let neg = int.starts_with('-');
+            let whole: i32 = int.parse().map_err(|_| format!("'{t}' is not a number"))?;
+            if frac.len() > 3 || !frac.chars().all(|c| c.is_ascii_digit()) {
+                return Err(format!("'{t}' is not a number with at most 3 decimals"));
+            }
+            let f: i32 = format!("{frac:0<3}").parse().unwrap_or(0);
+            Ok(whole * 1000 + if neg { -f } else { f })
+        })
+        .collect()
+}
+
+/// `am2301 <temp> <hum>`, `ds18b20 <temp>`: a sensor with constant values.
+fn parse_sensor(spec: &str) -> Result<SensorSpec, String> {
+    let (kind, values) = spec.trim().split_once(' ').unwrap_or((spec.trim(), ""));
+    let vals = milli_values(values)?;
+    match (kind, &vals[..]) {
+        ("am2301", [t, h]) => Ok(SensorSpec {
+            kind: SensorKind::Am2301,
+            temperature: Model::Constant(*t),
+            humidity: Some(Model::Constant(*h)),
+            id: None,
+        }),
+        ("ds18b20", [t]) => Ok(SensorSpec {
+            kind: SensorKind::Ds18b20,
+            temperature: Model::Constant(*t),
+            humidity: None,
+            id: Some(String::from("01144B2C3AAA")),
+        }),
+        _ => Err(format!("'sensor' takes 'am2301 TEMP HUM' or 'ds18b20 TEMP', got '{spec}'")),
+    }
 }
 
 fn looks_like_console_line(s: &str) -> bool {
@@ -137,6 +215,16 @@ pub fn run(v: &Vector) -> Vec<String> {
     for step in &v.steps {
         match step {
             Step::Type(line) => device.type_line(line, now),
+            Step::Button(n) => {
+                if let Err(e) = device.press_button(*n, now) {
+                    transcript.push(format!("error: {}", e.0));
+                }
+            }
+            Step::Switch(n, on) => {
+                if let Err(e) = device.set_switch(*n, *on, now) {
+                    transcript.push(format!("error: {}", e.0));
+                }
+            }
             Step::Wait(ms) => {
                 now = now.plus_millis(*ms);
                 run_until(&mut device, now, &mut transcript);
@@ -260,4 +348,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("topics.vec", include_str!("../../../fixtures/vectors/topics.vec")),
     ("power.vec", include_str!("../../../fixtures/vectors/power.vec")),
     ("system.vec", include_str!("../../../fixtures/vectors/system.vec")),
+    ("status.vec", include_str!("../../../fixtures/vectors/status.vec")),
+    ("inputs.vec", include_str!("../../../fixtures/vectors/inputs.vec")),
+    ("telemetry.vec", include_str!("../../../fixtures/vectors/telemetry.vec")),
 ];
