@@ -92,7 +92,7 @@ fn bless_file(file: &str, text: &str, parsed: &[vectors::Vector]) {
             continue;
         }
         let is_expectation =
-            line.starts_with("-> ") || (line.len() > 12 && line.as_bytes()[2] == b':' && line.as_bytes()[8] == b'.');
+            line.starts_with("-> ") || line.starts_with("error: ") || (line.len() > 12 && line.as_bytes()[2] == b':' && line.as_bytes()[8] == b'.');
         if is_expectation {
             continue;
         }
