@@ -11,13 +11,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tasmota_core::{Mac, Settings};
+use tasmota_core::sensors::Quantity;
+use tasmota_core::{Hardware, Mac, Settings};
 use toml::Spanned;
 
 use crate::broker::auth::{Authorizer, PasswordList};
 use crate::broker::fault::FaultRule;
 use crate::broker::profile::{Limits, ProfileName};
 use crate::duration::parse_duration;
+use crate::profile::Profile;
 
 /// A scenario file that cannot be run, with where and why.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +68,8 @@ struct RawDevice {
     /// SetOptions on top of `settings`: `setoptions = { 103 = 1 }`.
     setoptions: Option<Spanned<BTreeMap<String, u32>>>,
     tls_handshake: Option<Spanned<String>>,
+    /// A device profile: a built-in name or a path relative to the scenario file.
+    profile: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -124,8 +128,50 @@ struct RawStep {
     expect: Option<RawExpect>,
     expect_not: Option<RawExpect>,
     expect_order: Option<Vec<RawExpect>>,
+    button_press: Option<Spanned<u8>>,
+    switch: Option<Spanned<RawSwitch>>,
+    sensor: Option<Spanned<RawSensorSet>>,
+    http: Option<Spanned<RawHttp>>,
     /// For `expect_order`.
     within: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+struct RawSwitch {
+    index: u8,
+    on: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSensorSet {
+    #[serde(default = "first")]
+    index: u8,
+    temperature: Option<f64>,
+    humidity: Option<f64>,
+    voltage: Option<f64>,
+    power: Option<f64>,
+}
+
+fn first() -> u8 {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    cmnd: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+    /// The exact body expected.
+    body: Option<String>,
+    #[serde(default = "ok_status")]
+    status: u16,
+}
+
+fn ok_status() -> u16 {
+    200
 }
 
 #[derive(Deserialize)]
@@ -206,6 +252,8 @@ pub struct DeviceSpec {
     pub mac: Mac,
     pub settings: Settings,
     pub tls_handshake: Duration,
+    /// What the device is built from (its profile; the Sonoff Basic by default).
+    pub hardware: Hardware,
 }
 
 #[derive(Debug, Clone)]
@@ -258,6 +306,11 @@ pub enum Action {
     Fault { broker: usize, rule: FaultRule },
     DeviceFault { device: usize, fault: DeviceFault },
     BrokerRestart { broker: usize, down: Duration },
+    ButtonPress { device: usize, button: u8 },
+    Switch { device: usize, index: u8, on: bool },
+    Sensor { device: usize, index: u8, quantity: Quantity, milli: i32 },
+    /// A `/cm` request answered in-process; `body` `None` accepts any body.
+    Http { device: usize, cmnd: Option<String>, user: Option<String>, password: Option<String>, status: u16, body: Option<String> },
     Expect(Expect),
     ExpectNot(Expect),
     ExpectOrder { items: Vec<Expect>, within: Duration },
@@ -437,14 +490,39 @@ impl Checker<'_> {
                     Mac::DEFAULT
                 }
             };
-            let tls_handshake = match &d.tls_handshake {
-                Some(t) => self.duration(t, "tls_handshake"),
-                None => DEFAULT_TLS_HANDSHAKE,
+            let profile = match &d.profile {
+                Some(p) => {
+                    let name = p.get_ref();
+                    let is_path = name.contains('/') || name.ends_with(".toml");
+                    let target = if is_path {
+                        self.path.parent().unwrap_or(Path::new(".")).join(name).display().to_string()
+                    } else {
+                        name.clone()
+                    };
+                    match Profile::load(&target) {
+                        Ok(p) => Some(p),
+                        Err(e) => {
+                            self.fail(p.span(), format!("profile: {e}"));
+                            None
+                        }
+                    }
+                }
+                None => None,
+            };
+            let tls_handshake = match (&d.tls_handshake, &profile) {
+                (Some(t), _) => self.duration(t, "tls_handshake"),
+                (None, Some(p)) => Duration::from_millis(u64::from(p.hardware.tls_handshake_ms)),
+                (None, None) => DEFAULT_TLS_HANDSHAKE,
             };
             if devices.iter().any(|o: &DeviceSpec| o.name == name) {
                 self.fail(span, format!("a second device named '{name}'"));
             }
-            let mut settings = d.settings.unwrap_or_default();
+            let mut settings = match (d.settings, &profile) {
+                (Some(s), _) => s,
+                (None, Some(p)) => p.initial_settings(),
+                (None, None) => Settings::default(),
+            };
+            let hardware = Hardware { mac, ..profile.map(|p| p.hardware).unwrap_or_default() };
             if let Some(opts) = &d.setoptions {
                 for (k, v) in opts.get_ref() {
                     match k.parse::<u32>() {
@@ -453,7 +531,7 @@ impl Checker<'_> {
                     }
                 }
             }
-            devices.push(DeviceSpec { name, mac, settings, tls_handshake });
+            devices.push(DeviceSpec { name, mac, settings, tls_handshake, hardware });
         }
         if devices.is_empty() {
             devices.push(DeviceSpec {
@@ -461,6 +539,7 @@ impl Checker<'_> {
                 mac: Mac::DEFAULT,
                 settings: Settings::default(),
                 tls_handshake: DEFAULT_TLS_HANDSHAKE,
+                hardware: Hardware::default(),
             });
         }
 
@@ -666,6 +745,10 @@ impl Checker<'_> {
             ("expect", s.expect.is_some()),
             ("expect_not", s.expect_not.is_some()),
             ("expect_order", s.expect_order.is_some()),
+            ("button_press", s.button_press.is_some()),
+            ("switch", s.switch.is_some()),
+            ("sensor", s.sensor.is_some()),
+            ("http", s.http.is_some()),
         ]
         .into_iter()
         .filter_map(|(k, set)| set.then_some(k))
@@ -675,7 +758,8 @@ impl Checker<'_> {
                 self.fail(
                     span,
                     "a step needs one action: console, mqtt_publish, advance, restart, power_off, power_on, fault, \
-                     device_fault, broker_restart, expect, expect_not or expect_order",
+                     device_fault, broker_restart, button_press, switch, sensor, http, expect, expect_not or \
+                     expect_order",
                 );
                 return None;
             }
@@ -747,6 +831,56 @@ impl Checker<'_> {
             let broker = self.broker_ref(brokers, s.broker.as_deref(), span)?;
             let down = self.duration(d, "broker_restart (the downtime)");
             return Some(Action::BrokerRestart { broker, down });
+        }
+        if let Some(b) = &s.button_press {
+            let device = self.device_ref(devices, device(), span)?;
+            let have = devices[device].hardware.buttons;
+            if *b.get_ref() == 0 || *b.get_ref() > have {
+                self.fail(b.span(), format!("button_press: the device has buttons 1..={have}"));
+                return None;
+            }
+            return Some(Action::ButtonPress { device, button: *b.get_ref() });
+        }
+        if let Some(sw) = &s.switch {
+            let device = self.device_ref(devices, device(), span)?;
+            let have = devices[device].hardware.switches;
+            let RawSwitch { index, on } = *sw.get_ref();
+            if index == 0 || index > have {
+                self.fail(sw.span(), format!("switch: the device has switches 1..={have}"));
+                return None;
+            }
+            return Some(Action::Switch { device, index, on });
+        }
+        if let Some(set) = &s.sensor {
+            let device = self.device_ref(devices, device(), span)?;
+            let r = set.get_ref();
+            let given: Vec<(Quantity, f64)> = [
+                (Quantity::Temperature, r.temperature),
+                (Quantity::Humidity, r.humidity),
+                (Quantity::Voltage, r.voltage),
+                (Quantity::Power, r.power),
+            ]
+            .into_iter()
+            .filter_map(|(q, v)| v.map(|v| (q, v)))
+            .collect();
+            let [(quantity, value)] = given[..] else {
+                self.fail(set.span(), "sensor: give exactly one of temperature, humidity, voltage, power");
+                return None;
+            };
+            let milli = (value * 1000.0).round() as i32;
+            return Some(Action::Sensor { device, index: r.index, quantity, milli });
+        }
+        if let Some(h) = s.http {
+            let device = self.device_ref(devices, device(), span)?;
+            let h = h.into_inner();
+            return Some(Action::Http {
+                device,
+                cmnd: h.cmnd,
+                user: h.user,
+                password: h.password,
+                status: h.status,
+                body: h.body,
+            });
         }
         let ctx = Refs { devices, brokers, operators };
         if let Some(e) = s.expect {

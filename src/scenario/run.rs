@@ -202,6 +202,12 @@ fn external_connector(s: &Scenario, opts: &Options, url: &BrokerUrl) -> Result<C
     Ok(Connector { resolve, connect_to, trust, compat: TlsCompat::Firmware })
 }
 
+/// Carries out what an input set off at this instant before the next step.
+async fn settle_now(world: &mut World) {
+    let now = world.now_plus(Duration::ZERO);
+    world.run_until(now, |_| false).await;
+}
+
 async fn run_step(world: &mut World, brokers: &[Broker], cursors: &mut Cursors, step: &Step) -> Result<(), String> {
     match &step.action {
         Action::Console { device, line } => {
@@ -233,6 +239,32 @@ async fn run_step(world: &mut World, brokers: &[Broker], cursors: &mut Cursors, 
         Action::Fault { broker, rule } => brokers[*broker].add_fault(rule.clone()),
         Action::DeviceFault { device, fault } => world.set_device_fault(*device, fault),
         Action::BrokerRestart { broker, down } => brokers[*broker].restart(*down),
+        Action::ButtonPress { device, button } => {
+            let (core, now) = world.core_mut(*device)?;
+            core.press_button(*button, now).map_err(|e| e.0)?;
+            settle_now(world).await;
+        }
+        Action::Switch { device, index, on } => {
+            let (core, now) = world.core_mut(*device)?;
+            core.set_switch(*index, *on, now).map_err(|e| e.0)?;
+            settle_now(world).await;
+        }
+        Action::Sensor { device, index, quantity, milli } => {
+            let (core, now) = world.core_mut(*device)?;
+            core.set_sensor(*index, *quantity, *milli, now).map_err(|e| e.0)?;
+        }
+        Action::Http { device, cmnd, user, password, status, body } => {
+            let (core, now) = world.core_mut(*device)?;
+            let r = core.web_command(cmnd.as_deref(), user.as_deref(), password.as_deref(), "127.0.0.1", now);
+            settle_now(world).await;
+            if r.status != *status || body.as_ref().is_some_and(|b| *b != r.body) {
+                let want = body.as_deref().unwrap_or("(any body)");
+                return Err(format!(
+                    "http: expected {status} {want}\n  got      {} {}",
+                    r.status, r.body
+                ));
+            }
+        }
         Action::Expect(e) => {
             let found = wait_for(world, brokers, cursors, e, e.within).await;
             match found {

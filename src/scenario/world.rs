@@ -134,7 +134,7 @@ impl World {
             .iter()
             .map(|d| SimDevice {
                 name: d.name.clone(),
-                hw: Hardware { mac: d.mac, ..Hardware::default() },
+                hw: d.hardware.clone(),
                 core: None,
                 flash: d.settings.clone(),
                 link: Link::None,
@@ -250,6 +250,16 @@ impl World {
                 d.fault_alpn = None;
                 d.fault_dns = false;
             }
+        }
+    }
+
+    /// The running core of device `i`, or why there is none.
+    pub fn core_mut(&mut self, i: usize) -> Result<(&mut Device, tasmota_core::Instant), String> {
+        let now = self.core_now();
+        let d = &mut self.devices[i];
+        match &mut d.core {
+            Some(core) if !core.is_stopped() => Ok((core, now)),
+            _ => Err(format!("device '{}' is off or halted", d.name)),
         }
     }
 

@@ -190,7 +190,7 @@ impl Device {
     /// sensors, then ENERGY, then TempUnit.
     pub(crate) fn sensor_json(&mut self) -> String {
         let secs = self.uptime_s;
-        let mut s = format!("{{\"Time\":\"{}\"", iso_time(u64::from(secs)));
+        let mut s = format!("{{\"Time\":\"{}\"", iso_time(self.local_secs()));
         for n in 0..self.hw.switches {
             let on = (self.inputs.switches >> n) & 1;
             s.push_str(&format!(",\"Switch{}\":\"{}\"", n + 1, escape(self.settings.state_text(on))));

@@ -110,9 +110,10 @@ impl Device {
     pub(crate) fn mqtt_show_state(&self) -> String {
         let up = u64::from(self.uptime_s);
         let mut s = format!(
-            "{{\"Time\":\"{}\",\"Uptime\":\"{}\",\"UptimeSec\":{up},\"Heap\":26,\"SleepMode\":\"Dynamic\",\"Sleep\":50,\"LoadAvg\":19,\"MqttCount\":{}",
-            iso_time(up),
+            "{{\"Time\":\"{}\",\"Uptime\":\"{}\",\"UptimeSec\":{up},\"Heap\":{},\"SleepMode\":\"Dynamic\",\"Sleep\":50,\"LoadAvg\":19,\"MqttCount\":{}",
+            iso_time(self.local_secs()),
             duration_text(up),
+            self.free_heap() / 1024,
             self.mqtt.connect_count
         );
         for device in 1..=u32::from(self.hw.relays) {
