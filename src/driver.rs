@@ -10,7 +10,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Result;
-use tasmota_core::{BootReason, Device, Hardware, Instant, LinkFailure, LogLevel, Mac, Output, RestartKind, Settings};
+use tasmota_core::{BootReason, Device, Hardware, Instant, LinkFailure, LogLevel, Output, RestartKind, Settings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::task::JoinHandle;
 
@@ -43,19 +43,32 @@ pub enum Ending {
 }
 
 pub struct Options {
-    pub mac: Mac,
+    /// What the device is built from (its profile, with its MAC).
+    pub hardware: Hardware,
     pub settings: Settings,
     pub state: StateDir,
     pub commands: Vec<String>,
     pub run_for: Option<Duration>,
     pub connector: Connector,
+    /// The web server's socket (`--http`), if any.
+    pub http: Option<tokio::net::TcpListener>,
 }
+
+/// How many console lines the web page shows.
+const WEB_CONSOLE_LINES: usize = 50;
 
 /// Runs the device until a signal or `--for` ends it.
 pub async fn run(opts: Options) -> Result<Ending> {
     let start = tokio::time::Instant::now();
     let now = || Instant::from_millis(start.elapsed().as_millis() as u64);
-    let hw = Hardware { mac: opts.mac, ..Hardware::default() };
+    let hw = opts.hardware.clone();
+    let (web_tx, mut web_rx) = tokio::sync::mpsc::channel::<crate::http::WebRequest>(16);
+    if let Some(listener) = opts.http {
+        tokio::spawn(crate::http::serve(listener, web_tx));
+    } else {
+        drop(web_tx);
+    }
+    let mut recent: std::collections::VecDeque<String> = std::collections::VecDeque::new();
     let mut flash = opts.settings;
     let mut device = Device::boot(hw.clone(), flash.clone(), BootReason::PowerOn, now());
     let mut stdout = std::io::stdout();
@@ -78,7 +91,13 @@ pub async fn run(opts: Options) -> Result<Ending> {
         while let Some(out) = device.poll_output() {
             match out {
                 // The console shows INFO and above (SerialLog 2).
-                Output::Log(line) if line.level <= LogLevel::Info => writeln!(stdout, "{line}")?,
+                Output::Log(line) if line.level <= LogLevel::Info => {
+                    writeln!(stdout, "{line}")?;
+                    if recent.len() == WEB_CONSOLE_LINES {
+                        recent.pop_front();
+                    }
+                    recent.push_back(line.to_string());
+                }
                 Output::Log(line) => tracing::debug!(target: "tasmota_sim::console", "{line}"),
                 Output::Connect(req) => {
                     link.close();
@@ -144,9 +163,50 @@ pub async fn run(opts: Options) -> Result<Ending> {
                     device.handle_link_closed(now());
                 }
             },
+            Some((call, reply)) = web_rx.recv() => {
+                let answer = web_answer(&mut device, call, &recent, now());
+                let _ = reply.send(answer);
+            }
             _ = sleep_opt(sleep_until) => device.handle_timeout(now()),
             _ = sleep_opt(deadline) => return Ok(Ending::TimeUp),
             _ = signals.recv() => return Ok(Ending::PowerLoss),
+        }
+    }
+}
+
+/// Answers a web request from the device (`HandleHttpCommand`, the root page).
+fn web_answer(
+    device: &mut Device,
+    call: crate::http::WebCall,
+    recent: &std::collections::VecDeque<String>,
+    now: Instant,
+) -> crate::http::WebAnswer {
+    use crate::http::{page, plain, WebAnswer, WebCall};
+    if device.is_stopped() {
+        return plain(503, "the device is halted");
+    }
+    // WebServer 0: the firmware does not serve at all; the socket stays open here.
+    if !device.web_enabled() {
+        return plain(503, "the web server is off (WebServer 0)");
+    }
+    match call {
+        WebCall::Command { cmnd, user, password, from } => {
+            let r = device.web_command(cmnd.as_deref(), user.as_deref(), password.as_deref(), &from, now);
+            WebAnswer { status: r.status, content_type: "application/json", body: r.body }
+        }
+        WebCall::Page { user, password, command, .. } => {
+            if !device.web_authorized(user.as_deref(), password.as_deref()) {
+                return WebAnswer { status: 401, content_type: "text/html", body: String::from("Unauthorized\n") };
+            }
+            if let Some(c) = command.filter(|c| !c.is_empty()) {
+                // The web console logs what was typed, as the serial console does.
+                device.type_line(&c, now);
+            }
+            let s = device.settings();
+            let name = if s.devicename.is_empty() { s.friendlyname[0].clone() } else { s.devicename.clone() };
+            let relays: Vec<bool> = (0..device.hardware().relays).map(|i| device.power() >> i & 1 == 1).collect();
+            let lines: Vec<String> = recent.iter().cloned().collect();
+            WebAnswer { status: 200, content_type: "text/html; charset=utf-8", body: page(&name, &relays, &lines) }
         }
     }
 }

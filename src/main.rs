@@ -6,12 +6,13 @@ mod scenario_cmd;
 use tasmota_sim::duration::parse_duration;
 use tasmota_sim::{driver, link, state};
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tasmota_core::{Mac, Settings};
+use tasmota_core::Mac;
 
 use state::StateDir;
 
@@ -28,6 +29,10 @@ Examples:
 
   # Point it at a local Mosquitto (the Backlog restarts the device, which then connects)
   tasmota-sim device --state ./plug --cmd 'Backlog MqttHost 127.0.0.1; MqttPort 1883; MqttUser bob; MqttPassword secret'
+
+  # A Sonoff 4CH with its web server: toggle relay 2 over the HTTP API
+  tasmota-sim device --state ./4ch --profile sonoff-4ch --http 127.0.0.1:8080
+  curl 'http://127.0.0.1:8080/cm?cmnd=Power2%20TOGGLE'        # answers {\"POWER2\":\"ON\"}
 
   # AWS IoT light mode against a local TLS broker standing in for the endpoint
   tasmota-sim device --state ./plug \\
@@ -69,6 +74,16 @@ enum Command {
         /// Power the device off after this long (e.g. 500ms, 5s, 2m, 1h).
         #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
         run_for: Option<Duration>,
+        /// What the device is built from: a built-in profile (sonoff-basic, sonoff-4ch,
+        /// sonoff-pow-r2, esp32-climate, wall-switch-2gang) or a profile file
+        /// (fixtures/devices/*.toml shows the format). A new state directory starts
+        /// from the profile's settings.
+        #[arg(long, value_name = "NAME|PATH", default_value = tasmota_sim::profile::DEFAULT)]
+        profile: String,
+        /// Serve the web server on ADDR:PORT: the HTTP command API /cm?cmnd=... and a
+        /// page with the relays and the console at /.
+        #[arg(long, value_name = "ADDR:PORT")]
+        http: Option<SocketAddr>,
         #[command(flatten)]
         tls: TlsArgs,
     },
@@ -129,7 +144,14 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Broker(args) => broker_cmd::run(*args),
         Command::Scenario(args) => scenario_cmd::run(*args),
-        Command::Device { state, mac, commands, run_for, tls } => {
+        Command::Device { state, mac, commands, run_for, profile, http, tls } => {
+            let profile = match tasmota_sim::profile::Profile::load(&profile) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("tasmota-sim: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let connector = match tls.connector() {
                 Ok(c) => c,
                 Err(e) => {
@@ -150,8 +172,8 @@ fn main() -> ExitCode {
                     _ => (stored, settings),
                 },
                 Ok(None) => {
-                    let mac = mac.unwrap_or(Mac::DEFAULT);
-                    let settings = Settings::default();
+                    let mac = mac.unwrap_or(profile.hardware.mac);
+                    let settings = profile.initial_settings();
                     if let Err(e) = store.save(&mac, &settings) {
                         eprintln!("tasmota-sim: {e}");
                         return ExitCode::from(1);
@@ -170,7 +192,22 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            let opts = driver::Options { mac, settings, state: store, commands, run_for, connector };
+            let http = match http {
+                None => None,
+                Some(addr) => match runtime.block_on(tokio::net::TcpListener::bind(addr)) {
+                    Ok(l) => {
+                        let bound = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                        eprintln!("tasmota-sim: web server on http://{bound}/ (API: http://{bound}/cm?cmnd=Status)");
+                        Some(l)
+                    }
+                    Err(e) => {
+                        eprintln!("tasmota-sim: --http {addr}: cannot listen: {e}");
+                        return ExitCode::from(1);
+                    }
+                },
+            };
+            let hardware = profile.with_mac(mac).hardware;
+            let opts = driver::Options { hardware, settings, state: store, commands, run_for, connector, http };
             match runtime.block_on(driver::run(opts)) {
                 Ok(ending) => {
                     tracing::info!(?ending, "device stopped");

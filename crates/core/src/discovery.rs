@@ -34,7 +34,7 @@ impl Device {
     }
 
     /// `TasDiscoverMessage()`: the config JSON, keys in the firmware's order.
-    pub(crate) fn discovery_config(&self) -> String {
+    pub fn discovery_config(&self) -> String {
         let s = &self.settings;
         let relays = usize::from(self.hw.relays);
         let maxfn = relays.clamp(1, MAX_FRIENDLYNAMES);
@@ -105,6 +105,11 @@ impl Device {
         out
     }
 
+    /// The sensors JSON: `{"sn":<SENSOR JSON>,"ver":1}`.
+    pub fn discovery_sensors(&mut self) -> String {
+        format!("{{\"sn\":{},\"ver\":1}}", self.sensor_json())
+    }
+
     /// `TasDiscovery()`: config and sensors, retained, logged at DEBUG_MORE; with
     /// SetOption19 on, empty retained payloads clear what was published.
     pub(crate) fn tas_discovery(&mut self) {
@@ -112,7 +117,7 @@ impl Device {
         let config = if off { String::new() } else { self.discovery_config() };
         let topic = self.discovery_topic("config");
         self.publish_at(LogLevel::DebugMore, topic, config, true);
-        let sensors = if off { String::new() } else { format!("{{\"sn\":{},\"ver\":1}}", self.sensor_json()) };
+        let sensors = if off { String::new() } else { self.discovery_sensors() };
         let topic = self.discovery_topic("sensors");
         self.publish_at(LogLevel::DebugMore, topic, sensors, true);
     }
