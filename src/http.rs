@@ -179,6 +179,9 @@ async fn read_request(stream: &mut TcpStream) -> std::io::Result<Result<(String,
     let mut chunk = [0u8; 2048];
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            if i > MAX_HEAD {
+                return Ok(Err((431, "request head too large")));
+            }
             break i;
         }
         if buf.len() > MAX_HEAD {
