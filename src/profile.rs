@@ -64,7 +64,8 @@ impl Profile {
             return Profile::parse(text, &path, None);
         }
         let path = PathBuf::from(name_or_path);
-        let text = std::fs::read_to_string(&path).map_err(|source| ProfileError::Read { path: path.clone(), source })?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|source| ProfileError::Read { path: path.clone(), source })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Profile::parse(&text, &path, Some(&base))
     }
@@ -322,9 +323,11 @@ impl RawProfile {
             ..HeapModel::default()
         };
         if let Some(w) = self.wifi {
-            hw.wifi = Wifi { ssid: w.ssid, bssid: w.bssid, channel: w.channel, rssi: w.rssi.min(100), signal: w.signal };
+            hw.wifi =
+                Wifi { ssid: w.ssid, bssid: w.bssid, channel: w.channel, rssi: w.rssi.min(100), signal: w.signal };
         }
-        let seed = u64::from_be_bytes([0, 0, hw.mac.0[0], hw.mac.0[1], hw.mac.0[2], hw.mac.0[3], hw.mac.0[4], hw.mac.0[5]]);
+        let seed =
+            u64::from_be_bytes([0, 0, hw.mac.0[0], hw.mac.0[1], hw.mac.0[2], hw.mac.0[3], hw.mac.0[4], hw.mac.0[5]]);
         for (i, s) in self.sensors.iter().enumerate() {
             let what = format!("sensor {}", i + 1);
             let kind = match s.kind.to_ascii_uppercase().as_str() {
@@ -344,7 +347,9 @@ impl RawProfile {
                     Some(id.to_ascii_uppercase())
                 }
                 (Some(id), SensorKind::Ds18b20) => return Err(format!("{what}: id '{id}' is not 12 hex digits")),
-                (None, SensorKind::Ds18b20) => Some(format!("{:012X}", seed.wrapping_mul(0x9E37_79B9) & 0xFFFF_FFFF_FFFF)),
+                (None, SensorKind::Ds18b20) => {
+                    Some(format!("{:012X}", seed.wrapping_mul(0x9E37_79B9) & 0xFFFF_FFFF_FFFF))
+                }
                 (Some(_), _) => return Err(format!("{what}: only a DS18B20 has an 'id'")),
                 (None, _) => None,
             };
@@ -368,7 +373,9 @@ impl RawProfile {
         }
         let settings = match self.settings {
             None => Settings::default(),
-            Some(table) => table.try_into::<Settings>().map_err(|e| format!("settings: {}", e.to_string().trim_end()))?,
+            Some(table) => {
+                table.try_into::<Settings>().map_err(|e| format!("settings: {}", e.to_string().trim_end()))?
+            }
         };
         Ok(Profile { name: self.name, description: self.description, hardware: hw, settings })
     }

@@ -91,8 +91,9 @@ fn bless_file(file: &str, text: &str, parsed: &[vectors::Vector]) {
             pending_blank += 1;
             continue;
         }
-        let is_expectation =
-            line.starts_with("-> ") || line.starts_with("error: ") || (line.len() > 12 && line.as_bytes()[2] == b':' && line.as_bytes()[8] == b'.');
+        let is_expectation = line.starts_with("-> ")
+            || line.starts_with("error: ")
+            || (line.len() > 12 && line.as_bytes()[2] == b':' && line.as_bytes()[8] == b'.');
         if is_expectation {
             continue;
         }

@@ -223,6 +223,9 @@ fn a_home_assistant_style_consumer_adopts_the_sonoff_4ch() {
 
     // STATE flows every TelePeriod, with the four relays.
     let st: Value = serde_json::from_str(&states.expect(&tele_state, 12 * S).payload).unwrap();
-    assert_eq!((st["POWER1"].as_str(), st["POWER2"].as_str(), st["POWER3"].as_str()), (Some("ON"), Some("ON"), Some("OFF")));
+    assert_eq!(
+        (st["POWER1"].as_str(), st["POWER2"].as_str(), st["POWER3"].as_str()),
+        (Some("ON"), Some("ON"), Some("OFF"))
+    );
     dev.power_off();
 }

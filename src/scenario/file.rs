@@ -297,23 +297,69 @@ pub struct Step {
 
 #[derive(Debug, Clone)]
 pub enum Action {
-    Console { device: usize, line: String },
-    MqttPublish { operator: usize, topic: String, payload: String, retain: bool, qos: u8 },
+    Console {
+        device: usize,
+        line: String,
+    },
+    MqttPublish {
+        operator: usize,
+        topic: String,
+        payload: String,
+        retain: bool,
+        qos: u8,
+    },
     Advance(Duration),
-    Restart { device: usize },
-    PowerOff { device: usize },
-    PowerOn { device: usize },
-    Fault { broker: usize, rule: FaultRule },
-    DeviceFault { device: usize, fault: DeviceFault },
-    BrokerRestart { broker: usize, down: Duration },
-    ButtonPress { device: usize, button: u8 },
-    Switch { device: usize, index: u8, on: bool },
-    Sensor { device: usize, index: u8, quantity: Quantity, milli: i32 },
+    Restart {
+        device: usize,
+    },
+    PowerOff {
+        device: usize,
+    },
+    PowerOn {
+        device: usize,
+    },
+    Fault {
+        broker: usize,
+        rule: FaultRule,
+    },
+    DeviceFault {
+        device: usize,
+        fault: DeviceFault,
+    },
+    BrokerRestart {
+        broker: usize,
+        down: Duration,
+    },
+    ButtonPress {
+        device: usize,
+        button: u8,
+    },
+    Switch {
+        device: usize,
+        index: u8,
+        on: bool,
+    },
+    Sensor {
+        device: usize,
+        index: u8,
+        quantity: Quantity,
+        milli: i32,
+    },
     /// A `/cm` request answered in-process; `body` `None` accepts any body.
-    Http { device: usize, cmnd: Option<String>, user: Option<String>, password: Option<String>, status: u16, body: Option<String> },
+    Http {
+        device: usize,
+        cmnd: Option<String>,
+        user: Option<String>,
+        password: Option<String>,
+        status: u16,
+        body: Option<String>,
+    },
     Expect(Expect),
     ExpectNot(Expect),
-    ExpectOrder { items: Vec<Expect>, within: Duration },
+    ExpectOrder {
+        items: Vec<Expect>,
+        within: Duration,
+    },
 }
 
 /// Something wrong on the device's side of the link, from now on.

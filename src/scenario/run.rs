@@ -259,10 +259,7 @@ async fn run_step(world: &mut World, brokers: &[Broker], cursors: &mut Cursors, 
             settle_now(world).await;
             if r.status != *status || body.as_ref().is_some_and(|b| *b != r.body) {
                 let want = body.as_deref().unwrap_or("(any body)");
-                return Err(format!(
-                    "http: expected {status} {want}\n  got      {} {}",
-                    r.status, r.body
-                ));
+                return Err(format!("http: expected {status} {want}\n  got      {} {}", r.status, r.body));
             }
         }
         Action::Expect(e) => {

@@ -67,10 +67,22 @@ impl Default for HeapModel {
 pub enum Model {
     Constant(i32),
     /// `start` plus `per_hour` each hour, held within `min..=max`.
-    Ramp { start: i32, per_hour: i32, min: i32, max: i32 },
+    Ramp {
+        start: i32,
+        per_hour: i32,
+        min: i32,
+        max: i32,
+    },
     /// Every `every_s` seconds a step of up to `step` either way, from a seeded
     /// generator, held within `min..=max`.
-    Walk { start: i32, step: i32, min: i32, max: i32, every_s: u32, seed: u64 },
+    Walk {
+        start: i32,
+        step: i32,
+        min: i32,
+        max: i32,
+        every_s: u32,
+        seed: u64,
+    },
     /// `(seconds since boot, value)` points; the last point at or before now holds.
     Trace(Rc<Vec<(u32, i32)>>),
 }

@@ -27,9 +27,9 @@ pub mod settings;
 pub mod telemetry;
 pub mod time;
 pub mod topic;
-pub mod web;
 #[cfg(feature = "vectors")]
 pub mod vectors;
+pub mod web;
 
 pub use commands::DEFAULT_FINGERPRINTS;
 pub use console::{LogLevel, LogLine};

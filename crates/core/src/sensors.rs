@@ -201,7 +201,8 @@ impl Device {
             let t = Device::model_value(&spec.temperature, st.set[0], &mut st.walk[0], secs);
             match spec.kind {
                 SensorKind::Am2301 | SensorKind::Dht11 => {
-                    let h = spec.humidity.as_ref().map_or(0, |m| Device::model_value(m, st.set[1], &mut st.walk[1], secs));
+                    let h =
+                        spec.humidity.as_ref().map_or(0, |m| Device::model_value(m, st.set[1], &mut st.walk[1], secs));
                     // TempHumDewShow: the values are rounded to the resolution first.
                     let t1 = fixed(i64::from(t), 1);
                     let h1 = fixed(i64::from(h), 1);
@@ -217,10 +218,7 @@ impl Device {
                 SensorKind::Ds18b20 => {
                     ds_count += 1;
                     let id = spec.id.as_deref().unwrap_or("000000000000");
-                    s.push_str(&format!(
-                        ",\"DS18B20\":{{\"Id\":\"{id}\",\"Temperature\":{}}}",
-                        fixed(i64::from(t), 1)
-                    ));
+                    s.push_str(&format!(",\"DS18B20\":{{\"Id\":\"{id}\",\"Temperature\":{}}}", fixed(i64::from(t), 1)));
                 }
             }
         }

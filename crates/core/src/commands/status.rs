@@ -341,7 +341,17 @@ pub(super) fn cmnd_timezone(d: &mut Device, mb: &mut Mailbox) {
         if mb.payload != 99 {
             if let Some((_, mm)) = mb.data.split_once(':') {
                 let mm: u32 = mm.trim().parse().unwrap_or(0);
-                d.settings.timezone_minutes = if mm >= 15 { if mm >= 45 { 45 } else if mm >= 30 { 30 } else { 15 } } else { 0 };
+                d.settings.timezone_minutes = if mm >= 15 {
+                    if mm >= 45 {
+                        45
+                    } else if mm >= 30 {
+                        30
+                    } else {
+                        15
+                    }
+                } else {
+                    0
+                };
             }
         }
     }
