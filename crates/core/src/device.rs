@@ -145,6 +145,10 @@ pub struct Device {
     pub(crate) rtc_offset_s: i64,
     /// Seconds until the next Tasmota discovery (0: none pending).
     pub(crate) discovery_in: u8,
+    /// A log line is being sent to stat/<topic>/LOGGING.
+    mirroring: bool,
+    /// The address in use: IPAddress1 if set at boot, else what DHCP gives.
+    ip: [u8; 4],
 }
 
 /// The TLS link's share of the heap (spec: about 6.0 KB while up, 6.6 KB more during
@@ -225,7 +229,12 @@ impl Device {
             tls_link: TlsLink::None,
             rtc_offset_s: 0,
             discovery_in: 0,
+            mirroring: false,
+            ip: [0; 4],
         };
+        let m = device.hw.mac.0;
+        let fixed = device.settings.ipv4_address[0];
+        device.ip = if fixed != [0; 4] { fixed } else { device.hw.ip.unwrap_or([10, m[3], m[4], m[5]]) };
         // TasDiscoverInit: discovery is switched on again at every boot.
         device.settings.set_option(19, 0);
         device.inputs.sensors = alloc::vec![Default::default(); device.hw.sensors.len()];
@@ -445,7 +454,17 @@ impl Device {
 
     pub(crate) fn log(&mut self, level: LogLevel, text: String) {
         let uptime_ms = self.uptime_ms();
-        self.outputs.push_back(Output::Log(LogLine { uptime_ms, level, text }));
+        let line = LogLine { uptime_ms, level, text };
+        // MqttLog: lines up to its level also go to stat/<topic>/LOGGING, as they are
+        // shown (with the time), without a log line of their own.
+        if level as u8 <= self.settings.mqttlog_level && !self.mirroring && self.mqtt.client.connected() {
+            self.mirroring = true;
+            let topic = self.own_topic(crate::topic::Prefix::Stat, "LOGGING");
+            let payload = alloc::string::ToString::to_string(&line);
+            self.mqtt_publish_lib(&topic, &payload, false);
+            self.mirroring = false;
+        }
+        self.outputs.push_back(Output::Log(line));
     }
 
     pub(crate) fn outputs_len(&self) -> usize {
@@ -463,8 +482,7 @@ impl Device {
 
     /// The device's IPv4 address as text.
     pub(crate) fn ip_address(&self) -> String {
-        let m = self.hw.mac.0;
-        let [a, b, c, d] = self.hw.ip.unwrap_or([10, m[3], m[4], m[5]]);
+        let [a, b, c, d] = self.ip;
         format!("{a}.{b}.{c}.{d}")
     }
 

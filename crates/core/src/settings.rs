@@ -83,6 +83,8 @@ pub struct Settings {
     /// `Timezone` hours (-13..14, or 99 for the DST rules) and minutes.
     pub timezone: i8,
     pub timezone_minutes: u8,
+    /// `IPAddress1..5`: static address, gateway, subnet mask, DNS 1 and 2 (0.0.0.0: DHCP).
+    pub ipv4_address: [[u8; 4]; 5],
     /// `SwitchMode<n>` of Switch1..28.
     pub switchmode: [u8; 28],
     /// `WebPassword`: empty means no authentication.
@@ -158,6 +160,7 @@ impl Default for Settings {
             webserver: 2,
             web_password: String::new(),
             switchmode: [0; 28],
+            ipv4_address: [[0; 4]; 5],
             seriallog_level: 2,
             weblog_level: 2,
             ledstate: 1,

@@ -435,3 +435,30 @@ pub(super) fn cmnd_status_retain(d: &mut Device, mb: &mut Mailbox) {
     }
     d.reply_state_text(mb, d.settings.option(STATUS_RETAIN));
 }
+
+/// `CmndIpAddress<1..5>`: a dotted address sets it (and restarts); IPAddress1 also shows
+/// the address in use.
+pub(super) fn cmnd_ipaddress(d: &mut Device, mb: &mut Mailbox) {
+    if mb.index < 1 || mb.index > 5 {
+        return;
+    }
+    let i = mb.index as usize - 1;
+    if mb.data_len > 0 {
+        if let Some(a) = parse_ipv4(&mb.data) {
+            d.settings.ipv4_address[i] = a;
+            d.restart_flag = 2;
+        }
+    }
+    let [a, b, c, e] = d.settings.ipv4_address[i];
+    let now = if i == 0 { format!(" ({})", d.ip_address()) } else { String::new() };
+    d.response = format!("{{\"{}{}\":\"{a}.{b}.{c}.{e}{now}\"}}", mb.command, mb.index);
+}
+
+fn parse_ipv4(s: &str) -> Option<[u8; 4]> {
+    let mut out = [0u8; 4];
+    let mut parts = s.trim().split('.');
+    for o in out.iter_mut() {
+        *o = parts.next()?.parse().ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}

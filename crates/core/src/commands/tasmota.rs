@@ -40,6 +40,7 @@ pub(crate) static TABLE: Table = Table {
         ("WebPassword", super::status::cmnd_webpassword),
         ("SwitchMode", super::status::cmnd_switchmode),
         ("Discover", cmnd_discover),
+        ("IPAddress", super::status::cmnd_ipaddress),
         ("Reset", cmnd_reset),
     ],
 };
