@@ -775,6 +775,10 @@ impl Device {
             _ => {}
         }
         self.publish_power_state(device);
+        // SetOption59: a power change also sends tele/<topic>/STATE.
+        if (0..=2).contains(&state) && self.settings.flag(59) {
+            self.mqtt_publish_tele_state();
+        }
     }
 
     fn stop_all_power_blink(&mut self) {
