@@ -235,8 +235,6 @@ impl Device {
         let m = device.hw.mac.0;
         let fixed = device.settings.ipv4_address[0];
         device.ip = if fixed != [0; 4] { fixed } else { device.hw.ip.unwrap_or([10, m[3], m[4], m[5]]) };
-        // TasDiscoverInit: discovery is switched on again at every boot.
-        device.settings.set_option(19, 0);
         device.inputs.sensors = alloc::vec![Default::default(); device.hw.sensors.len()];
         let hdw = format!("HDW: {}", device.hw.chip.name());
         device.log(LogLevel::Info, hdw);

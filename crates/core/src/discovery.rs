@@ -1,6 +1,9 @@
 //! Tasmota discovery for Home Assistant (`xdrv_12_discovery.ino`, spec §10): retained
-//! `tasmota/discovery/<MAC>/config` and `/sensors`, about 10 s after the first connect
-//! and 1 s after later reconnects and the Discover commands.
+//! `tasmota/discovery/<MAC>/config` and `/sensors`, 10 s after boot (`TasDiscoverInit`
+//! at MqttInit; spec §10 says "about 10 s after the first connect", which is the same on
+//! a device that connects within 10 s) and 1 s after later reconnects and the Discover
+//! commands. The keys follow the firmware's `TasDiscoverMessage`, with `tp` from the
+//! configured Prefix1..3.
 
 use alloc::format;
 use alloc::string::String;
@@ -17,8 +20,8 @@ const MAX_SWITCHES_SET: usize = 28;
 const MAX_KEYS_SET: usize = 32;
 const MAX_SHUTTERS: usize = 4;
 
-/// Seconds from the first connect to the first discovery, and from a reconnect or a
-/// Discover command.
+/// Seconds from boot (`TasDiscoverInit` at MqttInit) to the first discovery, and from a
+/// reconnect or a Discover command (`TasRediscover`).
 pub(crate) const FIRST_DELAY_S: u8 = 10;
 pub(crate) const AGAIN_DELAY_S: u8 = 1;
 
@@ -50,7 +53,7 @@ impl Device {
             }
         }
         out.push_str(&format!(
-            "],\"hn\":\"{}\",\"mac\":\"{}\",\"md\":\"{}\",\"ty\":0,\"if\":0,\"ofln\":\"Offline\",\"onln\":\"Online\",\"state\":[\"{}\",\"{}\",\"{}\",\"{}\"],\"sw\":\"{VERSION}\",\"t\":\"{}\",\"ft\":\"{}\",\"tp\":[\"cmnd\",\"stat\",\"tele\"],\"rl\":[",
+            "],\"hn\":\"{}\",\"mac\":\"{}\",\"md\":\"{}\",\"ty\":0,\"if\":0,\"ofln\":\"Offline\",\"onln\":\"Online\",\"state\":[\"{}\",\"{}\",\"{}\",\"{}\"],\"sw\":\"{VERSION}\",\"t\":\"{}\",\"ft\":\"{}\",\"tp\":[\"{}\",\"{}\",\"{}\"],\"rl\":[",
             escape(&self.hostname),
             self.unique_id,
             escape(&self.hw.module),
@@ -60,6 +63,9 @@ impl Device {
             escape(s.state_text(3)),
             escape(&self.mqtt_topic),
             escape(&s.mqtt_fulltopic),
+            escape(&s.mqtt_prefix[0]),
+            escape(&s.mqtt_prefix[1]),
+            escape(&s.mqtt_prefix[2]),
         ));
         push_list(&mut out, MAX_RELAYS_SET, |i| if i < relays { String::from("1") } else { String::from("0") });
         out.push_str("],\"swc\":[");
@@ -122,13 +128,15 @@ impl Device {
         self.publish_at(LogLevel::DebugMore, topic, sensors, true);
     }
 
-    /// Called once a second: counts down to the next discovery.
+    /// Called once a second (`FUNC_EVERY_SECOND`, only while SetOption3 is on): counts
+    /// down to the next discovery. As on the firmware, a discovery due while MQTT is down
+    /// is lost (its publishes fail) until the next reconnect rediscovers.
     pub(crate) fn discovery_every_second(&mut self) {
-        if self.discovery_in == 0 {
+        if self.discovery_in == 0 || !self.settings.flag(3) {
             return;
         }
         self.discovery_in -= 1;
-        if self.discovery_in == 0 && self.settings.flag(3) && self.mqtt_is_connected() {
+        if self.discovery_in == 0 {
             self.tas_discovery();
         }
     }

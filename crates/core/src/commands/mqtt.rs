@@ -21,6 +21,10 @@ pub(crate) static TABLE: Table = Table {
         ("MqttTLSFingerprint", 132),
         ("MqttNoRetain", 104),
         ("MqttDetachRelay", 114),
+        // The discovery driver's (xdrv_12), also only with SetOption3 on.
+        ("DiscoverOff", 19),
+        ("DiscoverButton", 73),
+        ("DiscoverSwitch", 114),
     ],
     commands: &[
         ("MqttFingerprint", cmnd_mqtt_fingerprint),
@@ -49,6 +53,7 @@ pub(crate) static TABLE: Table = Table {
         ("InfoRetain", cmnd_info_retain),
         ("StateRetain", cmnd_state_retain),
         ("StatusRetain", super::status::cmnd_status_retain),
+        ("Discover", cmnd_discover),
     ],
 };
 
@@ -447,4 +452,14 @@ fn parse_fingerprint(s: &str) -> [u8; 20] {
         rest = &t[end..];
     }
     out
+}
+
+/// `CmndTasDiscover`: 1 switches discovery on (SetOption19 0), 0 off; either way it is
+/// published again a second later.
+fn cmnd_discover(d: &mut Device, mb: &mut Mailbox) {
+    if mb.payload >= 0 {
+        d.settings.set_option(19, u32::from(mb.payload & 1 == 0));
+        d.rediscover(crate::discovery::AGAIN_DELAY_S);
+    }
+    d.reply_state_text(mb, u32::from(!d.settings.flag(19)));
 }

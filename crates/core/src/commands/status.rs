@@ -76,7 +76,8 @@ impl Device {
         let s = &self.settings;
         let relays = usize::from(self.hw.relays.max(1));
         let names = json_list(s.friendlyname.iter().take(relays).map(|n| quoted(n)));
-        let power: String = (0..relays).map(|i| if (self.power >> i) & 1 != 0 { '1' } else { '0' }).collect();
+        // `%*_b`: the relay bits as a binary number of `relays` digits, relay 1 last.
+        let power: String = (0..relays).rev().map(|i| if (self.power >> i) & 1 != 0 { '1' } else { '0' }).collect();
         let modes = json_list(s.switchmode.iter().map(|m| format!("{m}")));
         format!(
             "\"Status\":{{\"Module\":{},\"DeviceName\":{},\"FriendlyName\":{names},\"Topic\":{},\"ButtonTopic\":{},\"Power\":\"{power}\",\"PowerLock\":\"{}\",\"PowerOnState\":{},\"LedState\":{},\"LedMask\":\"FFFF\",\"SaveData\":{},\"SaveState\":{},\"SwitchTopic\":{},\"SwitchMode\":{modes},\"ButtonRetain\":{},\"SwitchRetain\":{},\"SensorRetain\":{},\"PowerRetain\":{},\"InfoRetain\":{},\"StateRetain\":{},\"StatusRetain\":{}}}",
@@ -155,7 +156,7 @@ impl Device {
         let sensors: Vec<String> = self.hw.sensors.iter().map(|s| String::from(s.kind.name())).collect();
         let esp32 = if self.hw.chip.is_esp32() { ",\"StackLowMark\":3,\"PsrMax\":0,\"PsrFree\":0" } else { "" };
         format!(
-            "\"StatusMEM\":{{\"ProgramSize\":{},\"Free\":{},\"Heap\":{}{esp32},\"ProgramFlashSize\":{},\"FlashSize\":{},\"FlashChipId\":\"{}\",\"FlashFrequency\":40,\"FlashMode\":\"{}\",\"Features\":[\"00000809\",\"8F9AC787\",\"04368001\",\"000000CF\",\"010013C0\",\"C000F981\",\"00004004\",\"00001000\",\"04000020\"],\"Drivers\":\"1,2,3,4,5,6,7,8,9,10,12,16,18,19,20,21,22,24,26,27,29,30,35,37,45,62\",\"Sensors\":\"1,2,3,4,5,6{}\"}}",
+            "\"StatusMEM\":{{\"ProgramSize\":{},\"Free\":{},\"Heap\":{}{esp32},\"ProgramFlashSize\":{},\"FlashSize\":{},\"FlashChipId\":\"{}\",\"FlashFrequency\":40,\"FlashMode\":\"{}\",\"Features\":[\"00000809\",\"8F9AC787\",\"04368001\",\"000000CF\",\"010013C0\",\"C000F981\",\"00004004\",\"00001000\",\"04000020\"],\"Drivers\":\"1,2,3,4,5,6,7,8,9,10,12,16,18,19,20,21,22,24,26,27,29,30,35,37,45,62\",\"Sensors\":\"1,2,3,4,5,6{}\",\"I2CDriver\":\"7,8,9,10,11,12,13,14,15,17,18,20,24,29,31,36,41,42,44,46,48,58,62\"}}",
             b.program_kb,
             b.free_kb,
             self.free_heap() / 1024,

@@ -11,7 +11,7 @@ use crate::grammar::Shortcut;
 use crate::settings::{OptionSlot, DEFAULT_HOSTNAME, DEFAULT_TELE_PERIOD};
 
 pub(crate) static TABLE: Table = Table {
-    synonyms: &[("WifiNoSleep", 127), ("DiscoverOff", 19), ("DiscoverButton", 73), ("DiscoverSwitch", 114)],
+    synonyms: &[("WifiNoSleep", 127)],
     commands: &[
         ("Restart", cmnd_restart),
         ("Backlog", cmnd_backlog),
@@ -39,7 +39,6 @@ pub(crate) static TABLE: Table = Table {
         ("WebServer", super::status::cmnd_webserver),
         ("WebPassword", super::status::cmnd_webpassword),
         ("SwitchMode", super::status::cmnd_switchmode),
-        ("Discover", cmnd_discover),
         ("IPAddress", super::status::cmnd_ipaddress),
         ("Reset", cmnd_reset),
     ],
@@ -280,16 +279,6 @@ fn cmnd_friendlyname(d: &mut Device, mb: &mut Mailbox) {
     }
     let value = d.settings.friendlyname[i].clone();
     d.reply_idx_text(mb, &value);
-}
-
-/// `CmndTasDiscover`: 1 switches discovery on (SetOption19 0), 0 off; either way it is
-/// published again a second later.
-fn cmnd_discover(d: &mut Device, mb: &mut Mailbox) {
-    if (0..=1).contains(&mb.payload) {
-        d.settings.set_option(19, u32::from(mb.payload == 0));
-        d.rediscover(crate::discovery::AGAIN_DELAY_S);
-    }
-    d.reply_state_text(mb, u32::from(!d.settings.flag(19)));
 }
 
 fn cmnd_teleperiod(d: &mut Device, mb: &mut Mailbox) {

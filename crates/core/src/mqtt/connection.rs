@@ -92,6 +92,9 @@ const TLS_TIMEOUT_MS: u32 = 5_000;
 impl Device {
     /// `MqttInit()`: TLS and the AWS IoT defaults, decided once at boot.
     pub(crate) fn mqtt_init(&mut self) {
+        // FUNC_MQTT_INIT -> TasDiscoverInit: discovery on again, due in 10 s.
+        self.settings.set_option(19, 0);
+        self.rediscover(crate::discovery::FIRST_DELAY_S);
         self.mqtt.tls = self.settings.flag(103);
         if tls::is_aws_iot_host(&self.settings.mqtt_host) {
             self.settings.set_option(104, 1);
@@ -214,8 +217,6 @@ impl Device {
             self.mqtt.retry_counter = 0;
             self.mqtt.retry_counter_delay = 1;
             self.mqtt.connect_count = self.mqtt.connect_count.wrapping_add(1);
-            let first = self.mqtt.connect_count == 1;
-            self.rediscover(if first { crate::discovery::FIRST_DELAY_S } else { crate::discovery::AGAIN_DELAY_S });
 
             let lwt = self.own_topic(Prefix::Tele, "LWT");
             self.publish(lwt, String::from(LWT_ONLINE), true);
@@ -224,6 +225,10 @@ impl Device {
             }
             let own = self.own_topic(Prefix::Cmnd, "#");
             self.mqtt_subscribe(&own);
+            // FUNC_MQTT_SUBSCRIBE: discovery again a second after a reconnect.
+            if self.mqtt.initial_connection_state == 0 {
+                self.rediscover(crate::discovery::AGAIN_DELAY_S);
+            }
             if self.settings.mqtt_fulltopic.contains("%topic%") {
                 for i in 0..4 {
                     if !self.settings.mqtt_grp_topic[i].is_empty() {
