@@ -22,6 +22,9 @@ pub mod hardware;
 pub mod identity;
 pub mod json;
 pub mod mqtt;
+pub mod platform;
+#[cfg(feature = "vectors")]
+pub mod selftest;
 pub mod sensors;
 pub mod settings;
 pub mod telemetry;
