@@ -83,6 +83,12 @@ pub struct Settings {
     /// `Timezone` hours (-13..14, or 99 for the DST rules) and minutes.
     pub timezone: i8,
     pub timezone_minutes: u8,
+    /// `SSId1`/`SSId2` and `Password1`/`Password2`: the WiFi networks (the simulator's
+    /// WiFi is the profile's; the ESP32-C3 firmware connects with these).
+    pub sta_ssid: [String; 2],
+    pub sta_pwd: [String; 2],
+    /// Which of the two is in use (`Settings->sta_active`).
+    pub sta_active: u8,
     /// `IPAddress1..5`: static address, gateway, subnet mask, DNS 1 and 2 (0.0.0.0: DHCP).
     pub ipv4_address: [[u8; 4]; 5],
     /// `SwitchMode<n>` of Switch1..28.
@@ -161,6 +167,9 @@ impl Default for Settings {
             web_password: String::new(),
             switchmode: [0; 28],
             ipv4_address: [[0; 4]; 5],
+            sta_ssid: [String::new(), String::new()],
+            sta_pwd: [String::new(), String::new()],
+            sta_active: 0,
             seriallog_level: 2,
             weblog_level: 2,
             ledstate: 1,

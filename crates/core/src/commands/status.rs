@@ -463,3 +463,55 @@ fn parse_ipv4(s: &str) -> Option<[u8; 4]> {
     }
     parts.next().is_none().then_some(out)
 }
+
+/// `CmndSsid<1|2>`: no index shows both; a value sets it (and restarts).
+pub(super) fn cmnd_ssid(d: &mut Device, mb: &mut Mailbox) {
+    if mb.index < 1 || mb.index > 2 {
+        return;
+    }
+    if !mb.usridx {
+        let all = d.settings.sta_ssid.clone();
+        d.reply_all(mb, &all);
+        return;
+    }
+    let i = mb.index as usize - 1;
+    if mb.data_len > 0 {
+        d.settings.sta_ssid[i] = match mb.shortcut() {
+            crate::grammar::Shortcut::Clear | crate::grammar::Shortcut::Default => String::new(),
+            _ => mb.data.clone(),
+        };
+        d.settings.sta_active = i as u8;
+        d.restart_flag = 2;
+    }
+    let v = d.settings.sta_ssid[i].clone();
+    d.reply_idx_text(mb, &v);
+}
+
+/// `CmndPassword<1..4>`: 3 and 4 set 1 and 2 but answer `****`; a value must be longer
+/// than 4 characters (or a 0/1 shortcut); a query answers `****`.
+pub(super) fn cmnd_wifi_password(d: &mut Device, mb: &mut Mailbox) {
+    if mb.index < 1 || mb.index > 4 {
+        return;
+    }
+    let mut asterisk = mb.index > 2;
+    if asterisk {
+        mb.index -= 2;
+    }
+    let i = mb.index as usize - 1;
+    let shortcut = mb.shortcut();
+    let clear = matches!(shortcut, crate::grammar::Shortcut::Clear | crate::grammar::Shortcut::Default);
+    if mb.data_len > 4 || clear {
+        d.settings.sta_pwd[i] = if clear { String::new() } else { mb.data.clone() };
+        d.settings.sta_active = i as u8;
+        d.restart_flag = 2;
+        if !asterisk {
+            let v = d.settings.sta_pwd[i].clone();
+            d.reply_idx_text(mb, &v);
+        }
+    } else {
+        asterisk = true;
+    }
+    if asterisk {
+        d.reply_idx_text(mb, "****");
+    }
+}

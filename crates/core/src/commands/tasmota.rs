@@ -40,6 +40,8 @@ pub(crate) static TABLE: Table = Table {
         ("WebPassword", super::status::cmnd_webpassword),
         ("SwitchMode", super::status::cmnd_switchmode),
         ("IPAddress", super::status::cmnd_ipaddress),
+        ("SSId", super::status::cmnd_ssid),
+        ("Password", super::status::cmnd_wifi_password),
         ("Reset", cmnd_reset),
     ],
 };
