@@ -78,12 +78,23 @@ pub fn dew_point(t: f32, h: f32) -> f32 {
     243.5 * gamma / (17.62 - gamma)
 }
 
+/// A thousandths value rounded (half away from zero) to `decimals` digits, as an integer
+/// count of 10^-decimals.
+fn rounded(milli: i64, decimals: u32) -> i64 {
+    let scale = 10i64.pow(3 - decimals.min(3));
+    let r = (milli.abs() + scale / 2) / scale;
+    if milli < 0 {
+        -r
+    } else {
+        r
+    }
+}
+
 /// A thousandths value with `decimals` digits, as `dtostrfd` prints it.
 pub fn fixed(milli: i64, decimals: u32) -> String {
-    let scale = 10i64.pow(3 - decimals.min(3));
-    let v = milli.abs();
-    let rounded = (v + scale / 2) / scale;
-    let sign = if milli < 0 && rounded != 0 { "-" } else { "" };
+    let signed = rounded(milli, decimals);
+    let rounded = signed.abs();
+    let sign = if signed < 0 { "-" } else { "" };
     if decimals == 0 {
         return format!("{sign}{rounded}");
     }
@@ -206,8 +217,8 @@ impl Device {
                     // TempHumDewShow: the values are rounded to the resolution first.
                     let t1 = fixed(i64::from(t), 1);
                     let h1 = fixed(i64::from(h), 1);
-                    let tf: f32 = t1.parse().unwrap_or(0.0);
-                    let hf: f32 = h1.parse().unwrap_or(0.0);
+                    let tf = rounded(i64::from(t), 1) as f32 / 10.0;
+                    let hf = rounded(i64::from(h), 1) as f32 / 10.0;
                     let dew = (dew_point(tf, hf) * 1000.0) as i64;
                     s.push_str(&format!(
                         ",\"{}\":{{\"Temperature\":{t1},\"Humidity\":{h1},\"DewPoint\":{}}}",
