@@ -333,7 +333,7 @@ async fn run(
             Either4::First(Ok(n)) => dev.handle_serial(&cbuf[..n], now()),
             Either4::First(Err(_)) => {}
             Either4::Second(()) => {
-                // 50 ms debounce, then act on release as a single press.
+                // 50 ms debounce; still pressed: a single press (ButtonHandler).
                 Timer::after(Duration::from_millis(50)).await;
                 if button.is_low() {
                     let _ = dev.press_button(1, now());
