@@ -36,20 +36,22 @@ pub const CHECKS: &[Check] = &[
 
 /// How the fake link answers a connect request.
 #[derive(Clone, Copy, PartialEq)]
-enum LinkMode {
+pub enum LinkMode {
     Up,
     Fail(LinkFailure),
 }
 
 /// The fake platform: records what the device did.
 #[derive(Default)]
-struct Fake {
-    lines: Vec<String>,
-    sent: Vec<u8>,
-    connects: Vec<ConnectRequest>,
-    closes: usize,
-    restarts: Vec<RestartKind>,
-    saves: usize,
+pub struct Fake {
+    /// Console lines at INFO and above, with their time.
+    pub lines: Vec<String>,
+    /// Bytes written on the link.
+    pub sent: Vec<u8>,
+    pub connects: Vec<ConnectRequest>,
+    pub closes: usize,
+    pub restarts: Vec<RestartKind>,
+    pub saves: usize,
 }
 
 impl Platform for Fake {
@@ -77,15 +79,18 @@ impl Platform for Fake {
     fn published(&mut self, _p: &Publish) {}
 }
 
-struct Bench {
-    d: Device,
-    now: u64,
-    p: Fake,
-    link: LinkMode,
+/// A device with MqttHost `broker.lan`, user `bob`, password `s3cret`, on a fake clock
+/// (`now`, ms) and a fake link; `p` records what it did. The host's session tests use it
+/// too.
+pub struct Bench {
+    pub d: Device,
+    pub now: u64,
+    pub p: Fake,
+    pub link: LinkMode,
 }
 
 impl Bench {
-    fn new(configure: impl FnOnce(&mut Settings)) -> Bench {
+    pub fn new(configure: impl FnOnce(&mut Settings)) -> Bench {
         let mut s = Settings {
             mqtt_host: "broker.lan".into(),
             mqtt_user: "bob".into(),
@@ -101,7 +106,7 @@ impl Bench {
     }
 
     /// Drives the device; answers a connect request as the link mode says.
-    fn drain(&mut self) {
+    pub fn drain(&mut self) {
         loop {
             let before = self.p.connects.len();
             drive(&mut self.d, &mut self.p);
@@ -116,7 +121,7 @@ impl Bench {
         }
     }
 
-    fn run_to(&mut self, until: u64) {
+    pub fn run_to(&mut self, until: u64) {
         while let Some(t) = self.d.poll_timeout().filter(|t| t.as_millis() <= until) {
             self.now = t.as_millis();
             self.d.handle_timeout(t);
@@ -125,12 +130,12 @@ impl Bench {
         self.now = until;
     }
 
-    fn broker_sends(&mut self, bytes: &[u8]) {
+    pub fn broker_sends(&mut self, bytes: &[u8]) {
         self.d.handle_received(bytes, Instant::from_millis(self.now));
         self.drain();
     }
 
-    fn packets(&mut self) -> Result<Vec<Packet>, String> {
+    pub fn packets(&mut self) -> Result<Vec<Packet>, String> {
         let mut out = vec![];
         loop {
             match packet::decode(&self.p.sent, 1 << 20) {
@@ -144,11 +149,11 @@ impl Bench {
         }
     }
 
-    fn take_lines(&mut self) -> Vec<String> {
+    pub fn take_lines(&mut self) -> Vec<String> {
         core::mem::take(&mut self.p.lines)
     }
 
-    fn connected() -> Result<Bench, String> {
+    pub fn connected() -> Result<Bench, String> {
         let mut b = Bench::new(|_| {});
         b.run_to(3500);
         b.packets()?;

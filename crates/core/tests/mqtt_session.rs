@@ -1,95 +1,12 @@
 //! The MQTT session and connection state machine on a fake clock and a fake link: the
 //! exact bytes the device sends, the console lines it prints, the backoff, timeouts,
-//! keepalive, inbound commands, and random broker bytes.
+//! keepalive, inbound commands, and random broker bytes. The bench is the one the shared
+//! session checks (`tasmota_core::selftest`, also run under QEMU) use.
 
 use proptest::prelude::*;
-use tasmota_core::mqtt::packet::{self, Packet, Publish};
-use tasmota_core::{BootReason, ConnectRequest, Device, Hardware, Instant, LinkFailure, LogLevel, Output, Settings};
-
-/// A device with a host set, and what it has printed and sent so far.
-struct Bench {
-    d: Device,
-    now: u64,
-    lines: Vec<String>,
-    sent: Vec<u8>,
-    connects: Vec<ConnectRequest>,
-    closes: usize,
-    /// How the fake link answers a connect request.
-    link: LinkMode,
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum LinkMode {
-    Up,
-    Fail(LinkFailure),
-}
-
-impl Bench {
-    fn new(configure: impl FnOnce(&mut Settings)) -> Bench {
-        let mut s = Settings {
-            mqtt_host: "broker.lan".into(),
-            mqtt_user: "bob".into(),
-            mqtt_pwd: "s3cret".into(),
-            ..Settings::default()
-        };
-        configure(&mut s);
-        let d = Device::boot(Hardware::default(), s, BootReason::PowerOn, Instant::from_millis(0));
-        let mut b = Bench { d, now: 0, lines: vec![], sent: vec![], connects: vec![], closes: 0, link: LinkMode::Up };
-        b.drain();
-        b.lines.clear();
-        b
-    }
-
-    fn drain(&mut self) {
-        while let Some(o) = self.d.poll_output() {
-            match o {
-                // The console at SerialLog 2 (INFO).
-                Output::Log(l) if l.level <= LogLevel::Info => self.lines.push(l.to_string()),
-                Output::Transmit(bytes) => self.sent.extend_from_slice(&bytes),
-                Output::Close => self.closes += 1,
-                Output::Connect(req) => {
-                    self.connects.push(req);
-                    let now = Instant::from_millis(self.now);
-                    match self.link {
-                        LinkMode::Up => self.d.handle_link_up(now),
-                        LinkMode::Fail(f) => self.d.handle_link_failed(f, now),
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Runs the clock to `until` ms, event by event.
-    fn run_to(&mut self, until: u64) {
-        while let Some(t) = self.d.poll_timeout().filter(|t| t.as_millis() <= until) {
-            self.now = t.as_millis();
-            self.d.handle_timeout(t);
-            self.drain();
-        }
-        self.now = until;
-    }
-
-    fn broker_sends(&mut self, bytes: &[u8]) {
-        self.d.handle_received(bytes, Instant::from_millis(self.now));
-        self.drain();
-    }
-
-    /// Takes every whole packet the device sent.
-    fn packets(&mut self) -> Vec<Packet> {
-        let mut out = vec![];
-        while let Ok(Some((p, n))) = packet::decode(&self.sent, 1 << 20) {
-            self.sent.drain(..n);
-            out.push(p);
-        }
-        assert!(self.sent.is_empty(), "a partial packet was sent: {:?}", self.sent);
-        out
-    }
-
-    fn take_lines(&mut self) -> Vec<String> {
-        std::mem::take(&mut self.lines)
-    }
-}
+use tasmota_core::mqtt::packet::{Packet, Publish};
+use tasmota_core::selftest::{Bench, LinkMode};
+use tasmota_core::{BootReason, Device, Hardware, Instant, LinkFailure, Output};
 
 fn publish(topic: &str, payload: &str, qos: u8, id: Option<u16>) -> Vec<u8> {
     Packet::Publish(Publish {
@@ -114,23 +31,17 @@ fn pubs(packets: &[Packet]) -> Vec<(String, String, bool)> {
 }
 
 fn connected_bench() -> Bench {
-    let mut b = Bench::new(|_| {});
-    b.run_to(3500);
-    b.packets();
-    b.broker_sends(&[0x20, 2, 0, 0]);
-    b.packets();
-    b.take_lines();
-    b
+    Bench::connected().unwrap()
 }
 
 #[test]
 fn first_connect_sends_connect_then_lwt_power_subscriptions_and_info() {
     let mut b = Bench::new(|_| {});
     b.run_to(3499);
-    assert!(b.connects.is_empty(), "no attempt before the second MqttCheck after WiFi");
+    assert!(b.p.connects.is_empty(), "no attempt before the second MqttCheck after WiFi");
     b.run_to(3500);
     assert_eq!(b.take_lines(), ["00:00:03.500 MQT: Attempting connection..."]);
-    let req = &b.connects[0];
+    let req = &b.p.connects[0];
     assert_eq!((req.host.as_str(), req.port, req.tls.is_none(), req.timeout_ms), ("broker.lan", 1883, true, 200));
 
     // CONNECT, byte for byte.
@@ -144,8 +55,8 @@ fn first_connect_sends_connect_then_lwt_power_subscriptions_and_info() {
     want.extend_from_slice(b"bob");
     want.extend_from_slice(&[0, 6]);
     want.extend_from_slice(b"s3cret");
-    assert_eq!(b.sent, want);
-    b.sent.clear();
+    assert_eq!(b.p.sent, want);
+    b.p.sent.clear();
 
     b.broker_sends(&[0x20, 2, 0, 0]);
     assert_eq!(
@@ -161,7 +72,7 @@ fn first_connect_sends_connect_then_lwt_power_subscriptions_and_info() {
             "00:00:03.500 MQT: stat/tasmota_4B3316/POWER = OFF",
         ]
     );
-    let packets = b.packets();
+    let packets = b.packets().unwrap();
     assert_eq!(
         packets[0],
         Packet::Publish(Publish {
@@ -205,8 +116,8 @@ fn refused_connack_backs_off_linearly_to_120_s() {
     let mut retry = vec![];
     let mut attempts_at = vec![];
     for _ in 0..14 {
-        let before = b.connects.len();
-        while b.connects.len() == before {
+        let before = b.p.connects.len();
+        while b.p.connects.len() == before {
             let t = b.d.poll_timeout().unwrap();
             b.run_to(t.as_millis());
         }
@@ -223,7 +134,7 @@ fn refused_connack_backs_off_linearly_to_120_s() {
     // second and the attempt comes when it reaches zero).
     let gaps: Vec<u64> = attempts_at.windows(2).map(|w| w[1] - w[0]).collect();
     assert_eq!(&gaps[..3], &[11_000, 21_000, 31_000]);
-    assert_eq!(b.closes, 14, "every refused CONNACK closes the link");
+    assert_eq!(b.p.closes, 14, "every refused CONNACK closes the link");
 }
 
 #[test]
@@ -255,7 +166,7 @@ fn failures_have_the_firmware_rc() {
 #[test]
 fn keepalive_pings_and_ping_timeout_reconnects() {
     let mut b = connected_bench();
-    let pings = |b: &mut Bench| b.packets().into_iter().filter(|p| *p == Packet::Pingreq).count();
+    let pings = |b: &mut Bench| b.packets().unwrap().into_iter().filter(|p| *p == Packet::Pingreq).count();
     // Last packet in at 3.5 s (CONNACK); keepalive 30 s.
     b.run_to(33_500);
     assert_eq!(pings(&mut b), 0);
@@ -267,7 +178,7 @@ fn keepalive_pings_and_ping_timeout_reconnects() {
     // No PINGRESP this time: the link is dropped one keepalive later and the next
     // MqttCheck reconnects at once, with no "Connect failed" line.
     b.run_to(93_503);
-    assert_eq!(b.closes, 1);
+    assert_eq!(b.p.closes, 1);
     b.run_to(94_500);
     assert_eq!(b.take_lines().last().unwrap(), "00:01:34.500 MQT: Attempting connection...");
     b.broker_sends(&[0x20, 2, 0, 0]);
@@ -281,7 +192,7 @@ fn keepalive_pings_and_ping_timeout_reconnects() {
         ],
         "no INFO after a reconnect"
     );
-    let subs = b.packets().iter().filter(|p| matches!(p, Packet::Subscribe { .. })).count();
+    let subs = b.packets().unwrap().iter().filter(|p| matches!(p, Packet::Subscribe { .. })).count();
     assert_eq!(subs, 3, "subscriptions are made again on every reconnect");
 }
 
@@ -298,27 +209,27 @@ fn commands_over_mqtt_run_and_answer_on_stat() {
     );
     assert_eq!(b.d.power(), 1);
     // QoS 1 is acknowledged after the command ran.
-    b.packets();
+    b.packets().unwrap();
     b.broker_sends(&publish("cmnd/tasmotas/Power", "OFF", 1, Some(77)));
-    let packets = b.packets();
+    let packets = b.packets().unwrap();
     assert_eq!(packets.last(), Some(&Packet::Puback(77)));
     assert_eq!(pubs(&packets)[0], ("stat/tasmota_4B3316/RESULT".into(), "{\"POWER\":\"OFF\"}".into(), false));
     // The fallback topic answers on the fallback topic.
     b.broker_sends(&publish("cmnd/DVES_4B3316_fb/Power", "", 0, None));
-    assert_eq!(pubs(&b.packets())[0].0, "stat/DVES_4B3316_fb/RESULT");
+    assert_eq!(pubs(&b.packets().unwrap())[0].0, "stat/DVES_4B3316_fb/RESULT");
     // An unknown command.
     b.broker_sends(&publish("cmnd/tasmota_4B3316/Nope", "", 0, None));
     assert_eq!(
         b.take_lines().last().unwrap(),
         "00:00:03.500 MQT: stat/tasmota_4B3316/RESULT = {\"Command\":\"Unknown\"}"
     );
-    b.packets();
+    b.packets().unwrap();
     // A broker PINGREQ gets a PINGRESP.
     b.broker_sends(&[0xC0, 0]);
-    assert_eq!(b.packets(), [Packet::Pingresp]);
+    assert_eq!(b.packets().unwrap(), [Packet::Pingresp]);
     // QoS 2 drops the link.
     b.broker_sends(&publish("cmnd/tasmota_4B3316/Power", "ON", 2, Some(1)));
-    assert_eq!(b.closes, 1);
+    assert_eq!(b.p.closes, 1);
     assert_eq!(b.d.power(), 0, "the QoS 2 command did not run");
 }
 
@@ -329,7 +240,7 @@ fn oversized_packets_close_and_big_payloads_are_ignored() {
     let big = publish("cmnd/tasmota_4B3316/Power", &"x".repeat(1180), 0, None);
     assert!(big.len() >= 1200);
     b.broker_sends(&big);
-    assert_eq!(b.closes, 1);
+    assert_eq!(b.p.closes, 1);
     // The next MqttCheck reconnects and the session goes on.
     b.run_to(4500);
     b.broker_sends(&[0x20, 2, 0, 0]);
@@ -341,9 +252,9 @@ fn restart_closes_without_disconnect_and_reconnects_with_new_settings() {
     let mut b = connected_bench();
     b.d.type_line("Backlog MqttHost other.lan; MqttPort 1884", Instant::from_millis(b.now));
     b.run_to(6000);
-    let packets = b.packets();
+    let packets = b.packets().unwrap();
     assert!(!packets.contains(&Packet::Disconnect), "no DISCONNECT on restart: {packets:?}");
-    assert_eq!(b.closes, 1);
+    assert_eq!(b.p.closes, 1);
     assert!(b.d.is_stopped());
     let settings = b.d.settings().clone();
     let mut d = Device::boot(Hardware::default(), settings, BootReason::Restart, Instant::from_millis(0));
@@ -364,7 +275,7 @@ fn restart_closes_without_disconnect_and_reconnects_with_new_settings() {
 fn setoption3_off_logs_rsl_and_never_connects() {
     let mut b = Bench::new(|s| s.set_option(3, 0));
     b.run_to(10_000);
-    assert!(b.connects.is_empty());
+    assert!(b.p.connects.is_empty());
     let lines = b.take_lines();
     // MqttCheck calls MqttReconnect at once (not allowed: the INFO part only).
     assert!(lines[0].starts_with("00:00:02.500 RSL: INFO1 = "), "{lines:?}");
@@ -382,11 +293,11 @@ fn aws_iot_light_mode() {
     });
     assert!(b.d.settings().flag(104), "an AWS endpoint forces SetOption104");
     b.run_to(3500);
-    let tls = b.connects[0].tls.clone().expect("TLS");
+    let tls = b.p.connects[0].tls.clone().expect("TLS");
     assert_eq!(tls.server_name, "a1b2c3-ats.iot.eu-west-1.amazonaws.com");
     assert_eq!(tls.alpn, Some("mqtt"));
-    assert_eq!(b.connects[0].timeout_ms, 5000);
-    let connect = b.packets();
+    assert_eq!(b.p.connects[0].timeout_ms, 5000);
+    let connect = b.packets().unwrap();
     let Packet::Connect(c) = &connect[0] else { panic!("{connect:?}") };
     assert_eq!(c.username.as_deref(), Some("tasmota?x-amz-customauthorizer-name=TasmotaAuth"));
     assert!(!c.will.as_ref().unwrap().retain, "will retain off on AWS");
@@ -402,7 +313,7 @@ fn aws_iot_light_mode() {
             "00:00:04.753 MQT: tele/tasmota_4B3316/LWT = Online",
         ]
     );
-    assert!(pubs(&b.packets()).iter().all(|(_, _, retain)| !retain), "nothing retained on AWS");
+    assert!(pubs(&b.packets().unwrap()).iter().all(|(_, _, retain)| !retain), "nothing retained on AWS");
 
     // Port 8883 to the same host: TLS, no ALPN. A TLS failure logs its code first.
     let mut b = Bench::new(|s| {
@@ -412,7 +323,7 @@ fn aws_iot_light_mode() {
     });
     b.link = LinkMode::Fail(LinkFailure::Tls(296));
     b.run_to(3500);
-    assert_eq!(b.connects[0].tls.as_ref().unwrap().alpn, None);
+    assert_eq!(b.p.connects[0].tls.as_ref().unwrap().alpn, None);
     assert_eq!(
         b.take_lines()[1..],
         [
@@ -442,6 +353,6 @@ proptest! {
         // Still alive: it answers the console.
         b.d.type_line("MqttRetry", Instant::from_millis(b.now));
         b.drain();
-        prop_assert!(b.lines.iter().any(|l| l.ends_with("{\"MqttRetry\":10}")), "{:?}", b.lines);
+        prop_assert!(b.p.lines.iter().any(|l| l.ends_with("{\"MqttRetry\":10}")), "{:?}", b.p.lines);
     }
 }
