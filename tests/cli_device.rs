@@ -186,6 +186,34 @@ fn bad_arguments_exit_2_with_a_reason() {
     let r = run(&["device", "--state", "/tmp/x", "--for", "5 parsecs"], "");
     assert_eq!(r.code, Some(2));
     assert!(r.stderr.contains("unknown unit"), "{}", r.stderr);
+    let r = run(&["device", "--state", "/tmp/x", "--profile", "sonoff-99ch"], "");
+    assert_eq!(r.code, Some(2));
+    assert!(r.stderr.contains("unknown profile 'sonoff-99ch'; built in: sonoff-basic, sonoff-4ch"), "{}", r.stderr);
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "name = \"x\"\nmodule = \"m\"\nmodule_number = 1\nchip = \"esp8266\"\nrelays = 0\n").unwrap();
+    let r = run(&["device", "--state", "/tmp/x", "--profile", bad.to_str().unwrap()], "");
+    assert_eq!(r.code, Some(2));
+    assert!(r.stderr.contains("bad.toml: relays: 0 is out of range 1..=8"), "{}", r.stderr);
+}
+
+#[test]
+fn a_profile_gives_the_device_its_relays_module_and_sensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("climate");
+    let r = run(
+        &["device", "--state", state.to_str().unwrap(), "--profile", "esp32-climate", "--for", "1500ms"],
+        "Module\nStatus 10\nPower2 ON\n",
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let lines = texts(&r.stdout);
+    assert_eq!(lines[0], "HDW: ESP32-D0WD-V3");
+    assert!(lines.contains(&r#"RSL: RESULT = {"Module":{"1":"ESP32-DevKit"}}"#.to_string()), "{lines:?}");
+    let sns = lines.iter().find(|l| l.starts_with("RSL: STATUS10 = ")).expect("Status 10");
+    assert!(sns.contains(r#""AM2301":{"Temperature":21.5,"Humidity":45.0,"DewPoint":9.0}"#), "{sns}");
+    assert!(sns.contains(r#""DS18B20":{"Id":"01144B2C3AAA","Temperature":45.0},"TempUnit":"C""#), "{sns}");
+    // One relay: Power2 is an error, as on the firmware.
+    assert!(lines.contains(&r#"RSL: RESULT = {"Command":"Error"}"#.to_string()), "{lines:?}");
 }
 
 #[test]
