@@ -185,28 +185,35 @@ fn web_answer(
     if device.is_stopped() {
         return plain(503, "the device is halted");
     }
-    // WebServer 0: the firmware does not serve at all; the socket stays open here.
+    // WebServer 0: the firmware serves nothing; the socket stays open here and says why.
     if !device.web_enabled() {
         return plain(503, "the web server is off (WebServer 0)");
     }
     match call {
-        WebCall::Command { cmnd, user, password, from } => {
-            let r = device.web_command(cmnd.as_deref(), user.as_deref(), password.as_deref(), &from, now);
-            WebAnswer { status: r.status, content_type: "application/json", body: r.body }
+        WebCall::Command { cmnd, credentials, from } => {
+            let (user, password) = credentials.pick(|u, p| device.web_authorized(u, p));
+            let r = device.web_command(cmnd.as_deref(), user, password, &from, now);
+            WebAnswer::json(r.status, r.body)
         }
-        WebCall::Page { user, password, command, .. } => {
-            if !device.web_authorized(user.as_deref(), password.as_deref()) {
-                return WebAnswer { status: 401, content_type: "text/html", body: String::from("Unauthorized\n") };
+        WebCall::Page { basic, command, .. } => {
+            let (user, password) =
+                basic.as_ref().map(|(u, p)| (Some(u.as_str()), Some(p.as_str()))).unwrap_or_default();
+            if !device.web_authorized(user, password) {
+                return WebAnswer::need_basic_auth();
             }
-            if let Some(c) = command.filter(|c| !c.is_empty()) {
-                // The web console logs what was typed, as the serial console does.
-                device.type_line(&c, now);
+            if let Some(c) = command {
+                // The web console logs what was typed, as the serial console does; then
+                // back to the page, so a reload does not run it again.
+                if !c.is_empty() {
+                    device.type_line(&c, now);
+                }
+                return WebAnswer::see_other("/");
             }
             let s = device.settings();
             let name = if s.devicename.is_empty() { s.friendlyname[0].clone() } else { s.devicename.clone() };
             let relays: Vec<bool> = (0..device.hardware().relays).map(|i| device.power() >> i & 1 == 1).collect();
             let lines: Vec<String> = recent.iter().cloned().collect();
-            WebAnswer { status: 200, content_type: "text/html; charset=utf-8", body: page(&name, &relays, &lines) }
+            WebAnswer::html(page(&name, &relays, &lines))
         }
     }
 }

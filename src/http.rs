@@ -7,27 +7,58 @@
 //! connection, 400 on anything malformed, and it never panics on input.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Longest request head (request line and headers) accepted.
 pub const MAX_HEAD: usize = 8 * 1024;
 /// Longest request body accepted (a form with a command).
 pub const MAX_BODY: usize = 8 * 1024;
-/// How long a client may take to send its request.
+/// Connections served at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 32;
+/// How long a client may take to send its request, and to take the answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long, and how much, unread input is drained after answering.
+const LINGER: Duration = Duration::from_secs(1);
+const MAX_LINGER_BYTES: usize = 64 * 1024;
+
+/// Who a request says it is: the `user`/`password` parameters and HTTP Basic auth.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub basic: Option<(String, String)>,
+}
+
+impl Credentials {
+    /// The pair `HandleHttpCommand` goes by: the `user`/`password` parameters if they
+    /// pass, else Basic auth if it passes (`WebAuthenticate`), else the parameters (which
+    /// then fail).
+    pub fn pick(&self, authorized: impl Fn(Option<&str>, Option<&str>) -> bool) -> (Option<&str>, Option<&str>) {
+        let params = (self.user.as_deref(), self.password.as_deref());
+        if authorized(params.0, params.1) {
+            return params;
+        }
+        match &self.basic {
+            Some((u, p)) if authorized(Some(u), Some(p)) => (Some(u), Some(p)),
+            _ => params,
+        }
+    }
+}
 
 /// What the server asks the device.
 #[derive(Debug)]
 pub enum WebCall {
     /// `/cm`: run a command (`None` when the request had no `cmnd`).
-    Command { cmnd: Option<String>, user: Option<String>, password: Option<String>, from: String },
-    /// `/`: the page; `command` is one typed in its form.
-    Page { user: Option<String>, password: Option<String>, command: Option<String>, from: String },
+    Command { cmnd: Option<String>, credentials: Credentials, from: String },
+    /// `/`: the page; `command` is one typed in its form or sent by a relay button. Pages
+    /// take Basic auth only, as the firmware's `WebAuthenticate`.
+    Page { basic: Option<(String, String)>, command: Option<String>, from: String },
 }
 
 /// The device's answer.
@@ -36,6 +67,33 @@ pub struct WebAnswer {
     pub status: u16,
     pub content_type: &'static str,
     pub body: String,
+    /// One more response header (`Location`, `WWW-Authenticate`, `Allow`).
+    pub header: Option<(&'static str, String)>,
+}
+
+impl WebAnswer {
+    /// A `/cm` answer: the body `web_command` built.
+    pub fn json(status: u16, body: String) -> WebAnswer {
+        WebAnswer { status, content_type: "application/json", body, header: None }
+    }
+
+    /// A page.
+    pub fn html(body: String) -> WebAnswer {
+        WebAnswer { status: 200, content_type: "text/html; charset=utf-8", body, header: None }
+    }
+
+    /// 401 for a page: the browser asks for the WebPassword.
+    pub fn need_basic_auth() -> WebAnswer {
+        WebAnswer {
+            header: Some(("WWW-Authenticate", String::from("Basic realm=\"tasmota\""))),
+            ..plain(401, "Unauthorized")
+        }
+    }
+
+    /// 303 back to `location` (after a page ran a command, so a reload does not run it again).
+    pub fn see_other(location: &str) -> WebAnswer {
+        WebAnswer { header: Some(("Location", location.to_string())), ..plain(303, "See Other") }
+    }
 }
 
 /// A request in flight: the call and where its answer goes.
@@ -56,11 +114,20 @@ impl Request {
     pub fn param(&self, name: &str) -> Option<&str> {
         self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
+
+    /// The `user`/`password` parameters and Basic auth.
+    pub fn credentials(&self) -> Credentials {
+        Credentials {
+            user: self.param("user").map(str::to_string),
+            password: self.param("password").map(str::to_string),
+            basic: self.basic.clone(),
+        }
+    }
 }
 
-/// Why a request was refused before reaching the device.
+/// Why a request was refused before reaching the device: the status and a reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadRequest(pub &'static str);
+pub struct BadRequest(pub u16, pub &'static str);
 
 /// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte; invalid
 /// escapes are kept as they are.
@@ -95,23 +162,60 @@ fn parse_params(s: &str, into: &mut Vec<(String, String)>) {
     }
 }
 
+/// The lines of a request head; CRLF or a bare LF ends a line (RFC 9112 §2.2).
+fn head_lines(head: &str) -> impl Iterator<Item = &str> {
+    head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l))
+}
+
+/// The value of header `name` (the first one).
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head_lines(head)
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+}
+
+/// Where the head ends in `buf`: (end of the head, start of the body). Empty lines before
+/// the request line are skipped (RFC 9112 §2.2).
+fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut line_start = 0;
+    let mut seen_request_line = false;
+    for (i, &b) in buf.iter().enumerate() {
+        if b == b'\n' {
+            let line = &buf[line_start..i];
+            let empty = line.is_empty() || line == b"\r";
+            if empty && seen_request_line {
+                return Some((line_start, i + 1));
+            }
+            seen_request_line |= !empty;
+            line_start = i + 1;
+        }
+    }
+    None
+}
+
 /// Parses a request head and body.
 pub fn parse(head: &str, body: &[u8]) -> Result<Request, BadRequest> {
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().ok_or(BadRequest("empty request"))?;
+    let head = head.trim_start_matches(['\r', '\n']);
+    let mut lines = head_lines(head);
+    let request_line = lines.next().ok_or(BadRequest(400, "empty request"))?;
     let mut parts = request_line.split(' ');
     let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(BadRequest("malformed request line"));
+        return Err(BadRequest(400, "malformed request line"));
     };
     if !version.starts_with("HTTP/1.") {
-        return Err(BadRequest("not HTTP/1.x"));
+        return Err(BadRequest(400, "not HTTP/1.x"));
+    }
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(BadRequest(400, "malformed method"));
     }
     if method != "GET" && method != "POST" && method != "HEAD" {
-        return Err(BadRequest("method not supported"));
+        return Err(BadRequest(405, "method not allowed; use GET or POST"));
     }
     if !target.starts_with('/') {
-        return Err(BadRequest("malformed request target"));
+        return Err(BadRequest(400, "malformed request target"));
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut params = Vec::new();
@@ -123,11 +227,15 @@ pub fn parse(head: &str, body: &[u8]) -> Result<Request, BadRequest> {
             if line.is_empty() {
                 continue;
             }
-            return Err(BadRequest("malformed header"));
+            return Err(BadRequest(400, "malformed header"));
         };
+        if name.is_empty() || name.ends_with([' ', '\t']) {
+            return Err(BadRequest(400, "malformed header"));
+        }
         let value = value.trim();
         if name.eq_ignore_ascii_case("authorization") {
-            if let Some(b64) = value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic ")) {
+            let (scheme, b64) = value.split_once(' ').unwrap_or((value, ""));
+            if scheme.eq_ignore_ascii_case("basic") {
                 let decoded = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok();
                 let text = decoded.and_then(|d| String::from_utf8(d).ok());
                 basic = text.and_then(|t| t.split_once(':').map(|(u, p)| (u.to_string(), p.to_string())));
@@ -137,27 +245,19 @@ pub fn parse(head: &str, body: &[u8]) -> Result<Request, BadRequest> {
         }
     }
     if method == "POST" && form {
-        let text = std::str::from_utf8(body).map_err(|_| BadRequest("form body is not UTF-8"))?;
+        let text = std::str::from_utf8(body).map_err(|_| BadRequest(400, "form body is not UTF-8"))?;
         parse_params(text, &mut params);
     }
     Ok(Request { method: method.to_string(), path: url_decode(path), params, basic })
 }
 
-/// Credentials: `user`/`password` parameters, else Basic auth.
-fn credentials(r: &Request) -> (Option<String>, Option<String>) {
-    match (r.param("user"), r.param("password")) {
-        (None, None) => match &r.basic {
-            Some((u, p)) => (Some(u.clone()), Some(p.clone())),
-            None => (None, None),
-        },
-        (u, p) => (u.map(str::to_string), p.map(str::to_string)),
-    }
-}
-
 /// Serves HTTP on `listener` until the driver goes away.
 pub async fn serve(listener: TcpListener, device: mpsc::Sender<WebRequest>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let Ok((stream, peer)) = listener.accept().await else {
+            // Out of file descriptors and the like: wait, do not spin.
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
@@ -169,23 +269,24 @@ pub async fn serve(listener: TcpListener, device: mpsc::Sender<WebRequest>) {
             if let Err(e) = connection(stream, peer, device).await {
                 tracing::debug!(%peer, error = %e, "HTTP connection ended");
             }
+            drop(slot);
         });
     }
 }
 
-/// Reads the head (up to the blank line) and the body of one request.
-async fn read_request(stream: &mut TcpStream) -> std::io::Result<Result<(String, Vec<u8>), (u16, &'static str)>> {
+/// Reads the head (up to the empty line) and the body of one request.
+async fn read_request(stream: &mut TcpStream) -> std::io::Result<Result<(String, Vec<u8>), BadRequest>> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            if i > MAX_HEAD {
-                return Ok(Err((431, "request head too large")));
+    let (head_end, body_start) = loop {
+        if let Some((end, body)) = find_head_end(&buf) {
+            if end > MAX_HEAD {
+                return Ok(Err(BadRequest(431, "request head too large")));
             }
-            break i;
+            break (end, body);
         }
         if buf.len() > MAX_HEAD {
-            return Ok(Err((431, "request head too large")));
+            return Ok(Err(BadRequest(431, "request head too large")));
         }
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
@@ -194,20 +295,31 @@ async fn read_request(stream: &mut TcpStream) -> std::io::Result<Result<(String,
         buf.extend_from_slice(&chunk[..n]);
     };
     let Ok(head) = String::from_utf8(buf[..head_end].to_vec()) else {
-        return Ok(Err((400, "request head is not UTF-8")));
+        return Ok(Err(BadRequest(400, "request head is not UTF-8")));
     };
-    let length = head
-        .split("\r\n")
+    if header(&head, "transfer-encoding").is_some() {
+        return Ok(Err(BadRequest(501, "Transfer-Encoding is not supported; send Content-Length")));
+    }
+    let lengths: Vec<&str> = head_lines(&head)
+        .skip(1)
         .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .map(|(_, v)| v.trim().parse::<usize>());
-    let length = match length {
+        .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.trim())
+        .collect();
+    if lengths.windows(2).any(|w| w[0] != w[1]) {
+        return Ok(Err(BadRequest(400, "conflicting Content-Length headers")));
+    }
+    let length = match lengths.first().map(|v| v.parse::<usize>()) {
         None => 0,
         Some(Ok(n)) if n <= MAX_BODY => n,
-        Some(Ok(_)) => return Ok(Err((413, "request body too large"))),
-        Some(Err(_)) => return Ok(Err((400, "bad Content-Length"))),
+        Some(Ok(_)) => return Ok(Err(BadRequest(413, "request body too large"))),
+        Some(Err(_)) => return Ok(Err(BadRequest(400, "bad Content-Length"))),
     };
-    let mut body = buf[head_end + 4..].to_vec();
+    let mut body = buf[body_start..].to_vec();
+    let expects_continue = header(&head, "expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if expects_continue && body.len() < length {
+        stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+    }
     while body.len() < length {
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
@@ -221,15 +333,20 @@ async fn read_request(stream: &mut TcpStream) -> std::io::Result<Result<(String,
 
 async fn connection(mut stream: TcpStream, peer: SocketAddr, device: mpsc::Sender<WebRequest>) -> std::io::Result<()> {
     let read = tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut stream)).await;
+    let mut head_only = false;
     let answer = match read {
         Err(_) => plain(408, "request timeout"),
         Ok(Err(e)) => return Err(e),
-        Ok(Ok(Err((status, why)))) => plain(status, why),
+        Ok(Ok(Err(refused))) => refusal(refused),
         Ok(Ok(Ok((head, body)))) => match parse(&head, &body) {
-            Err(BadRequest(why)) => plain(400, why),
-            Ok(req) => route(req, peer, &device).await,
+            Err(refused) => refusal(refused),
+            Ok(req) => {
+                head_only = req.method == "HEAD";
+                route(req, peer, &device).await
+            }
         },
     };
+    tracing::debug!(%peer, status = answer.status, "HTTP answer");
     let mut out = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-cache\r\n",
         answer.status,
@@ -237,21 +354,49 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, device: mpsc::Sende
         answer.content_type,
         answer.body.len()
     );
-    if answer.status == 401 && answer.content_type.starts_with("text/html") {
-        out.push_str("WWW-Authenticate: Basic realm=\"tasmota\"\r\n");
+    if let Some((name, value)) = &answer.header {
+        out.push_str(&format!("{name}: {value}\r\n"));
     }
     out.push_str("\r\n");
-    stream.write_all(out.as_bytes()).await?;
-    stream.write_all(answer.body.as_bytes()).await?;
-    stream.shutdown().await
+    if !head_only {
+        out.push_str(&answer.body);
+    }
+    let write = async {
+        stream.write_all(out.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, write).await.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))?;
+    // Lingering close: a socket closed with unread input sends a reset, which can destroy
+    // the answer before the client reads it (a refused oversized request, say).
+    let _ = tokio::time::timeout(LINGER, drain(&mut stream)).await;
+    Ok(())
+}
+
+/// Reads and drops what the client still sends, until it closes or [`MAX_LINGER_BYTES`].
+async fn drain(stream: &mut TcpStream) {
+    let mut chunk = [0u8; 2048];
+    let mut left = MAX_LINGER_BYTES;
+    while let Ok(n @ 1..) = stream.read(&mut chunk).await {
+        left = left.saturating_sub(n);
+        if left == 0 {
+            return;
+        }
+    }
+}
+
+fn refusal(BadRequest(status, why): BadRequest) -> WebAnswer {
+    let mut answer = plain(status, why);
+    if status == 405 {
+        answer.header = Some(("Allow", String::from("GET, POST, HEAD")));
+    }
+    answer
 }
 
 async fn route(req: Request, peer: SocketAddr, device: &mpsc::Sender<WebRequest>) -> WebAnswer {
-    let (user, password) = credentials(&req);
     let from = peer.ip().to_string();
     let call = match req.path.as_str() {
-        "/cm" => WebCall::Command { cmnd: req.param("cmnd").map(str::to_string), user, password, from },
-        "/" => WebCall::Page { user, password, command: req.param("c1").map(str::to_string), from },
+        "/cm" => WebCall::Command { cmnd: req.param("cmnd").map(str::to_string), credentials: req.credentials(), from },
+        "/" => WebCall::Page { basic: req.basic.clone(), command: req.param("c1").map(str::to_string), from },
         _ => return plain(404, "not found"),
     };
     let (tx, rx) = oneshot::channel();
@@ -263,18 +408,21 @@ async fn route(req: Request, peer: SocketAddr, device: &mpsc::Sender<WebRequest>
 
 /// A plain-text answer from the server itself (not from the device).
 pub fn plain(status: u16, text: &str) -> WebAnswer {
-    WebAnswer { status, content_type: "text/plain", body: format!("{text}\n") }
+    WebAnswer { status, content_type: "text/plain; charset=utf-8", body: format!("{text}\n"), header: None }
 }
 
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        303 => "See Other",
         400 => "Bad Request",
         401 => "Unauthorized",
         404 => "Not Found",
+        405 => "Method Not Allowed",
         408 => "Request Timeout",
         413 => "Payload Too Large",
         431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
         503 => "Service Unavailable",
         _ => "",
     }
@@ -310,24 +458,67 @@ mod tests {
 
     #[test]
     fn requests_parse_and_bad_ones_are_refused() {
-        let r = parse("GET /cm?cmnd=Power%20TOGGLE&user=admin&password=a+b HTTP/1.1\r\nHost: x", b"").unwrap();
+        let r = parse("GET /cm?cmnd=Power%20TOGGLE&user=admin&password=a+b HTTP/1.1\r\nHost: x\r\n", b"").unwrap();
         assert_eq!(r.param("cmnd"), Some("Power TOGGLE"));
-        assert_eq!(credentials(&r), (Some("admin".into()), Some("a b".into())));
+        let c = r.credentials();
+        assert_eq!((c.user.as_deref(), c.password.as_deref(), c.basic), (Some("admin"), Some("a b"), None));
         let r = parse(
             "POST /cm HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nAuthorization: Basic YWRtaW46c2VjcmV0",
             b"cmnd=Backlog%20Power%20ON%3B%20Power%20OFF",
         )
         .unwrap();
         assert_eq!(r.param("cmnd"), Some("Backlog Power ON; Power OFF"));
-        assert_eq!(credentials(&r), (Some("admin".into()), Some("secret".into())));
-        assert_eq!(parse("GARBAGE", b""), Err(BadRequest("malformed request line")));
-        assert_eq!(parse("GET /cm HTTP/2", b""), Err(BadRequest("not HTTP/1.x")));
-        assert_eq!(parse("DELETE / HTTP/1.1", b""), Err(BadRequest("method not supported")));
-        assert_eq!(parse("GET cm HTTP/1.1", b""), Err(BadRequest("malformed request target")));
-        assert_eq!(parse("GET / HTTP/1.1\r\nno colon", b""), Err(BadRequest("malformed header")));
+        assert_eq!(r.basic, Some(("admin".into(), "secret".into())));
+        // Bare LF line ends, a leading empty line, a lower-case scheme.
+        let r = parse("\r\nGET /?c1=x HTTP/1.0\nauthorization: basic YWRtaW46c2VjcmV0\n", b"").unwrap();
+        assert_eq!((r.path.as_str(), r.param("c1")), ("/", Some("x")));
+        assert_eq!(r.basic, Some(("admin".into(), "secret".into())));
+        // A form body counts only with the form content type.
+        assert_eq!(parse("POST /cm HTTP/1.1\r\n", b"cmnd=Power").unwrap().param("cmnd"), None);
+
+        assert_eq!(parse("", b""), Err(BadRequest(400, "malformed request line")));
+        assert_eq!(parse("GARBAGE", b""), Err(BadRequest(400, "malformed request line")));
+        assert_eq!(parse("GET  / HTTP/1.1", b""), Err(BadRequest(400, "malformed request line")));
+        assert_eq!(parse("GET /cm HTTP/2", b""), Err(BadRequest(400, "not HTTP/1.x")));
+        assert_eq!(parse("get / HTTP/1.1", b""), Err(BadRequest(400, "malformed method")));
+        assert_eq!(parse("DELETE / HTTP/1.1", b""), Err(BadRequest(405, "method not allowed; use GET or POST")));
+        assert_eq!(parse("GET cm HTTP/1.1", b""), Err(BadRequest(400, "malformed request target")));
+        assert_eq!(parse("GET / HTTP/1.1\r\nno colon", b""), Err(BadRequest(400, "malformed header")));
+        assert_eq!(parse("GET / HTTP/1.1\r\nHost : x", b""), Err(BadRequest(400, "malformed header")));
+        assert_eq!(
+            parse("POST /cm HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded", b"\xff"),
+            Err(BadRequest(400, "form body is not UTF-8"))
+        );
         assert_eq!(url_decode("%zz%4"), "%zz%4");
         assert_eq!(url_decode("a%2"), "a%2");
+        assert_eq!(url_decode("%"), "%");
         assert_eq!(url_decode("%E2%9C%93"), "✓");
+        assert_eq!(url_decode("%ff"), "\u{fffd}");
+    }
+
+    #[test]
+    fn the_head_ends_at_the_first_empty_line() {
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nbody"), Some((25, 27)));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\n\nbody"), Some((15, 16)));
+        assert_eq!(find_head_end(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"), Some((20, 22)));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
+        assert_eq!(find_head_end(b""), None);
+    }
+
+    #[test]
+    fn parameters_first_then_basic_auth() {
+        let ok = |u: Option<&str>, p: Option<&str>| u == Some("admin") && p == Some("secret");
+        let both = |user: &str, password: &str, basic: Option<(&str, &str)>| Credentials {
+            user: Some(user.into()),
+            password: Some(password.into()),
+            basic: basic.map(|(u, p)| (u.into(), p.into())),
+        };
+        assert_eq!(both("admin", "secret", None).pick(ok), (Some("admin"), Some("secret")));
+        assert_eq!(both("admin", "wrong", Some(("admin", "secret"))).pick(ok), (Some("admin"), Some("secret")));
+        assert_eq!(both("admin", "wrong", Some(("admin", "nope"))).pick(ok), (Some("admin"), Some("wrong")));
+        let basic_only = Credentials { basic: Some(("admin".into(), "secret".into())), ..Default::default() };
+        assert_eq!(basic_only.pick(ok), (Some("admin"), Some("secret")));
+        assert_eq!(Credentials::default().pick(ok), (None, None));
     }
 
     #[test]
