@@ -36,9 +36,9 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// The pair `HandleHttpCommand` goes by: the `user`/`password` parameters if they
-    /// pass, else Basic auth if it passes (`WebAuthenticate`), else the parameters (which
-    /// then fail).
+    /// The pair `HandleHttpCommand` goes by: it accepts the request if either Basic auth
+    /// or the `user`/`password` parameters pass. Returns whichever passes (the parameters
+    /// first), else the parameters, which then fail.
     pub fn pick(&self, authorized: impl Fn(Option<&str>, Option<&str>) -> bool) -> (Option<&str>, Option<&str>) {
         let params = (self.user.as_deref(), self.password.as_deref());
         if authorized(params.0, params.1) {
@@ -519,6 +519,25 @@ mod tests {
         let basic_only = Credentials { basic: Some(("admin".into(), "secret".into())), ..Default::default() };
         assert_eq!(basic_only.pick(ok), (Some("admin"), Some("secret")));
         assert_eq!(Credentials::default().pick(ok), (None, None));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_input_makes_the_parser_panic(head in ".{0,300}", body in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let _ = parse(&head, &body);
+            let _ = find_head_end(head.as_bytes());
+            let _ = url_decode(&head);
+        }
+
+        #[test]
+        fn requests_with_any_bytes_parse_or_are_refused(raw in proptest::collection::vec(proptest::sample::select(b"GET POST/cm?=&%+:\r\n HTTP/1.1aZ9\xff".to_vec()), 0..120)) {
+            if let Some((end, body)) = find_head_end(&raw) {
+                proptest::prop_assert!(end <= body && body <= raw.len());
+                if let Ok(head) = std::str::from_utf8(&raw[..end]) {
+                    let _ = parse(head, &raw[body..]);
+                }
+            }
+        }
     }
 
     #[test]
