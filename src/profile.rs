@@ -193,12 +193,19 @@ impl RawModel {
         let need = |v: Option<f64>, key: &str| v.ok_or_else(|| format!("{what}: model '{}' needs '{key}'", self.model));
         match self.model.as_str() {
             "constant" => Ok(Model::Constant(milli(need(self.value, "value")?))),
-            "ramp" => Ok(Model::Ramp {
-                start: milli(need(self.start, "start")?),
-                per_hour: milli(need(self.per_hour, "per_hour")?),
-                min: milli(self.min.unwrap_or(f64::from(i32::MIN) / 1000.0)),
-                max: milli(self.max.unwrap_or(f64::from(i32::MAX) / 1000.0)),
-            }),
+            "ramp" => {
+                let min = self.min.unwrap_or(f64::from(i32::MIN) / 1000.0);
+                let max = self.max.unwrap_or(f64::from(i32::MAX) / 1000.0);
+                if min > max {
+                    return Err(format!("{what}: min {min} is above max {max}"));
+                }
+                Ok(Model::Ramp {
+                    start: milli(need(self.start, "start")?),
+                    per_hour: milli(need(self.per_hour, "per_hour")?),
+                    min: milli(min),
+                    max: milli(max),
+                })
+            }
             "walk" => {
                 let every = millis_of(self.every.as_deref().unwrap_or("60s"), what)? / 1000;
                 if every == 0 {
@@ -408,6 +415,9 @@ mod tests {
         let e = Profile::parse(bad, Path::new("x.toml"), None).unwrap_err().to_string();
         assert!(e.starts_with("x.toml: TOML parse error at line 5"), "{e}");
         assert!(parse_trace("t,v\n0,1\n5,x\n").unwrap_err().contains("line 3"));
+        let ramp = "name = \"x\"\nmodule = \"m\"\nmodule_number = 1\nchip = \"esp32\"\n[[sensor]]\nkind = \"DS18B20\"\ntemperature = { model = \"ramp\", start = 1, per_hour = 1, min = 5, max = 2 }\n";
+        let e = Profile::parse(ramp, Path::new("x.toml"), None).unwrap_err().to_string();
+        assert_eq!(e, "x.toml: sensor 1 temperature: min 5 is above max 2");
         assert_eq!(parse_trace("t,v\n0,1.5\n60,2\n").unwrap(), vec![(0, 1500), (60, 2000)]);
     }
 }

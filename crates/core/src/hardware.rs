@@ -95,7 +95,7 @@ impl Model {
             Model::Constant(v) => *v,
             Model::Ramp { start, per_hour, min, max } => {
                 let v = i64::from(*start) + i64::from(*per_hour) * i64::from(secs) / 3600;
-                v.clamp(i64::from(*min), i64::from(*max)) as i32
+                within(v, *min, *max)
             }
             Model::Walk { start, step, min, max, every_s, seed } => {
                 let target = secs / (*every_s).max(1);
@@ -106,7 +106,7 @@ impl Model {
                     let r = splitmix(seed.wrapping_add(u64::from(walk.0)));
                     let span = 2 * i64::from(*step) + 1;
                     let delta = (r % span as u64) as i64 - i64::from(*step);
-                    walk.1 = (i64::from(walk.1) + delta).clamp(i64::from(*min), i64::from(*max)) as i32;
+                    walk.1 = within(i64::from(walk.1) + delta, *min, *max);
                     walk.0 += 1;
                 }
                 walk.1
@@ -121,6 +121,11 @@ impl Model {
             }
         }
     }
+}
+
+/// `v` held within `min..=max`; never panics, even for `min > max` (then `max` wins).
+fn within(v: i64, min: i32, max: i32) -> i32 {
+    v.max(i64::from(min)).min(i64::from(max)) as i32
 }
 
 /// SplitMix64: one seeded, portable number per step.
@@ -254,6 +259,9 @@ mod tests {
         let ramp = Model::Ramp { start: 1000, per_hour: 600, min: 0, max: 1500 };
         assert_eq!(ramp.value(1800, &mut a), 1300);
         assert_eq!(ramp.value(36_000, &mut a), 1500);
+        // A model built in code with min above max does not panic.
+        let odd = Model::Ramp { start: 0, per_hour: 1000, min: 10, max: 5 };
+        assert_eq!(odd.value(0, &mut a), 5);
         let trace = Model::Trace(Rc::new(alloc::vec![(0, 5), (10, 6), (20, 7)]));
         assert_eq!([0, 9, 10, 25].map(|s| trace.value(s, &mut a)), [5, 5, 6, 7]);
     }

@@ -273,7 +273,7 @@ impl Device {
         let total_mkwh = i64::from(total_wh) + today_mwh / 1000;
         let period_wh = ((counted - self.inputs.energy.at_last_tele_mws) / 3_600_000) as i64;
         let apparent = if factor > 0 { watts * 1000 / factor } else { 0 };
-        let reactive = isqrt(apparent * apparent - watts * watts);
+        let reactive = isqrt(i128::from(apparent) * i128::from(apparent) - i128::from(watts) * i128::from(watts));
         let current = if volts > 0 { apparent * 1000 / volts } else { 0 };
         let (factor_shown, apparent_shown) = if watts == 0 { (0, 0) } else { (factor, apparent) };
         format!(
@@ -293,8 +293,8 @@ impl Device {
     }
 }
 
-/// Integer square root of a non-negative value.
-fn isqrt(v: i64) -> i64 {
+/// Integer square root of a non-negative value (i128 in, so no square overflows).
+fn isqrt(v: i128) -> i64 {
     if v <= 0 {
         return 0;
     }
@@ -304,7 +304,7 @@ fn isqrt(v: i64) -> i64 {
         x = y;
         y = (x + v / x) / 2;
     }
-    x
+    x as i64
 }
 
 #[cfg(test)]
@@ -322,8 +322,39 @@ mod tests {
         assert_eq!(fixed(950, 2), "0.95");
         assert_eq!(fixed(12_345, 3), "12.345");
         assert_eq!(isqrt(63_157 * 63_157), 63_157);
+        assert_eq!(isqrt(i128::from(i64::MAX) * 4), 6_074_000_999);
         // 21.5 °C at 45 %: gamma = ln(0.45) + 17.62 * 21.5 / 265 = 0.6311, dew point
         // 243.5 * 0.6311 / (17.62 - 0.6311) = 9.05 °C.
         assert_eq!(fixed((dew_point(21.5, 45.0) * 1000.0) as i64, 1), "9.0");
+    }
+
+    #[test]
+    fn extreme_profile_values_do_not_panic() {
+        use crate::hardware::{EnergySpec, Hardware, Model, SensorKind, SensorSpec};
+        let hw = Hardware {
+            sensors: alloc::vec![SensorSpec {
+                kind: SensorKind::Am2301,
+                temperature: Model::Constant(i32::MIN),
+                humidity: Some(Model::Constant(i32::MAX)),
+                id: None,
+            }],
+            energy: Some(EnergySpec {
+                voltage: Model::Constant(0),
+                load: Model::Constant(i32::MAX),
+                factor: 1,
+                total_wh: u32::MAX,
+            }),
+            ..Hardware::default()
+        };
+        let mut d = Device::boot(hw, crate::Settings::default(), crate::BootReason::PowerOn, Instant::from_millis(0));
+        d.type_line("Power ON", Instant::from_millis(0));
+        d.type_line("Status 10", Instant::from_millis(5000));
+        let mut seen = false;
+        while let Some(o) = d.poll_output() {
+            if let crate::Output::Log(l) = o {
+                seen |= l.text.starts_with("RSL: STATUS10 = {\"StatusSNS\":");
+            }
+        }
+        assert!(seen);
     }
 }
