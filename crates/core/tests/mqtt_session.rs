@@ -5,7 +5,7 @@
 
 use proptest::prelude::*;
 use tasmota_core::mqtt::packet::{Packet, Publish};
-use tasmota_core::selftest::{Bench, LinkMode};
+use tasmota_core::selftest::{bench_connect_bytes, Bench, LinkMode};
 use tasmota_core::{BootReason, Device, Hardware, Instant, LinkFailure, Output};
 
 fn publish(topic: &str, payload: &str, qos: u8, id: Option<u16>) -> Vec<u8> {
@@ -45,17 +45,7 @@ fn first_connect_sends_connect_then_lwt_power_subscriptions_and_info() {
     assert_eq!((req.host.as_str(), req.port, req.tls.is_none(), req.timeout_ms), ("broker.lan", 1883, true, 200));
 
     // CONNECT, byte for byte.
-    let mut want = vec![0x10, 70, 0, 4, b'M', b'Q', b'T', b'T', 4, 0xEE, 0, 30, 0, 11];
-    want.extend_from_slice(b"DVES_4B3316");
-    want.extend_from_slice(&[0, 23]);
-    want.extend_from_slice(b"tele/tasmota_4B3316/LWT");
-    want.extend_from_slice(&[0, 7]);
-    want.extend_from_slice(b"Offline");
-    want.extend_from_slice(&[0, 3]);
-    want.extend_from_slice(b"bob");
-    want.extend_from_slice(&[0, 6]);
-    want.extend_from_slice(b"s3cret");
-    assert_eq!(b.p.sent, want);
+    assert_eq!(b.p.sent, bench_connect_bytes());
     b.p.sent.clear();
 
     b.broker_sends(&[0x20, 2, 0, 0]);
