@@ -63,8 +63,5 @@ fn linker_be_nice() {
         std::process::exit(0);
     }
 
-    println!(
-        "cargo:rustc-link-arg=--error-handling-script={}",
-        std::env::current_exe().unwrap().display()
-    );
+    println!("cargo:rustc-link-arg=--error-handling-script={}", std::env::current_exe().unwrap().display());
 }

@@ -45,7 +45,9 @@ use esp_hal::usb::usb_serial_jtag::UsbSerialJtag;
 use esp_println::println;
 use esp_radio::wifi::sta::StationConfig;
 use esp_radio::wifi::{AuthenticationMethodConfig, Config as WifiConfig, Interface, WifiController};
-use mbedtls_rs::{AuthMode, Certificate, ClientSessionConfig, Session, SessionConfig, SessionError, Tls, TlsVersion, X509};
+use mbedtls_rs::{
+    AuthMode, Certificate, ClientSessionConfig, Session, SessionConfig, SessionError, Tls, TlsVersion, X509,
+};
 use static_cell::StaticCell;
 use tasmota_core::console::LogLine;
 use tasmota_core::mqtt::tls::{error as tls_error, TlsRequest};
@@ -61,6 +63,11 @@ const ALPN_MQTT: &CStr = c"mqtt";
 
 const TCP_RX: usize = 4096;
 const TCP_TX: usize = 4096;
+/// Plaintext read buffer: one TLS record's plaintext at most (MbedTLS's
+/// `MBEDTLS_SSL_IN_CONTENT_LEN` in mbedtls-rs-sys), so a read always drains the record.
+/// A smaller buffer could leave plaintext inside MbedTLS while the socket has nothing
+/// new, and the loop (which waits on the socket) would not see it until more arrived.
+const LINK_RX: usize = 16 * 1024;
 
 macro_rules! mk_static {
     ($t:ty, $val:expr) => {{
@@ -93,14 +100,13 @@ impl Platform for Io {
         }
     }
     fn connect(&mut self, request: &ConnectRequest) {
-        self.outbox.clear();
+        // Bytes queued before this still belong to the old link; `run` writes them first.
         self.connect = Some(request.clone());
     }
     fn transmit(&mut self, bytes: &[u8]) {
         self.outbox.extend_from_slice(bytes);
     }
     fn close(&mut self) {
-        self.outbox.clear();
         self.close = true;
     }
     fn relays(&mut self, bits: u32) {
@@ -245,7 +251,8 @@ async fn handshake<'b>(
     conf.alpn_protocols = tls.alpn.map(|_| &ALPN[..]);
     // SetOption132 fingerprints are not implemented on the chip: the CA check is used.
     conf.ca_chain = net.roots.clone();
-    conf.auth_mode = if net.roots.is_some() { AuthMode::Required } else { AuthMode::None };
+    // Fail closed: with no trust anchors every server is refused, never accepted unchecked.
+    conf.auth_mode = AuthMode::Required;
     let mut session = Session::new(net.tls.reference(), socket, &SessionConfig::Client(conf))
         .map_err(|_| LinkFailure::Tls(tls_error::OUT_OF_MEMORY))?;
     match embassy_time::with_timeout(limit, session.connect()).await {
@@ -270,13 +277,34 @@ async fn run(
     io: &mut Io,
     console: &mut esp_hal::usb::usb_serial_jtag::UsbSerialJtagRx<'static, esp_hal::Async>,
     button: &mut Input<'static>,
+    rbuf: &mut [u8],
     mut link: Option<&mut Link<'_>>,
 ) -> Exit {
     let mut cbuf = [0u8; 64];
-    let mut rbuf = alloc::vec![0u8; 4096];
     loop {
-        // Carry out what the core queued.
+        // Carry out what the core queued, in its order: bytes it wrote before a close,
+        // a new connect or a restart go out first.
         drive(dev, io);
+        if let Some(l) = link.as_deref_mut() {
+            if !io.outbox.is_empty() {
+                let bytes = core::mem::take(&mut io.outbox);
+                if l.write_all(&bytes).await.is_err() {
+                    l.abort();
+                    io.close = false;
+                    dev.handle_link_closed(now());
+                    drive(dev, io);
+                    return Exit::Closed;
+                }
+            }
+            if io.close {
+                io.close = false;
+                l.abort();
+                return Exit::Closed;
+            }
+        } else {
+            io.close = false;
+            io.outbox.clear();
+        }
         if let Some(kind) = io.restart.take() {
             if let Some(l) = link.as_deref_mut() {
                 l.abort();
@@ -284,29 +312,11 @@ async fn run(
             Timer::after(Duration::from_millis(100)).await;
             match kind {
                 RestartKind::Restart => esp_hal::system::software_reset(),
-                RestartKind::Halt | RestartKind::DeepSleep => loop {
+                // Halt, DeepSleep (and anything the core adds): stop here until power off.
+                _ => loop {
                     Timer::after(Duration::from_secs(3600)).await;
                 },
             }
-        }
-        if let Some(l) = link.as_deref_mut() {
-            if io.close {
-                io.close = false;
-                l.abort();
-                return Exit::Closed;
-            }
-            if !io.outbox.is_empty() {
-                let bytes = core::mem::take(&mut io.outbox);
-                if l.write_all(&bytes).await.is_err() {
-                    l.abort();
-                    dev.handle_link_closed(now());
-                    drive(dev, io);
-                    return Exit::Closed;
-                }
-            }
-        } else {
-            io.close = false;
-            io.outbox.clear();
         }
         if let Some(req) = io.connect.take() {
             if let Some(l) = link.as_deref_mut() {
@@ -342,7 +352,7 @@ async fn run(
             Either4::Third(()) => dev.handle_timeout(now()),
             Either4::Fourth(()) => {
                 let Some(l) = link.as_deref_mut() else { continue };
-                match l.read(&mut rbuf).await {
+                match l.read(rbuf).await {
                     Ok(n) if n > 0 => dev.handle_received(&rbuf[..n], now()),
                     _ => {
                         l.abort();
@@ -443,9 +453,10 @@ async fn main(spawner: Spawner) -> ! {
     let _trng_source = mk_static!(TrngSource<'static>, TrngSource::new(peripherals.RNG, peripherals.ADC1));
     let trng = mk_static!(Trng, Trng::try_new().expect("TRNG"));
     let tls = mk_static!(Tls<'static>, Tls::new(trng).expect("one TLS instance"));
-    let roots = CStr::from_bytes_with_nul(ROOTS_PEM.as_bytes()).ok().and_then(|pem| Certificate::new(X509::PEM(pem)).ok());
+    let roots =
+        CStr::from_bytes_with_nul(ROOTS_PEM.as_bytes()).ok().and_then(|pem| Certificate::new(X509::PEM(pem)).ok());
     if roots.is_none() {
-        println!("MQT: TLS trust anchors did not parse: certificates are not checked");
+        println!("MQT: TLS trust anchors did not parse: TLS connections will be refused");
     }
     let mut net = Net { stack, tls, roots, sni: None };
 
@@ -453,21 +464,22 @@ async fn main(spawner: Spawner) -> ! {
     let mut io = Io { relay, led, store, outbox: Vec::new(), connect: None, close: false, restart: None };
     let rx = mk_static!([u8; TCP_RX], [0; TCP_RX]);
     let tx = mk_static!([u8; TCP_TX], [0; TCP_TX]);
+    let rbuf = &mut mk_static!([u8; LINK_RX], [0; LINK_RX])[..];
 
-    let mut exit = run(&mut dev, &mut io, &mut console, &mut button, None).await;
+    let mut exit = run(&mut dev, &mut io, &mut console, &mut button, rbuf, None).await;
     loop {
         exit = match exit {
             Exit::Connect(req) => match open_link(&mut net, &mut rx[..], &mut tx[..], &req).await {
                 Ok(mut link) => {
                     dev.handle_link_up(now());
-                    run(&mut dev, &mut io, &mut console, &mut button, Some(&mut link)).await
+                    run(&mut dev, &mut io, &mut console, &mut button, rbuf, Some(&mut link)).await
                 }
                 Err(failure) => {
                     dev.handle_link_failed(failure, now());
-                    run(&mut dev, &mut io, &mut console, &mut button, None).await
+                    run(&mut dev, &mut io, &mut console, &mut button, rbuf, None).await
                 }
             },
-            Exit::Closed => run(&mut dev, &mut io, &mut console, &mut button, None).await,
+            Exit::Closed => run(&mut dev, &mut io, &mut console, &mut button, rbuf, None).await,
         };
     }
 }

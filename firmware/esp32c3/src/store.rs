@@ -3,7 +3,11 @@
 //! uses no ESP-IDF NVS), each holding `magic, sequence, length, CRC-32, postcard bytes`.
 //! A save erases and writes the older slot; a load takes the valid slot with the highest
 //! sequence. A torn write leaves a bad CRC in the slot being written and the other one
-//! intact.
+//! intact; a save reads its slot back and fails if it does not hold what was written.
+//!
+//! The body is postcard, which is not self-describing: a firmware whose `Settings` gained
+//! or lost a field does not read the old slots and boots with defaults (then the
+//! `WIFI_SSID`/`WIFI_PASSWORD` build-time values, if any).
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -62,7 +66,8 @@ impl<'d> Store<'d> {
         let a = self.read_slot(0);
         let b = self.read_slot(1);
         let (i, found) = match (a, b) {
-            (Some(a), Some(b)) if b.0 > a.0 => (1, Some(b)),
+            // Newer by sequence, across a wrap of the counter.
+            (Some(a), Some(b)) if (b.0.wrapping_sub(a.0) as i32) > 0 => (1, Some(b)),
             (Some(a), _) => (0, Some(a)),
             (None, Some(b)) => (1, Some(b)),
             (None, None) => (1, None),
@@ -86,6 +91,12 @@ impl<'d> Store<'d> {
         image.extend_from_slice(&body);
         // FlashStorage::write erases what it needs (read-modify-write per sector).
         self.flash.write(SLOTS[self.next], &image).map_err(|_| "flash write failed")?;
+        // Verify: read back what was written.
+        let mut back = vec![0u8; image.len()];
+        self.flash.read(SLOTS[self.next], &mut back).map_err(|_| "flash read-back failed")?;
+        if back != image {
+            return Err("flash read-back differs from what was written");
+        }
         self.seq = seq;
         self.next = 1 - self.next;
         Ok(())
