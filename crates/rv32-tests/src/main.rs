@@ -210,6 +210,7 @@ fn budgets() -> Vec<String> {
     let connect_peak = heap_peak() - base;
     run(&mut d, &mut p, 60_000);
     let steady = heap_used() - base;
+    lines.push(format!("budget core_device_struct_bytes {}", core::mem::size_of::<Device>()));
     lines.push(format!("budget core_heap_booted_bytes {booted}"));
     lines.push(format!("budget core_heap_connect_peak_bytes {connect_peak}"));
     lines.push(format!("budget core_heap_steady_connected_bytes {steady}"));
