@@ -244,7 +244,7 @@ fn port_0_listens_on_a_free_port_and_says_which() {
 #[test]
 fn the_web_server_off_answers_503() {
     let (_dir, mut dev, port) = device(&["--cmd", "WebServer 0"]);
-    dev.expect_line(r#"RSL: RESULT = {"WebServer":"OFF"}"#, 5 * S);
+    dev.expect_line(r#"RSL: RESULT = {"Webserver":"OFF"}"#, 5 * S);
     assert_eq!(get(port, "/cm?cmnd=Power", "").0, 503);
     dev.power_off();
 }

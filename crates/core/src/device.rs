@@ -286,7 +286,11 @@ impl Device {
 
     /// Whether something is still under way: a Backlog, a pending restart, a blink.
     pub fn is_busy(&self) -> bool {
-        !self.halted && (!self.backlog.is_empty() || self.restart_flag != 0 || self.blink.mask != 0)
+        !self.halted
+            && (!self.backlog.is_empty()
+                || self.restart_flag != 0
+                || self.blink.mask != 0
+                || self.inputs.button_window.is_some())
     }
 
     /// The next output, if any.
@@ -357,6 +361,9 @@ impl Device {
         if let Some(t) = self.mqtt.client.poll_timeout() {
             next = next.min(t);
         }
+        if let Some(t) = self.button_due() {
+            next = next.min(t);
+        }
         next.max(self.now)
     }
 
@@ -384,6 +391,9 @@ impl Device {
             }
             if self.blink.mask != 0 && self.blink_due() <= self.now {
                 self.blink_loop();
+            }
+            if self.button_due().is_some_and(|t| t <= self.now) {
+                self.button_window_closed();
             }
             if self.mqtt.client.poll_timeout().is_some_and(|t| t <= self.now) {
                 let now = self.now;

@@ -21,6 +21,8 @@ pub(crate) struct Inputs {
     /// driver (`sensor` scenario step).
     pub sensors: Vec<SensorState>,
     pub energy: EnergyState,
+    /// An open multi-press window: button, presses so far, when it closes.
+    pub button_window: Option<(u8, u8, Instant)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -37,6 +39,9 @@ pub(crate) struct EnergyState {
     walk: [(u32, i32); 2],
     set: [Option<i32>; 2],
 }
+
+/// `DOUBLE_CLICK_WINDOW`: presses closer than this count as one multi-press.
+pub const DOUBLE_CLICK_WINDOW_MS: u64 = 500;
 
 /// Which value of a sensor the driver sets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,8 +108,11 @@ pub fn fixed(milli: i64, decimals: u32) -> String {
 }
 
 impl Device {
-    /// A button was pressed (and released): with no ButtonTopic, Button n toggles relay n
-    /// (`ButtonHandler` single press, `ExecuteCommandPower(n, POWER_TOGGLE, SRC_BUTTON)`).
+    /// A button was pressed (and released), as `ButtonHandler` sees it with no ButtonTopic:
+    /// presses within 0.5 s of each other (`DOUBLE_CLICK_WINDOW`) count together, and when
+    /// the window closes a single press toggles relay n (`ExecuteCommandPower(n,
+    /// POWER_TOGGLE, SRC_BUTTON)`), a k-fold press relay n+k-1 if the device has it.
+    /// SetOption13 acts at once, single presses only.
     pub fn press_button(&mut self, button: u8, now: Instant) -> Result<(), NoSuchSensor> {
         self.catch_up(now);
         if button == 0 || button > self.hw.buttons {
@@ -113,11 +121,46 @@ impl Device {
         if self.is_stopped() {
             return Ok(());
         }
-        self.log(LogLevel::Debug, format!("BTN: Button{button} immediate"));
-        if u32::from(button) <= u32::from(self.hw.relays) {
-            self.execute_command_power(u32::from(button), 2);
+        if self.settings.flag(13) {
+            self.log(LogLevel::Debug, format!("BTN: Button{button} immediate"));
+            self.button_action(button, 1);
+            return Ok(());
         }
+        let count = match self.inputs.button_window {
+            Some((b, c, _)) if b == button => c.saturating_add(1),
+            Some((b, c, _)) => {
+                // Another button's window closes first.
+                self.inputs.button_window = None;
+                self.button_action(b, c);
+                1
+            }
+            None => 1,
+        };
+        self.log(LogLevel::Debug, format!("BTN: Button{button} multi-press {count}"));
+        self.inputs.button_window = Some((button, count, self.now.plus_millis(DOUBLE_CLICK_WINDOW_MS)));
         Ok(())
+    }
+
+    /// When the multi-press window closes, if one is open.
+    pub(crate) fn button_due(&self) -> Option<Instant> {
+        self.inputs.button_window.map(|(_, _, at)| at)
+    }
+
+    /// The multi-press window closed.
+    pub(crate) fn button_window_closed(&mut self) {
+        if let Some((button, count, _)) = self.inputs.button_window.take() {
+            self.button_action(button, count);
+        }
+    }
+
+    fn button_action(&mut self, button: u8, count: u8) {
+        if count >= 6 {
+            return;
+        }
+        let relay = u32::from(button) + u32::from(count) - 1;
+        if relay <= u32::from(self.hw.relays) {
+            self.execute_command_power(relay, 2);
+        }
     }
 
     /// A switch changed to `on` (`SwitchHandler`): SwitchMode 0 toggles the relay on every

@@ -36,7 +36,7 @@ pub(crate) static TABLE: Table = Table {
         ("Timezone", super::status::cmnd_timezone),
         ("SerialLog", super::status::cmnd_seriallog),
         ("WebLog", super::status::cmnd_weblog),
-        ("WebServer", super::status::cmnd_webserver),
+        ("Webserver", super::status::cmnd_webserver),
         ("WebPassword", super::status::cmnd_webpassword),
         ("SwitchMode", super::status::cmnd_switchmode),
         ("IPAddress", super::status::cmnd_ipaddress),
