@@ -215,14 +215,12 @@ async fn run_step(world: &mut World, brokers: &[Broker], cursors: &mut Cursors, 
                 return Err(format!("device '{}' is off or halted: nothing can be typed", world.devices[*device].name));
             }
             // What the line sets off at this instant is carried out before the next step.
-            let now = world.now_plus(Duration::ZERO);
-            world.run_until(now, |_| false).await;
+            settle_now(world).await;
         }
         Action::MqttPublish { operator, topic, payload, retain, qos } => {
             let cmd = operator::Command { topic: topic.clone(), payload: payload.clone(), retain: *retain, qos: *qos };
             world.operator_publish(*operator, cmd)?;
-            let now = world.now_plus(Duration::ZERO);
-            world.run_until(now, |_| false).await;
+            settle_now(world).await;
         }
         Action::Advance(d) => {
             let until = world.now_plus(*d);

@@ -249,7 +249,6 @@ impl Device {
             let on = (self.inputs.switches >> n) & 1;
             s.push_str(&format!(",\"Switch{}\":\"{}\"", n + 1, escape(self.settings.state_text(on))));
         }
-        let mut ds_count = 0;
         for (i, spec) in self.hw.sensors.iter().enumerate() {
             let st = &mut self.inputs.sensors[i];
             let t = Device::model_value(&spec.temperature, st.set[0], &mut st.walk[0], secs);
@@ -270,13 +269,11 @@ impl Device {
                     ));
                 }
                 SensorKind::Ds18b20 => {
-                    ds_count += 1;
                     let id = spec.id.as_deref().unwrap_or("000000000000");
                     s.push_str(&format!(",\"DS18B20\":{{\"Id\":\"{id}\",\"Temperature\":{}}}", fixed(i64::from(t), 1)));
                 }
             }
         }
-        let _ = ds_count;
         if self.hw.energy.is_some() {
             s.push_str(&self.energy_json());
         }

@@ -175,3 +175,13 @@ impl Device {
         self.response = out;
     }
 }
+
+/// The log-level commands (`SerialLog`, `WebLog`, `MqttLog`): 0..4 sets, anything else
+/// shows; the reply is the level.
+pub(crate) fn log_level(d: &mut Device, mb: &mut Mailbox, level: fn(&mut crate::Settings) -> &mut u8) {
+    if (0..=4).contains(&mb.payload) {
+        *level(&mut d.settings) = mb.payload as u8;
+    }
+    let now = *level(&mut d.settings);
+    d.reply_number(mb, i64::from(now));
+}

@@ -160,10 +160,7 @@ fn cmnd_mqtt_retry(d: &mut Device, mb: &mut Mailbox) {
 }
 
 fn cmnd_mqttlog(d: &mut Device, mb: &mut Mailbox) {
-    if (0..=4).contains(&mb.payload) {
-        d.settings.mqttlog_level = mb.payload as u8;
-    }
-    d.reply_number(mb, i64::from(d.settings.mqttlog_level));
+    super::log_level(d, mb, |s| &mut s.mqttlog_level);
 }
 
 /// `CmndStateText` (in both the core and the MQTT table; the core one answers).

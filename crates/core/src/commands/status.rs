@@ -219,6 +219,8 @@ impl Device {
             6 => self.status6_json(),
             7 => self.status7_json(),
             8 | 10 => format!("\"StatusSNS\":{}", self.sensor_json()),
+            // Energy margins: none are set on a simulated plug.
+            9 => String::from("\"StatusPTH\":{\"PowerDelta\":[0,0,0],\"PowerLow\":0,\"PowerHigh\":0,\"VoltageLow\":0,\"VoltageHigh\":0,\"CurrentLow\":0,\"CurrentHigh\":0}"),
             _ => format!("\"StatusSTS\":{}", self.mqtt_show_state()),
         }
     }
@@ -265,15 +267,20 @@ fn gateway_of(ip: &str) -> String {
 pub(super) fn cmnd_status(d: &mut Device, mb: &mut Mailbox) {
     let payload = mb.payload;
     let merged = mb.usridx && mb.index == 0;
-    if payload > 13 || (payload == 6 && !d.settings.flag(3)) || matches!(payload, 9 | 12 | 13) {
-        // Status 9 needs an energy monitor with thresholds, 12 a crash dump, 13 shutters.
-        if !(payload == 9 && d.hw.energy.is_some()) {
-            return;
-        }
+    let mqtt_on = d.settings.flag(3);
+    // Status 6 needs MQTT, 9 an energy monitor (with thresholds), 12 a crash dump, 13
+    // shutters; beyond 13 there is nothing.
+    let unavailable = match payload {
+        6 => !mqtt_on,
+        9 => d.hw.energy.is_none(),
+        12 | 13 => true,
+        n => n > 13,
+    };
+    if unavailable {
+        return;
     }
     let retain = d.settings.flag(STATUS_RETAIN);
     d.response.clear();
-    let mqtt_on = d.settings.flag(3);
     let all: Vec<u32> = [0u32, 1, 2, 3, 4, 5, 6, 7, 10, 11].into_iter().filter(|n| *n != 6 || mqtt_on).collect();
     if merged {
         let parts: Vec<String> = all.iter().map(|n| d.status_json(*n)).collect();
@@ -281,21 +288,13 @@ pub(super) fn cmnd_status(d: &mut Device, mb: &mut Mailbox) {
         d.publish_prefix_topic(Prefix::Stat, false, "STATUS0", body, retain);
         return;
     }
-    let list: Vec<u32> = if payload < 0 {
-        Vec::from([0])
-    } else if payload == 0 {
-        all
-    } else if payload == 9 {
-        Vec::from([9])
-    } else {
-        Vec::from([payload as u32])
+    let list: Vec<u32> = match payload {
+        p if p < 0 => Vec::from([0]),
+        0 => all,
+        p => Vec::from([p as u32]),
     };
     for n in list {
-        let body = if n == 9 {
-            String::from("\"StatusPTH\":{\"PowerDelta\":[0,0,0],\"PowerLow\":0,\"PowerHigh\":0,\"VoltageLow\":0,\"VoltageHigh\":0,\"CurrentLow\":0,\"CurrentHigh\":0}")
-        } else {
-            d.status_json(n)
-        };
+        let body = d.status_json(n);
         let sub = if n == 0 { String::from("STATUS") } else { format!("STATUS{n}") };
         d.publish_prefix_topic(Prefix::Stat, false, &sub, format!("{{{body}}}"), retain);
     }
@@ -327,8 +326,7 @@ pub(super) fn cmnd_time(d: &mut Device, mb: &mut Mailbox) {
     }
     let local = iso_time(d.local_secs());
     d.response = match d.settings.time_format {
-        2 => format!("{{\"Time\":\"{local}\",\"Epoch\":{}}}", d.utc_secs()),
-        3 => format!("{{\"Time\":\"{local}\",\"Epoch\":{}}}", d.utc_secs()),
+        2 | 3 => format!("{{\"Time\":\"{local}\",\"Epoch\":{}}}", d.utc_secs()),
         4 => format!("{{\"Time\":{}}}", d.utc_secs()),
         _ => format!("{{\"Time\":\"{local}\"}}"),
     };
@@ -342,36 +340,21 @@ pub(super) fn cmnd_timezone(d: &mut Device, mb: &mut Mailbox) {
         if mb.payload != 99 {
             if let Some((_, mm)) = mb.data.split_once(':') {
                 let mm: u32 = mm.trim().parse().unwrap_or(0);
-                d.settings.timezone_minutes = if mm >= 15 {
-                    if mm >= 45 {
-                        45
-                    } else if mm >= 30 {
-                        30
-                    } else {
-                        15
-                    }
-                } else {
-                    0
-                };
+                // Whole quarters of an hour, at most 45.
+                d.settings.timezone_minutes = (mm.min(59) / 15 * 15) as u8;
             }
         }
     }
     d.response = format!("{{\"Timezone\":{}}}", d.timezone_json());
 }
 
-/// `SerialLog`, `WebLog`, `MqttLog` 0..4 (`LogLevel` is the same as SerialLog here).
+/// `SerialLog`, `WebLog` (and `MqttLog`, in the MQTT table): 0..4.
 pub(super) fn cmnd_seriallog(d: &mut Device, mb: &mut Mailbox) {
-    if (0..=4).contains(&mb.payload) {
-        d.settings.seriallog_level = mb.payload as u8;
-    }
-    d.reply_number(mb, i64::from(d.settings.seriallog_level));
+    super::log_level(d, mb, |s| &mut s.seriallog_level);
 }
 
 pub(super) fn cmnd_weblog(d: &mut Device, mb: &mut Mailbox) {
-    if (0..=4).contains(&mb.payload) {
-        d.settings.weblog_level = mb.payload as u8;
-    }
-    d.reply_number(mb, i64::from(d.settings.weblog_level));
+    super::log_level(d, mb, |s| &mut s.weblog_level);
 }
 
 /// `CmndWebServer`: 0 off, 1 user, 2 admin; the reply names the mode.
