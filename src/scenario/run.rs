@@ -211,9 +211,8 @@ async fn settle_now(world: &mut World) {
 async fn run_step(world: &mut World, brokers: &[Broker], cursors: &mut Cursors, step: &Step) -> Result<(), String> {
     match &step.action {
         Action::Console { device, line } => {
-            if !world.type_line(*device, line) {
-                return Err(format!("device '{}' is off or halted: nothing can be typed", world.devices[*device].name));
-            }
+            let (core, now) = world.core_mut(*device).map_err(|e| format!("{e}: nothing can be typed"))?;
+            core.type_line(line, now);
             // What the line sets off at this instant is carried out before the next step.
             settle_now(world).await;
         }

@@ -263,18 +263,6 @@ impl World {
         }
     }
 
-    /// Types a console line; false if the device is off or halted.
-    pub fn type_line(&mut self, i: usize, line: &str) -> bool {
-        let now = self.core_now();
-        match &mut self.devices[i].core {
-            Some(core) if !core.is_stopped() => {
-                core.type_line(line, now);
-                true
-            }
-            _ => false,
-        }
-    }
-
     pub fn operator_publish(&mut self, i: usize, cmd: operator::Command) -> Result<(), String> {
         // Sent as soon as the operator is connected (at once, unless it is reconnecting).
         let op = &self.operators[i];
