@@ -338,17 +338,6 @@ pub fn check(v: &Vector) -> Result<(), Failure> {
     }
 }
 
-/// Every vector file of `fixtures/vectors`, embedded, so the QEMU build needs no files.
-pub const FILES: &[(&str, &str)] = &[
-    ("spec-examples.vec", include_str!("../../../fixtures/vectors/spec-examples.vec")),
-    ("grammar.vec", include_str!("../../../fixtures/vectors/grammar.vec")),
-    ("backlog.vec", include_str!("../../../fixtures/vectors/backlog.vec")),
-    ("setoption.vec", include_str!("../../../fixtures/vectors/setoption.vec")),
-    ("mqtt-settings.vec", include_str!("../../../fixtures/vectors/mqtt-settings.vec")),
-    ("topics.vec", include_str!("../../../fixtures/vectors/topics.vec")),
-    ("power.vec", include_str!("../../../fixtures/vectors/power.vec")),
-    ("system.vec", include_str!("../../../fixtures/vectors/system.vec")),
-    ("status.vec", include_str!("../../../fixtures/vectors/status.vec")),
-    ("inputs.vec", include_str!("../../../fixtures/vectors/inputs.vec")),
-    ("telemetry.vec", include_str!("../../../fixtures/vectors/telemetry.vec")),
-];
+/// Every vector file of `fixtures/vectors` (found at build time by `build.rs`), embedded,
+/// so the QEMU build needs no files.
+pub const FILES: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/vector_files.rs"));
