@@ -10,7 +10,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Result;
-use tasmota_core::{BootReason, Device, Hardware, Instant, LinkFailure, LogLevel, Output, RestartKind, Settings};
+use tasmota_core::{BootReason, Device, Hardware, Instant, LinkFailure, Output, RestartKind, Settings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::task::JoinHandle;
 
@@ -90,8 +90,7 @@ pub async fn run(opts: Options) -> Result<Ending> {
         // Carry out what the device asked for.
         while let Some(out) = device.poll_output() {
             match out {
-                // The console shows INFO and above (SerialLog 2).
-                Output::Log(line) if line.level <= LogLevel::Info => {
+                Output::Log(line) if line.serial => {
                     writeln!(stdout, "{line}")?;
                     if recent.len() == WEB_CONSOLE_LINES {
                         recent.pop_front();
@@ -119,8 +118,8 @@ pub async fn run(opts: Options) -> Result<Ending> {
                     tracing::debug!(topic = %p.topic, retain = p.retain, sent = p.sent, "publish");
                 }
                 Output::Relays(bits) => tracing::debug!(relays = format!("{bits:b}"), "relays"),
-                Output::SaveSettings => {
-                    flash = device.settings().clone();
+                Output::SaveSettings(settings) => {
+                    flash = settings;
                     if let Err(e) = opts.state.save(&hw.mac, &flash) {
                         eprintln!("tasmota-sim: {e}");
                     }

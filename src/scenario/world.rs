@@ -11,9 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tasmota_core::mqtt::tls::TlsRequest;
-use tasmota_core::{
-    BootReason, ConnectRequest, Device, Hardware, LinkFailure, LogLevel, Output, RestartKind, Settings,
-};
+use tasmota_core::{BootReason, ConnectRequest, Device, Hardware, LinkFailure, Output, RestartKind, Settings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -412,7 +410,7 @@ impl World {
         let named = self.named_lines;
         let d = &mut self.devices[i];
         match out {
-            Output::Log(l) if l.level <= LogLevel::Info => {
+            Output::Log(l) if l.serial => {
                 let shown = l.to_string();
                 let line = if named { format!("[{}] {shown}", d.name) } else { shown };
                 d.console.push(ConsoleLine { at_ms, line, text: l.text });
@@ -442,11 +440,7 @@ impl World {
             }
             Output::Close => d.link.close(),
             Output::Publish(_) | Output::Relays(_) => {}
-            Output::SaveSettings => {
-                if let Some(core) = &d.core {
-                    d.flash = core.settings().clone();
-                }
-            }
+            Output::SaveSettings(settings) => d.flash = settings,
             Output::Restart(RestartKind::Restart) => {
                 // What is left of the old boot's output is gone with it.
                 self.power_on(i, BootReason::Restart);

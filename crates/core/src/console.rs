@@ -26,6 +26,10 @@ pub struct LogLine {
     pub level: LogLevel,
     /// The text after the timestamp, tag included (`MQT: Connected`).
     pub text: String,
+    /// The serial console shows it: `level <= SerialLog` (`AddLog` compares with
+    /// `TasmotaGlobal.seriallog_level`). Drivers print exactly these lines and filter
+    /// nothing themselves, so `SerialLog 0` silences the console as on the device.
+    pub serial: bool,
 }
 
 impl fmt::Display for LogLine {
@@ -114,9 +118,9 @@ mod tests {
 
     #[test]
     fn timestamp_format_wraps_at_a_day() {
-        let l = LogLine { uptime_ms: 3_745, level: LogLevel::Info, text: "MQT: Connected".to_string() };
+        let l = LogLine { uptime_ms: 3_745, level: LogLevel::Info, text: "MQT: Connected".to_string(), serial: true };
         assert_eq!(l.to_string(), "00:00:03.745 MQT: Connected");
-        let l = LogLine { uptime_ms: 86_400_000 + 41_324_100, level: LogLevel::Info, text: "X".into() };
+        let l = LogLine { uptime_ms: 86_400_000 + 41_324_100, level: LogLevel::Info, text: "X".into(), serial: true };
         assert_eq!(l.to_string(), "11:28:44.100 X");
     }
 

@@ -83,8 +83,9 @@ pub enum Output {
     Close,
     /// The relays changed: bit n is relay n+1.
     Relays(u32),
-    /// Settings changed and must be written now (read them with [`Device::settings`]).
-    SaveSettings,
+    /// Settings changed and must be written now: these, as they were when the device
+    /// decided to save (`SettingsSave`), not as they are when the driver drains.
+    SaveSettings(Settings),
     /// The device restarts: drop it and boot a new one from the saved settings.
     Restart(RestartKind),
 }
@@ -462,7 +463,8 @@ impl Device {
 
     pub(crate) fn log(&mut self, level: LogLevel, text: String) {
         let uptime_ms = self.uptime_ms();
-        let line = LogLine { uptime_ms, level, text };
+        let serial = level as u8 <= self.settings.seriallog_level;
+        let line = LogLine { uptime_ms, level, text, serial };
         // MqttLog: lines up to its level also go to stat/<topic>/LOGGING, as they are
         // shown (with the time), without a log line of their own.
         if level as u8 <= self.settings.mqttlog_level && !self.mirroring && self.mqtt.client.connected() {
@@ -582,7 +584,7 @@ impl Device {
         self.settings_dirty = false;
         if self.settings != self.saved {
             self.saved = self.settings.clone();
-            self.outputs.push_back(Output::SaveSettings);
+            self.outputs.push_back(Output::SaveSettings(self.saved.clone()));
         }
     }
 

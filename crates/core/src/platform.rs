@@ -18,7 +18,7 @@ use crate::settings::Settings;
 
 /// What a platform does for the core.
 pub trait Platform {
-    /// A console line (the platform decides which levels it shows).
+    /// A log line; the serial console shows it when `line.serial` is set.
     fn console(&mut self, line: &LogLine);
     /// Open the MQTT link (closing any other first); answer later with
     /// `Device::handle_link_up` or `Device::handle_link_failed`.
@@ -51,7 +51,7 @@ pub fn drive<P: Platform>(device: &mut Device, platform: &mut P) -> usize {
             Output::Transmit(bytes) => platform.transmit(&bytes),
             Output::Close => platform.close(),
             Output::Relays(bits) => platform.relays(bits),
-            Output::SaveSettings => platform.save_settings(device.settings()),
+            Output::SaveSettings(settings) => platform.save_settings(&settings),
             Output::Restart(kind) => platform.restart(kind),
         }
     }
@@ -75,7 +75,7 @@ mod tests {
 
     impl Platform for Recorder {
         fn console(&mut self, line: &LogLine) {
-            if line.level <= crate::console::LogLevel::Info {
+            if line.serial {
                 self.events.push(line.to_string());
             }
         }

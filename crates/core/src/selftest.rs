@@ -10,7 +10,7 @@ use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::console::{LogLevel, LogLine};
+use crate::console::LogLine;
 use crate::device::{BootReason, Device, Publish, RestartKind};
 use crate::hardware::Hardware;
 use crate::mqtt::packet::{self, Packet};
@@ -56,7 +56,7 @@ pub struct Fake {
 
 impl Platform for Fake {
     fn console(&mut self, line: &LogLine) {
-        if line.level <= LogLevel::Info {
+        if line.serial {
             self.lines.push(line.to_string());
         }
     }

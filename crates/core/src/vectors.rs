@@ -25,7 +25,6 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use crate::console::LogLevel;
 use crate::device::{BootReason, Device, Hardware, Output};
 use crate::hardware::{Chip, EnergySpec, Model, SensorKind, SensorSpec};
 use crate::identity::Mac;
@@ -280,8 +279,8 @@ fn run_until(device: &mut Device, until: Instant, transcript: &mut Vec<String>) 
 fn drain(device: &mut Device, transcript: &mut Vec<String>) {
     while let Some(out) = device.poll_output() {
         match out {
-            // The console shows INFO and above (SerialLog 2).
-            Output::Log(line) if line.level <= LogLevel::Info => transcript.push(line.to_string()),
+            // What the serial console shows (SerialLog decides, in the core).
+            Output::Log(line) if line.serial => transcript.push(line.to_string()),
             Output::Log(_) => {}
             // No broker answers in a vector: every connect fails at TCP.
             Output::Connect(_) => {
@@ -292,7 +291,7 @@ fn drain(device: &mut Device, transcript: &mut Vec<String>) {
             Output::Publish(p) => {
                 transcript.push(format!("-> {}{}", p.topic, if p.retain { " (retained)" } else { "" }))
             }
-            Output::Relays(_) | Output::SaveSettings | Output::Restart(_) => {}
+            Output::Relays(_) | Output::SaveSettings(_) | Output::Restart(_) => {}
         }
     }
 }

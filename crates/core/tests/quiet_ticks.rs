@@ -4,7 +4,7 @@
 //! with far fewer wake-ups.
 
 use tasmota_core::mqtt::packet::{self, Packet};
-use tasmota_core::{BootReason, Device, Hardware, Instant, LogLevel, Output, Settings};
+use tasmota_core::{BootReason, Device, Hardware, Instant, Output, Settings};
 
 /// A device on a fake link whose broker answers CONNECT and PINGREQ at once; `script`
 /// types lines at given times. Returns what the driver saw and how often it woke.
@@ -20,7 +20,7 @@ fn run(every_tick: bool, until_ms: u64, script: &[(u64, &str)]) -> (Vec<String>,
         // Drain, answering the link as a broker would.
         while let Some(out) = d.poll_output() {
             match out {
-                Output::Log(l) if l.level <= LogLevel::Info => seen.push(l.to_string()),
+                Output::Log(l) if l.serial => seen.push(l.to_string()),
                 Output::Connect(_) => {
                     seen.push(format!("{now} connect"));
                     d.handle_link_up(Instant::from_millis(now));

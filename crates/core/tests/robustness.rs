@@ -146,7 +146,7 @@ fn settings_are_saved_once_a_second_after_a_change_and_before_a_restart() {
     let mut saves = Vec::new();
     let collect = |d: &mut Device, saves: &mut Vec<u64>, t: u64| {
         while let Some(o) = d.poll_output() {
-            if o == Output::SaveSettings {
+            if let Output::SaveSettings(_) = o {
                 saves.push(t);
             }
         }
@@ -169,7 +169,7 @@ fn settings_are_saved_once_a_second_after_a_change_and_before_a_restart() {
         d.handle_timeout(Instant::from_millis(t));
         while let Some(o) = d.poll_output() {
             match o {
-                Output::SaveSettings => saves.push(t),
+                Output::SaveSettings(_) => saves.push(t),
                 Output::Restart(k) => restarted = Some((t, k)),
                 _ => {}
             }
@@ -179,6 +179,25 @@ fn settings_are_saved_once_a_second_after_a_change_and_before_a_restart() {
     assert_eq!(restarted, Some((5000, tasmota_core::RestartKind::Restart)));
     assert!(d.is_stopped());
     assert_eq!(d.poll_timeout(), None);
+}
+
+#[test]
+fn a_save_carries_the_settings_as_they_were_when_it_was_decided() {
+    // A driver that drains late must persist what the device saved, not what a later
+    // command changed (that change is saved by its own SettingsSave a second later).
+    let mut d = boot();
+    while d.poll_output().is_some() {}
+    d.handle_serial(b"FriendlyName1 Lamp\n", Instant::from_millis(1500));
+    d.handle_timeout(Instant::from_millis(2000));
+    d.handle_serial(b"FriendlyName1 Desk\n", Instant::from_millis(2100));
+    let saved: Vec<String> = std::iter::from_fn(|| d.poll_output())
+        .filter_map(|o| match o {
+            Output::SaveSettings(s) => Some(s.friendlyname[0].clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(saved, ["Lamp"]);
+    assert_eq!(d.settings().friendlyname[0], "Desk");
 }
 
 #[test]

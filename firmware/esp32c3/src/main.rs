@@ -94,8 +94,8 @@ struct Io {
 
 impl Platform for Io {
     fn console(&mut self, line: &LogLine) {
-        // SerialLog 2: INFO and above, as the firmware's serial console.
-        if line.level <= LogLevel::Info {
+        // What SerialLog lets through (the core decides).
+        if line.serial {
             println!("{line}");
         }
     }
