@@ -75,7 +75,7 @@ pub async fn run(opts: Options) -> Result<Ending> {
     let mut pending_restart = false;
 
     for cmd in &opts.commands {
-        device.type_line(cmd, now());
+        device.handle_serial_line(cmd, now());
     }
 
     let mut stdin = tokio::io::stdin();
@@ -191,7 +191,7 @@ fn web_answer(
     match call {
         WebCall::Command { cmnd, credentials, from } => {
             let (user, password) = credentials.pick(|u, p| device.web_authorized(u, p));
-            let r = device.web_command(cmnd.as_deref(), user, password, &from, now);
+            let r = device.handle_web_command(cmnd.as_deref(), user, password, &from, now);
             WebAnswer::json(r.status, r.body)
         }
         WebCall::Page { basic, command, .. } => {
@@ -204,7 +204,7 @@ fn web_answer(
                 // The web console logs what was typed, as the serial console does; then
                 // back to the page, so a reload does not run it again.
                 if !c.is_empty() {
-                    device.type_line(&c, now);
+                    device.handle_serial_line(&c, now);
                 }
                 return WebAnswer::see_other("/");
             }

@@ -72,7 +72,7 @@ pub struct WebAnswer {
 }
 
 impl WebAnswer {
-    /// A `/cm` answer: the body `web_command` built.
+    /// A `/cm` answer: the body `handle_web_command` built.
     pub fn json(status: u16, body: String) -> WebAnswer {
         WebAnswer { status, content_type: "application/json", body, header: None }
     }

@@ -212,7 +212,7 @@ async fn run_step(world: &mut World, brokers: &[Broker], cursors: &mut Cursors, 
     match &step.action {
         Action::Console { device, line } => {
             let (core, now) = world.core_mut(*device).map_err(|e| format!("{e}: nothing can be typed"))?;
-            core.type_line(line, now);
+            core.handle_serial_line(line, now);
             // What the line sets off at this instant is carried out before the next step.
             settle_now(world).await;
         }
@@ -238,21 +238,21 @@ async fn run_step(world: &mut World, brokers: &[Broker], cursors: &mut Cursors, 
         Action::BrokerRestart { broker, down } => brokers[*broker].restart(*down),
         Action::ButtonPress { device, button } => {
             let (core, now) = world.core_mut(*device)?;
-            core.press_button(*button, now).map_err(|e| e.0)?;
+            core.handle_button(*button, now).map_err(|e| e.0)?;
             settle_now(world).await;
         }
         Action::Switch { device, index, on } => {
             let (core, now) = world.core_mut(*device)?;
-            core.set_switch(*index, *on, now).map_err(|e| e.0)?;
+            core.handle_switch(*index, *on, now).map_err(|e| e.0)?;
             settle_now(world).await;
         }
         Action::Sensor { device, index, quantity, milli } => {
             let (core, now) = world.core_mut(*device)?;
-            core.set_sensor(*index, *quantity, *milli, now).map_err(|e| e.0)?;
+            core.handle_sensor(*index, *quantity, *milli, now).map_err(|e| e.0)?;
         }
         Action::Http { device, cmnd, user, password, status, body } => {
             let (core, now) = world.core_mut(*device)?;
-            let r = core.web_command(cmnd.as_deref(), user.as_deref(), password.as_deref(), "127.0.0.1", now);
+            let r = core.handle_web_command(cmnd.as_deref(), user.as_deref(), password.as_deref(), "127.0.0.1", now);
             settle_now(world).await;
             if r.status != *status || body.as_ref().is_some_and(|b| *b != r.body) {
                 let want = body.as_deref().unwrap_or("(any body)");

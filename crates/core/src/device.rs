@@ -320,7 +320,7 @@ impl Device {
     }
 
     /// A whole line typed on the serial console (the newline is added).
-    pub fn type_line(&mut self, line: &str, now: Instant) {
+    pub fn handle_serial_line(&mut self, line: &str, now: Instant) {
         let mut bytes = Vec::with_capacity(line.len() + 1);
         bytes.extend_from_slice(line.as_bytes());
         bytes.push(b'\n');

@@ -108,7 +108,7 @@ mod tests {
         assert_eq!(p.events[0], "00:00:00.000 HDW: ESP8266EX");
         assert!(p.events.contains(&"relays 0".to_string()), "{:?}", p.events);
         p.events.clear();
-        d.type_line("Power ON", Instant::from_millis(10));
+        d.handle_serial_line("Power ON", Instant::from_millis(10));
         drive(&mut d, &mut p);
         assert_eq!(
             p.events,

@@ -322,7 +322,7 @@ fn tls_aws_iot_request() -> Result<(), String> {
 
 fn restart_closes_without_disconnect() -> Result<(), String> {
     let mut b = Bench::connected()?;
-    b.d.type_line("Restart 1", Instant::from_millis(b.now));
+    b.d.handle_serial_line("Restart 1", Instant::from_millis(b.now));
     b.drain();
     b.run_to(b.now + 3000);
     let packets = b.packets()?;
@@ -333,7 +333,7 @@ fn restart_closes_without_disconnect() -> Result<(), String> {
 
 fn status0_json_is_one_message() -> Result<(), String> {
     let mut b = Bench::new(|s| s.mqtt_host.clear());
-    b.d.type_line("Status0", Instant::from_millis(0));
+    b.d.handle_serial_line("Status0", Instant::from_millis(0));
     b.drain();
     let lines = b.take_lines();
     let line = lines.get(1).ok_or("no reply")?;

@@ -53,7 +53,7 @@ pub enum Quantity {
     Power,
 }
 
-/// Why [`Device::set_sensor`] refused.
+/// Why [`Device::handle_sensor`] refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NoSuchSensor(pub String);
 
@@ -113,7 +113,7 @@ impl Device {
     /// the window closes a single press toggles relay n (`ExecuteCommandPower(n,
     /// POWER_TOGGLE, SRC_BUTTON)`), a k-fold press relay n+k-1 if the device has it.
     /// SetOption13 acts at once, single presses only.
-    pub fn press_button(&mut self, button: u8, now: Instant) -> Result<(), NoSuchSensor> {
+    pub fn handle_button(&mut self, button: u8, now: Instant) -> Result<(), NoSuchSensor> {
         self.catch_up(now);
         if button == 0 || button > self.hw.buttons {
             return Err(NoSuchSensor(format!("Button{button} (the device has {})", self.hw.buttons)));
@@ -166,7 +166,7 @@ impl Device {
     /// A switch changed to `on` (`SwitchHandler`): SwitchMode 0 toggles the relay on every
     /// change, 1 makes it follow, 2 follow inverted; with SetOption114 the relay is left
     /// alone and `{"Switch<n>":{"Action":"ON|OFF"}}` is published instead.
-    pub fn set_switch(&mut self, switch: u8, on: bool, now: Instant) -> Result<(), NoSuchSensor> {
+    pub fn handle_switch(&mut self, switch: u8, on: bool, now: Instant) -> Result<(), NoSuchSensor> {
         self.catch_up(now);
         if switch == 0 || switch > self.hw.switches {
             return Err(NoSuchSensor(format!("Switch{switch} (the device has {})", self.hw.switches)));
@@ -201,7 +201,7 @@ impl Device {
     /// Sets a sensor value (thousandths) from now on, overriding its model. `index` is
     /// 1-based among the sensors that have the quantity (Power and Voltage: the energy
     /// monitor).
-    pub fn set_sensor(&mut self, index: u8, what: Quantity, milli: i32, now: Instant) -> Result<(), NoSuchSensor> {
+    pub fn handle_sensor(&mut self, index: u8, what: Quantity, milli: i32, now: Instant) -> Result<(), NoSuchSensor> {
         self.catch_up(now);
         match what {
             Quantity::Voltage | Quantity::Power => {
@@ -387,8 +387,8 @@ mod tests {
             ..Hardware::default()
         };
         let mut d = Device::boot(hw, crate::Settings::default(), crate::BootReason::PowerOn, Instant::from_millis(0));
-        d.type_line("Power ON", Instant::from_millis(0));
-        d.type_line("Status 10", Instant::from_millis(5000));
+        d.handle_serial_line("Power ON", Instant::from_millis(0));
+        d.handle_serial_line("Status 10", Instant::from_millis(5000));
         let mut seen = false;
         while let Some(o) = d.poll_output() {
             if let crate::Output::Log(l) = o {

@@ -213,14 +213,14 @@ pub fn run(v: &Vector) -> Vec<String> {
     let mut now = Instant::from_millis(0);
     for step in &v.steps {
         match step {
-            Step::Type(line) => device.type_line(line, now),
+            Step::Type(line) => device.handle_serial_line(line, now),
             Step::Button(n) => {
-                if let Err(e) = device.press_button(*n, now) {
+                if let Err(e) = device.handle_button(*n, now) {
                     transcript.push(format!("error: {}", e.0));
                 }
             }
             Step::Switch(n, on) => {
-                if let Err(e) = device.set_switch(*n, *on, now) {
+                if let Err(e) = device.handle_switch(*n, *on, now) {
                     transcript.push(format!("error: {}", e.0));
                 }
             }
@@ -257,7 +257,7 @@ fn prepare(v: &Vector) -> Settings {
         Device::boot(v.hardware.clone(), Settings::default(), BootReason::PowerOn, Instant::from_millis(0));
     let mut now = Instant::from_millis(0);
     for cmd in &v.given {
-        device.type_line(cmd, now);
+        device.handle_serial_line(cmd, now);
         now = settle(&mut device, now, &mut Vec::new());
         if device.is_stopped() {
             let settings = device.settings().clone();

@@ -44,7 +44,7 @@ impl Device {
 
     /// `HandleHttpCommand`: runs `cmnd` (`None` when the request had no `cmnd`) from
     /// `from` (the client's address, for the debug log) and answers.
-    pub fn web_command(
+    pub fn handle_web_command(
         &mut self,
         cmnd: Option<&str>,
         user: Option<&str>,

@@ -240,7 +240,7 @@ fn oversized_packets_close_and_big_payloads_are_ignored() {
 #[test]
 fn restart_closes_without_disconnect_and_reconnects_with_new_settings() {
     let mut b = connected_bench();
-    b.d.type_line("Backlog MqttHost other.lan; MqttPort 1884", Instant::from_millis(b.now));
+    b.d.handle_serial_line("Backlog MqttHost other.lan; MqttPort 1884", Instant::from_millis(b.now));
     b.run_to(6000);
     let packets = b.packets().unwrap();
     assert!(!packets.contains(&Packet::Disconnect), "no DISCONNECT on restart: {packets:?}");
@@ -341,7 +341,7 @@ proptest! {
         }
         b.run_to(b.now + 100_000);
         // Still alive: it answers the console.
-        b.d.type_line("MqttRetry", Instant::from_millis(b.now));
+        b.d.handle_serial_line("MqttRetry", Instant::from_millis(b.now));
         b.drain();
         prop_assert!(b.p.lines.iter().any(|l| l.ends_with("{\"MqttRetry\":10}")), "{:?}", b.p.lines);
     }

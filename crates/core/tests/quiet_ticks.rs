@@ -54,7 +54,7 @@ fn run(every_tick: bool, until_ms: u64, script: &[(u64, &str)]) -> (Vec<String>,
         wakes += 1;
         if typed == now {
             let (_, line) = script.next().unwrap();
-            d.type_line(line, Instant::from_millis(now));
+            d.handle_serial_line(line, Instant::from_millis(now));
         } else {
             d.handle_timeout(Instant::from_millis(now));
         }

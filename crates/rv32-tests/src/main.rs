@@ -204,7 +204,7 @@ fn budgets() -> Vec<String> {
         let start = instret();
         for _ in 0..200 {
             now += 1;
-            d.type_line(cmd, Instant::from_millis(now));
+            d.handle_serial_line(cmd, Instant::from_millis(now));
             drive(&mut d, &mut p);
         }
         let per = (instret() - start) / 200;

@@ -346,7 +346,7 @@ async fn run(
                 // 50 ms debounce; still pressed: a single press (ButtonHandler).
                 Timer::after(Duration::from_millis(50)).await;
                 if button.is_low() {
-                    let _ = dev.press_button(1, now());
+                    let _ = dev.handle_button(1, now());
                 }
             }
             Either4::Third(()) => dev.handle_timeout(now()),
