@@ -87,9 +87,9 @@ async fn run_steps(s: &Scenario, opts: &Options, virtual_clock: bool) -> Outcome
     let settle = world.now_plus(Duration::from_millis(1));
     world.run_until(settle, |_| false).await;
     let transcript: Vec<String> = if s.devices.len() == 1 {
-        world.devices[0].console.iter().map(|l| l.line.clone()).collect()
+        world.console(0).iter().map(|l| l.line.clone()).collect()
     } else {
-        let mut all: Vec<_> = world.devices.iter().flat_map(|d| d.console.iter()).collect();
+        let mut all: Vec<_> = (0..world.devices.len()).flat_map(|i| world.console(i).iter()).collect();
         all.sort_by_key(|l| l.at_ms);
         all.into_iter().map(|l| l.line.clone()).collect()
     };
@@ -228,8 +228,8 @@ async fn run_step(world: &mut World, brokers: &[Broker], cursors: &mut Cursors, 
         Action::Restart { device } => world.power_on(*device, BootReason::Restart),
         Action::PowerOff { device } => world.power_off(*device),
         Action::PowerOn { device } => {
-            if world.devices[*device].core.is_some() {
-                return Err(format!("device '{}' is already on", world.devices[*device].name));
+            if world.is_powered(*device) {
+                return Err(format!("device '{}' is already on", world.device_name(*device)));
             }
             world.power_on(*device, BootReason::PowerOn);
         }
@@ -269,7 +269,7 @@ async fn run_step(world: &mut World, brokers: &[Broker], cursors: &mut Cursors, 
         Action::ExpectNot(e) => {
             // Only what happens from now on counts.
             let from = Cursors {
-                console: world.devices.iter().map(|d| d.console.len()).collect(),
+                console: (0..world.devices.len()).map(|i| world.console(i).len()).collect(),
                 received: world.operators.iter().map(|o| o.received.len()).collect(),
                 records: brokers.iter().map(Broker::record_count).collect(),
             };
@@ -331,7 +331,7 @@ fn find(w: &World, brokers: &[Broker], from: &Cursors, m: &Matcher) -> Option<Cu
     let mut next = from.clone();
     match m {
         Matcher::Console { device, text } => {
-            let lines = &w.devices[*device].console;
+            let lines = w.console(*device);
             let full = has_timestamp(text);
             let i = lines[from.console[*device]..].iter().position(|l| {
                 if full {
@@ -343,7 +343,7 @@ fn find(w: &World, brokers: &[Broker], from: &Cursors, m: &Matcher) -> Option<Cu
             next.console[*device] += i + 1;
         }
         Matcher::ConsoleRegex { device, re } => {
-            let lines = &w.devices[*device].console;
+            let lines = w.console(*device);
             let i = lines[from.console[*device]..].iter().position(|l| re.is_match(&l.text))?;
             next.console[*device] += i + 1;
         }
@@ -358,8 +358,7 @@ fn find(w: &World, brokers: &[Broker], from: &Cursors, m: &Matcher) -> Option<Cu
             next.records[*broker] += i + 1;
         }
         Matcher::Setting { device, name, value } => {
-            let d = &w.devices[*device];
-            let settings = d.core.as_ref().map_or(&d.flash, |c| c.settings());
+            let settings = w.device_settings(*device);
             let now = serde_json::to_value(settings).ok()?;
             if now.get(name) != Some(value) {
                 return None;
@@ -416,7 +415,7 @@ fn describe_hit(w: &World, brokers: &[Broker], seen: &Cursors, m: &Matcher) -> S
     match m {
         Matcher::Console { device, .. } | Matcher::ConsoleRegex { device, .. } => {
             let i = seen.console[*device] - 1;
-            format!("the console printed '{}'", w.devices[*device].console[i].line)
+            format!("the console printed '{}'", w.console(*device)[i].line)
         }
         Matcher::Publish { operator, .. } => {
             let m = &w.operators[*operator].received[seen.received[*operator] - 1].msg;
@@ -450,7 +449,7 @@ fn not_seen(w: &World, brokers: &[Broker], from: &Cursors, e: &Expect) -> String
     };
     match &e.what {
         Matcher::Console { device, .. } | Matcher::ConsoleRegex { device, .. } => {
-            let lines = &w.devices[*device].console[from.console[*device]..];
+            let lines = &w.console(*device)[from.console[*device]..];
             msg.push_str(&tail(lines.iter().map(|l| l.line.clone()).collect()));
         }
         Matcher::Publish { operator, .. } => {
@@ -473,8 +472,7 @@ fn not_seen(w: &World, brokers: &[Broker], from: &Cursors, e: &Expect) -> String
             msg.push_str(&tail(new.iter().map(|r| serde_json::to_string(r).unwrap_or_default()).collect()));
         }
         Matcher::Setting { device, name, .. } => {
-            let d = &w.devices[*device];
-            let settings = d.core.as_ref().map_or(&d.flash, |c| c.settings());
+            let settings = w.device_settings(*device);
             let now = serde_json::to_value(settings).ok().and_then(|v| v.get(name).cloned());
             msg.push_str(&format!(": {name} is {}", now.unwrap_or_default()));
         }

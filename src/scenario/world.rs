@@ -1,6 +1,6 @@
-//! The world a scenario runs in: its devices (core [`Device`]s), its brokers (embedded,
-//! over in-memory links, or one real broker over the network) and its operators, driven
-//! by one event loop on tokio's clock.
+//! The world a scenario runs in: its devices ([`HostDevice`]s, the one host driver), its
+//! brokers (embedded, over in-memory links, or one real broker over the network) and its
+//! operators, driven by one event loop on tokio's clock.
 //!
 //! On the virtual clock the runtime's time is paused: whenever every task waits, tokio
 //! jumps to the next timer, so a day of keepalives and telemetry passes in milliseconds
@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tasmota_core::mqtt::tls::TlsRequest;
-use tasmota_core::{BootReason, ConnectRequest, Device, Hardware, LinkFailure, Output, RestartKind, Settings};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
+use tasmota_core::{BootReason, ConnectRequest, Device, LinkFailure, LogLine, Settings};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -20,6 +19,7 @@ use tokio::time::Instant;
 use super::file::{BrokerSpec, DeviceFault, Scenario};
 use super::operator::{self, OperatorEvent, Received};
 use crate::broker::{self, Broker, LinkInfo, TlsInfo, TlsListen};
+use crate::host::{Console, HostDevice, HostSetup, LinkEvent, Network, Opening};
 use crate::link::{BoxStream, Connector};
 
 /// A console line with the world time it was printed at.
@@ -61,43 +61,33 @@ pub struct EmbeddedBroker {
     pub tls: Option<TlsListen>,
 }
 
-/// Everything that reaches the event loop from other tasks.
+/// Everything that reaches the event loop from other tasks, in the order it happened.
 enum Event {
-    Opened { device: usize, gen: u64, result: Result<BoxStream, LinkFailure> },
-    Bytes { device: usize, gen: u64, bytes: Vec<u8> },
-    Closed { device: usize, gen: u64 },
+    Link(LinkEvent),
     Operator { operator: usize, event: OperatorEvent },
 }
 
-enum Link {
-    None,
-    Opening { gen: u64, task: JoinHandle<()> },
-    Open { gen: u64, writer: WriteHalf<BoxStream>, reader: JoinHandle<()> },
+/// A scenario device's console: every line with its world time, for expectations and
+/// the golden transcript.
+pub struct Transcript {
+    /// `[name] ` before each line when the scenario has several devices.
+    prefix: Option<String>,
+    pub lines: Vec<ConsoleLine>,
 }
 
-impl Link {
-    fn close(&mut self) {
-        match std::mem::replace(self, Link::None) {
-            Link::Opening { task, .. } => task.abort(),
-            Link::Open { reader, .. } => reader.abort(),
-            Link::None => {}
-        }
+impl Console for Transcript {
+    fn line(&mut self, l: &LogLine, at: Duration) {
+        let shown = l.to_string();
+        let line = match &self.prefix {
+            Some(name) => format!("[{name}] {shown}"),
+            None => shown,
+        };
+        self.lines.push(ConsoleLine { at_ms: at.as_millis() as u64, line, text: l.text.clone() });
     }
 }
 
-/// One simulated device and its flash.
-pub struct SimDevice {
-    pub name: String,
-    hw: Hardware,
-    pub core: Option<Device>,
-    pub flash: Settings,
-    link: Link,
-    gen: u64,
-    fault_alpn: Option<Option<&'static str>>,
-    fault_dns: bool,
-    tls_handshake: Duration,
-    pub console: Vec<ConsoleLine>,
-}
+/// One simulated device: the host driver with its console kept as a transcript.
+pub type SimDevice = HostDevice<Transcript>;
 
 pub struct OperatorSlot {
     pub name: String,
@@ -116,10 +106,6 @@ pub struct World {
     t0: Instant,
     tx: mpsc::UnboundedSender<Event>,
     rx: mpsc::UnboundedReceiver<Event>,
-    /// Whether the clock is virtual (TLS handshakes take the device's modelled time).
-    virtual_clock: bool,
-    /// Prefix transcript lines with the device name.
-    named_lines: bool,
 }
 
 impl World {
@@ -127,32 +113,36 @@ impl World {
     /// The devices are booted at time zero by [`World::boot_devices`].
     pub async fn new(s: &Scenario, net: Net, virtual_clock: bool) -> Result<World, String> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let t0 = Instant::now();
+        let network: Arc<dyn Network> = match &net {
+            Net::Embedded(net) => Arc::new(net.clone()),
+            Net::External { connector, .. } => Arc::new(connector.clone()),
+        };
+        let named = s.devices.len() > 1;
         let devices = s
             .devices
             .iter()
-            .map(|d| SimDevice {
-                name: d.name.clone(),
-                hw: d.hardware.clone(),
-                core: None,
-                flash: d.settings.clone(),
-                link: Link::None,
-                gen: 0,
-                fault_alpn: None,
-                fault_dns: false,
-                tls_handshake: d.tls_handshake,
-                console: Vec::new(),
+            .enumerate()
+            .map(|(index, d)| {
+                let tx = tx.clone();
+                HostDevice::new(HostSetup {
+                    index,
+                    name: d.name.clone(),
+                    hardware: d.hardware.clone(),
+                    flash: d.settings.clone(),
+                    store: None,
+                    console: Transcript { prefix: named.then(|| d.name.clone()), lines: Vec::new() },
+                    network: network.clone(),
+                    events: Arc::new(move |ev| {
+                        let _ = tx.send(Event::Link(ev));
+                    }),
+                    t0,
+                    // The handshake's CPU time on the device's chip, on the virtual clock.
+                    tls_time: if virtual_clock { d.tls_handshake } else { Duration::ZERO },
+                })
             })
             .collect();
-        let mut world = World {
-            net,
-            devices,
-            operators: Vec::new(),
-            t0: Instant::now(),
-            tx,
-            rx,
-            virtual_clock,
-            named_lines: s.devices.len() > 1,
-        };
+        let mut world = World { net, devices, operators: Vec::new(), t0, tx, rx };
         for (i, spec) in s.operators.iter().enumerate() {
             let (ctx, mut crx) = mpsc::unbounded_channel();
             let tx = world.tx.clone();
@@ -205,8 +195,8 @@ impl World {
 
     /// Powers on every device.
     pub fn boot_devices(&mut self) {
-        for i in 0..self.devices.len() {
-            self.power_on(i, BootReason::PowerOn);
+        for d in &mut self.devices {
+            d.power_on(BootReason::PowerOn);
         }
     }
 
@@ -219,46 +209,52 @@ impl World {
         Instant::now() + d
     }
 
-    fn core_now(&self) -> tasmota_core::Instant {
-        tasmota_core::Instant::from_millis(self.now_ms())
-    }
-
     // ---- device power ------------------------------------------------------------------
 
     pub fn power_on(&mut self, i: usize, reason: BootReason) {
-        let now = self.core_now();
-        let d = &mut self.devices[i];
-        d.link.close();
-        d.core = Some(Device::boot(d.hw.clone(), d.flash.clone(), reason, now));
+        self.devices[i].power_on(reason);
     }
 
     /// Power removed: the link drops with no DISCONNECT (the broker sends the will).
     pub fn power_off(&mut self, i: usize) {
-        let d = &mut self.devices[i];
-        d.link.close();
-        d.core = None;
+        self.devices[i].power_off();
     }
 
     pub fn set_device_fault(&mut self, i: usize, fault: &DeviceFault) {
-        let d = &mut self.devices[i];
+        let faults = &mut self.devices[i].faults;
         match fault {
-            DeviceFault::Alpn(p) => d.fault_alpn = Some(*p),
-            DeviceFault::DnsFail => d.fault_dns = true,
-            DeviceFault::Clear => {
-                d.fault_alpn = None;
-                d.fault_dns = false;
-            }
+            DeviceFault::Alpn(p) => faults.alpn = Some(*p),
+            DeviceFault::DnsFail => faults.dns_fail = true,
+            DeviceFault::Clear => *faults = Default::default(),
         }
     }
 
     /// The running core of device `i`, or why there is none.
     pub fn core_mut(&mut self, i: usize) -> Result<(&mut Device, tasmota_core::Instant), String> {
-        let now = self.core_now();
         let d = &mut self.devices[i];
-        match &mut d.core {
-            Some(core) if !core.is_stopped() => Ok((core, now)),
-            _ => Err(format!("device '{}' is off or halted", d.name)),
-        }
+        let now = d.now();
+        let name = d.name().to_string();
+        d.running_mut().map(|core| (core, now)).ok_or_else(|| format!("device '{name}' is off or halted"))
+    }
+
+    /// Device `i`'s console so far.
+    pub fn console(&self, i: usize) -> &[ConsoleLine] {
+        &self.devices[i].console().lines
+    }
+
+    pub fn device_name(&self, i: usize) -> &str {
+        self.devices[i].name()
+    }
+
+    /// Whether device `i` has power (running or halted).
+    pub fn is_powered(&self, i: usize) -> bool {
+        self.devices[i].core().is_some()
+    }
+
+    /// Device `i`'s settings: the running core's, or what its flash holds.
+    pub fn device_settings(&self, i: usize) -> &Settings {
+        let d = &self.devices[i];
+        d.core().map_or(d.flash(), Device::settings)
     }
 
     pub fn operator_publish(&mut self, i: usize, cmd: operator::Command) -> Result<(), String> {
@@ -298,78 +294,19 @@ impl World {
     }
 
     fn next_device_timer(&self) -> Option<Instant> {
-        self.devices
-            .iter()
-            .filter_map(|d| d.core.as_ref()?.poll_timeout())
-            .min()
-            .map(|t| self.t0 + Duration::from_millis(t.as_millis()))
+        self.devices.iter().filter_map(HostDevice::poll_timeout).min()
     }
 
     fn on_timers(&mut self) {
-        let now = self.core_now();
         for d in &mut self.devices {
-            if let Some(core) = &mut d.core {
-                if core.poll_timeout().is_some_and(|t| t <= now) {
-                    core.handle_timeout(now);
-                }
-            }
+            d.handle_timeout();
         }
     }
 
     fn on_event(&mut self, ev: Event) {
-        let now = self.core_now();
         let at_ms = self.now_ms();
         match ev {
-            Event::Opened { device, gen, result } => {
-                let d = &mut self.devices[device];
-                if !matches!(d.link, Link::Opening { gen: g, .. } if g == gen) {
-                    return;
-                }
-                let Some(core) = &mut d.core else { return };
-                match result {
-                    Ok(stream) => {
-                        let (mut reader, writer) = tokio::io::split(stream);
-                        let tx = self.tx.clone();
-                        let task = tokio::spawn(async move {
-                            let mut buf = vec![0u8; 4096];
-                            loop {
-                                match reader.read(&mut buf).await {
-                                    Ok(n) if n > 0 => {
-                                        let _ = tx.send(Event::Bytes { device, gen, bytes: buf[..n].to_vec() });
-                                    }
-                                    _ => {
-                                        let _ = tx.send(Event::Closed { device, gen });
-                                        return;
-                                    }
-                                }
-                            }
-                        });
-                        d.link = Link::Open { gen, writer, reader: task };
-                        core.handle_link_up(now);
-                    }
-                    Err(failure) => {
-                        d.link = Link::None;
-                        core.handle_link_failed(failure, now);
-                    }
-                }
-            }
-            Event::Bytes { device, gen, bytes } => {
-                let d = &mut self.devices[device];
-                if let (Link::Open { gen: g, .. }, Some(core)) = (&d.link, &mut d.core) {
-                    if *g == gen {
-                        core.handle_received(&bytes, now);
-                    }
-                }
-            }
-            Event::Closed { device, gen } => {
-                let d = &mut self.devices[device];
-                if matches!(d.link, Link::Open { gen: g, .. } if g == gen) {
-                    d.link.close();
-                    if let Some(core) = &mut d.core {
-                        core.handle_link_closed(now);
-                    }
-                }
-            }
+            Event::Link(ev) => self.devices[ev.device].handle_link_event(ev),
             Event::Operator { operator, event } => {
                 let op = &mut self.operators[operator];
                 match event {
@@ -392,86 +329,11 @@ impl World {
     async fn pump(&mut self) {
         loop {
             let mut any = false;
-            for i in 0..self.devices.len() {
-                while let Some(out) = self.devices[i].core.as_mut().and_then(Device::poll_output) {
-                    any = true;
-                    self.carry_out(i, out).await;
-                }
+            for d in &mut self.devices {
+                any |= d.carry_out().await;
             }
             if !any {
                 return;
-            }
-        }
-    }
-
-    async fn carry_out(&mut self, i: usize, out: Output) {
-        let at_ms = self.now_ms();
-        let now = self.core_now();
-        let named = self.named_lines;
-        let d = &mut self.devices[i];
-        match out {
-            Output::Log(l) if l.serial => {
-                let shown = l.to_string();
-                let line = if named { format!("[{}] {shown}", d.name) } else { shown };
-                d.console.push(ConsoleLine { at_ms, line, text: l.text });
-            }
-            Output::Log(l) => tracing::debug!(target: "tasmota_sim::console", device = %d.name, "{l}"),
-            Output::Connect(req) => {
-                d.link.close();
-                d.gen += 1;
-                let gen = d.gen;
-                let tx = self.tx.clone();
-                let open = self.opener(i, req);
-                let task = tokio::spawn(async move {
-                    let result = open.await;
-                    let _ = tx.send(Event::Opened { device: i, gen, result });
-                });
-                self.devices[i].link = Link::Opening { gen, task };
-            }
-            Output::Transmit(bytes) => {
-                if let Link::Open { writer, .. } = &mut d.link {
-                    if writer.write_all(&bytes).await.is_err() {
-                        d.link.close();
-                        if let Some(core) = &mut d.core {
-                            core.handle_link_closed(now);
-                        }
-                    }
-                }
-            }
-            Output::Close => d.link.close(),
-            Output::Publish(_) | Output::Relays(_) => {}
-            Output::SaveSettings(settings) => d.flash = settings,
-            Output::Restart(RestartKind::Restart) => {
-                // What is left of the old boot's output is gone with it.
-                self.power_on(i, BootReason::Restart);
-            }
-            Output::Restart(_) => d.link.close(),
-        }
-    }
-
-    /// The future that opens device `i`'s link as `req` asks.
-    fn opener(
-        &self,
-        i: usize,
-        mut req: ConnectRequest,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<BoxStream, LinkFailure>> + Send>> {
-        let d = &self.devices[i];
-        if let (Some(alpn), Some(tls)) = (d.fault_alpn, &mut req.tls) {
-            tls.alpn = alpn;
-        }
-        if d.fault_dns {
-            return Box::pin(async { Err(LinkFailure::Dns) });
-        }
-        let peer = format!("device {}", d.name);
-        match &self.net {
-            Net::External { connector, .. } => {
-                let connector = connector.clone();
-                Box::pin(async move { connector.open(&req).await })
-            }
-            Net::Embedded(net) => {
-                let net = net.clone();
-                let delay = if self.virtual_clock { d.tls_handshake } else { Duration::ZERO };
-                Box::pin(async move { net.open(&req, peer, delay).await })
             }
         }
     }
@@ -508,10 +370,23 @@ async fn operator_link(net: &Net, broker: usize, name: &str) -> Result<BoxStream
     }
 }
 
+/// The devices' side of the embedded brokers.
+impl Network for Arc<EmbeddedNet> {
+    fn open(&self, req: ConnectRequest, peer: String, tls_time: Duration) -> Opening {
+        let net = self.clone();
+        Box::pin(async move { net.open_link(&req, peer, tls_time).await })
+    }
+}
+
 impl EmbeddedNet {
     /// An in-memory link to the embedded broker at `req.host:req.port`: an unknown name
     /// fails as DNS does, an unknown address or port as a refused TCP connect.
-    async fn open(&self, req: &ConnectRequest, peer: String, tls_time: Duration) -> Result<BoxStream, LinkFailure> {
+    async fn open_link(
+        &self,
+        req: &ConnectRequest,
+        peer: String,
+        tls_time: Duration,
+    ) -> Result<BoxStream, LinkFailure> {
         let host = req.host.to_ascii_lowercase();
         let Some(b) = self.brokers.iter().find(|b| b.spec.host == host) else {
             return Err(if host.parse::<std::net::IpAddr>().is_ok() { LinkFailure::Tcp } else { LinkFailure::Dns });
@@ -548,9 +423,6 @@ impl EmbeddedNet {
 
 impl Drop for World {
     fn drop(&mut self) {
-        for d in &mut self.devices {
-            d.link.close();
-        }
         for o in &mut self.operators {
             if let Some(t) = o.task.take() {
                 t.abort();

@@ -85,7 +85,7 @@ pub enum Output {
     Relays(u32),
     /// Settings changed and must be written now: these, as they were when the device
     /// decided to save (`SettingsSave`), not as they are when the driver drains.
-    SaveSettings(Settings),
+    SaveSettings(alloc::boxed::Box<Settings>),
     /// The device restarts: drop it and boot a new one from the saved settings.
     Restart(RestartKind),
 }
@@ -584,7 +584,7 @@ impl Device {
         self.settings_dirty = false;
         if self.settings != self.saved {
             self.saved = self.settings.clone();
-            self.outputs.push_back(Output::SaveSettings(self.saved.clone()));
+            self.outputs.push_back(Output::SaveSettings(alloc::boxed::Box::new(self.saved.clone())));
         }
     }
 
