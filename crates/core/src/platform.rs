@@ -4,10 +4,13 @@
 //! [`Platform`] is its receiving side: console lines out, the MQTT link (connect, bytes,
 //! close), relays and LEDs, settings to persist, restarts, and (optionally) every publish.
 //! Inputs go the other way through [`Device`]'s `handle_*` methods with the time the
-//! platform reads from its own clock. [`drive`] drains a device into a platform; the
-//! ESP32-C3 firmware (`firmware/esp32c3`), the QEMU test runner (`crates/rv32-tests`) and
-//! the vector runner use it. The tokio host driver matches on [`Output`] itself, because
-//! its link writes are `async`.
+//! platform reads from its own clock. [`drive`] drains a device into a platform, and it
+//! is the one place where [`Output`]s are carried out: the ESP32-C3 firmware
+//! (`firmware/esp32c3`), the QEMU test runner (`crates/rv32-tests`), the session checks
+//! and the tokio host driver (`src/host.rs`) all implement [`Platform`]. A platform whose
+//! link writes are asynchronous queues them in order and writes them after `drive`
+//! returns, bytes before a `close` or `connect` first (the firmware's outbox, the host's
+//! `LinkOp`s).
 //!
 //! Nothing here needs `std`, a clock, a socket or an atomic read-modify-write.
 
