@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod driver;
 pub mod duration;
+pub mod fleet;
 pub mod host;
 pub mod http;
 pub mod link;

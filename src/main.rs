@@ -1,6 +1,7 @@
 //! `tasmota-sim`: simulate Tasmota devices on the wire.
 
 mod broker_cmd;
+mod fleet_cmd;
 mod scenario_cmd;
 
 use tasmota_sim::duration::parse_duration;
@@ -93,6 +94,10 @@ enum Command {
     /// Run the embedded MQTT broker (plain = Mosquitto, aws-iot = AWS IoT Core) until Ctrl-C.
     #[command(after_help = broker_cmd::EXAMPLES)]
     Broker(Box<broker_cmd::BrokerArgs>),
+    /// Run a fleet of devices with a command workload; report latency, failures and the
+    /// AWS IoT bill.
+    #[command(after_help = fleet_cmd::EXAMPLES)]
+    Fleet(Box<fleet_cmd::FleetArgs>),
 }
 
 /// How the device reaches its broker.
@@ -144,6 +149,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Broker(args) => broker_cmd::run(*args),
         Command::Scenario(args) => scenario_cmd::run(*args),
+        Command::Fleet(args) => fleet_cmd::run(*args),
         Command::Device { state, mac, commands, run_for, profile, http, tls } => {
             let profile = match tasmota_sim::profile::Profile::load(&profile) {
                 Ok(p) => p,
@@ -219,5 +225,15 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap checks every flag's definition against how it is read (types, groups,
+    /// conflicts) here instead of at a user's first run.
+    #[test]
+    fn the_command_line_is_consistent() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

@@ -1,0 +1,704 @@
+//! `tasmota-sim fleet`: many real-core devices in one process, a workload from an
+//! operator client, and a report with latency percentiles and the AWS IoT bill.
+//!
+//! Every device is a [`HostDevice`] (the one host driver): the same console, topics,
+//! backoff, will and telemetry as `tasmota-sim device`. Cost follows events, not the
+//! fleet's size: devices wake from a timer heap keyed by their `poll_timeout`, link
+//! events go to the device they belong to, and only devices that had an input are asked
+//! for their outputs.
+//!
+//! What the report says comes from the firmware's own console lines (`MQT: Attempting
+//! connection...`, `MQT: Connected`, `MQT: Connect failed to HOST:PORT, rc N. Retry in
+//! S sec`, `MQT: TLS connection error: N`, `MQT: TOPIC = PAYLOAD`) and from the
+//! operator's view of the broker (`stat/<topic>/RESULT`, `tele/<topic>/INFO1`).
+//!
+//! Targets: `--virtual` runs an embedded `plain` broker over in-memory links on tokio's
+//! paused clock (an hour of fleet life in seconds); `--embedded` runs it in this process
+//! on a loopback socket in real time; `--broker URL` uses any MQTT 3.1.1 broker.
+
+pub mod bill;
+pub mod report;
+
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use tasmota_core::{BootReason, ConnectRequest, LinkFailure, LogLine, Mac, Settings};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::broker::{Broker, Config, LinkInfo, ProfileName};
+use crate::host::{Console, HostDevice, HostSetup, LinkEvent, Network, Opening};
+use crate::link::{BoxStream, Connector};
+use crate::profile::Profile;
+use crate::scenario::operator::{self, OperatorEvent};
+use crate::scenario::BrokerUrl;
+use report::{encode_histogram, new_histogram, GroupResult, Histograms, Percentiles, Report};
+
+/// The host name devices use for the broker of a `--virtual` fleet.
+pub const VIRTUAL_BROKER_HOST: &str = "broker.fleet";
+
+/// Where the fleet's devices connect.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// An embedded `plain` broker over in-memory links, on the virtual clock.
+    Virtual,
+    /// An embedded `plain` broker on a loopback socket, in real time.
+    Embedded,
+    /// A broker at this URL (mqtt:// or mqtts://), in real time.
+    Broker(BrokerUrl),
+}
+
+/// A command published on the group topic at a point of the run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupCommand {
+    /// `Power ON`: published as `cmnd/<group>/Power` with payload `ON`.
+    pub command: String,
+    pub at: Duration,
+}
+
+impl std::str::FromStr for GroupCommand {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (command, at) = match s.rsplit_once('@') {
+            Some((c, t)) => (c, crate::duration::parse_duration(t).map_err(|e| format!("--group-command '{s}': {e}"))?),
+            None => (s, Duration::from_secs(30)),
+        };
+        if command.trim().is_empty() {
+            return Err(format!("--group-command '{s}': no command (e.g. 'Power ON@30s')"));
+        }
+        Ok(GroupCommand { command: command.trim().to_string(), at })
+    }
+}
+
+/// Everything a fleet run needs.
+pub struct Options {
+    pub devices: usize,
+    pub profile: Profile,
+    pub mac_base: Mac,
+    pub target: Target,
+    /// Device and operator links to a `--broker` (trust, `--resolve`).
+    pub connector: Connector,
+    /// MqttUser / MqttPassword every device gets.
+    pub login: Option<(String, String)>,
+    /// Devices booted per second (`None`: all at once).
+    pub connect_rate: Option<f64>,
+    /// At most this many devices booted and not yet connected at once.
+    pub in_flight: usize,
+    pub commands_per_second: f64,
+    pub group_commands: Vec<GroupCommand>,
+    pub run_for: Duration,
+    /// TelePeriod for every device (seconds).
+    pub tele_period: Option<u16>,
+    /// `--broker-outage AT/DOWNTIME` (embedded brokers only).
+    pub broker_outage: Option<(Duration, Duration)>,
+    /// Draw a progress line on stderr.
+    pub progress: bool,
+    /// Seed of the command workload's choices.
+    pub seed: u64,
+    pub aws_region: String,
+}
+
+/// The MAC of device `index`: `base + index` as a 48-bit number.
+pub fn mac_of(base: Mac, index: usize) -> Mac {
+    let b = base.0;
+    let n = b.iter().fold(0u64, |acc, x| acc << 8 | u64::from(*x)).wrapping_add(index as u64);
+    let mut out = [0u8; 6];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = (n >> (8 * (5 - i))) as u8;
+    }
+    Mac(out)
+}
+
+/// What the devices' console lines told, for the whole fleet.
+struct Tally {
+    attempt_at: Vec<Option<Duration>>,
+    connected_since: Vec<Option<Duration>>,
+    ever: Vec<bool>,
+    ever_count: usize,
+    all_connected_at: Option<Duration>,
+    connected_now: usize,
+    connects: u64,
+    connects_per_second: Vec<u64>,
+    failures: BTreeMap<String, u64>,
+    connect_us: Histogram<u64>,
+    messages_out: u64,
+    message_units: u64,
+    connection_minutes: u64,
+}
+
+impl Tally {
+    fn new(devices: usize) -> Tally {
+        Tally {
+            attempt_at: vec![None; devices],
+            connected_since: vec![None; devices],
+            ever: vec![false; devices],
+            ever_count: 0,
+            all_connected_at: None,
+            connected_now: 0,
+            connects: 0,
+            connects_per_second: Vec::new(),
+            failures: BTreeMap::new(),
+            connect_us: new_histogram(),
+            messages_out: 0,
+            message_units: 0,
+            connection_minutes: 0,
+        }
+    }
+
+    fn line(&mut self, device: usize, text: &str, at: Duration) {
+        let Some(rest) = text.strip_prefix("MQT: ") else { return };
+        if rest == "Attempting connection..." {
+            self.attempt_at[device] = Some(at);
+        } else if rest == "Connected" {
+            self.connects += 1;
+            let second = at.as_secs() as usize;
+            if self.connects_per_second.len() <= second {
+                self.connects_per_second.resize(second + 1, 0);
+            }
+            self.connects_per_second[second] += 1;
+            if let Some(start) = self.attempt_at[device].take() {
+                let _ = self.connect_us.record((at.saturating_sub(start).as_micros() as u64).max(1));
+            }
+            if self.connected_since[device].replace(at).is_none() {
+                self.connected_now += 1;
+            }
+            if !self.ever[device] {
+                self.ever[device] = true;
+                self.ever_count += 1;
+                if self.ever_count == self.ever.len() {
+                    self.all_connected_at = Some(at);
+                }
+            }
+        } else if let Some(failed) = rest.strip_prefix("Connect failed to ") {
+            let rc = failed.split(", rc ").nth(1).and_then(|r| r.split('.').next()).unwrap_or("?");
+            *self.failures.entry(format!("rc {rc}")).or_default() += 1;
+            self.disconnected(device, at);
+        } else if let Some(code) = rest.strip_prefix("TLS connection error: ") {
+            *self.failures.entry(format!("tls {code}")).or_default() += 1;
+        } else if let Some((topic, payload)) = rest.split_once(" = ") {
+            let payload = payload.strip_suffix(" (retained)").unwrap_or(payload);
+            self.messages_out += 1;
+            self.message_units += bill::message_units((topic.len() + payload.len()) as u64);
+        }
+    }
+
+    /// A connection ended: its minutes are metered, rounded up.
+    fn disconnected(&mut self, device: usize, at: Duration) {
+        if let Some(since) = self.connected_since[device].take() {
+            self.connected_now -= 1;
+            self.connection_minutes += at.saturating_sub(since).as_secs().div_ceil(60).max(1);
+        }
+    }
+}
+
+/// A fleet device's console: counted, not kept.
+struct FleetConsole {
+    index: usize,
+    tally: Rc<RefCell<Tally>>,
+}
+
+impl Console for FleetConsole {
+    fn line(&mut self, line: &LogLine, at: Duration) {
+        self.tally.borrow_mut().line(self.index, &line.text, at);
+    }
+}
+
+/// In-memory links to the embedded broker of a `--virtual` fleet.
+struct VirtualNet {
+    broker: Broker,
+}
+
+impl Network for VirtualNet {
+    fn open(&self, req: ConnectRequest, peer: String, _tls_time: Duration) -> Opening {
+        let broker = self.broker.clone();
+        Box::pin(async move {
+            if !req.host.eq_ignore_ascii_case(VIRTUAL_BROKER_HOST) {
+                return Err(LinkFailure::Dns);
+            }
+            if req.port != 1883 || broker.is_down() || req.tls.is_some() {
+                return Err(LinkFailure::Tcp);
+            }
+            let (client, server) = tokio::io::duplex(4096);
+            tokio::spawn(async move { broker.serve(server, LinkInfo { peer, tls: None }).await });
+            Ok(Box::pin(client) as BoxStream)
+        })
+    }
+}
+
+/// The devices' timers, earliest first; stale entries are skipped when they surface.
+struct Timers {
+    heap: BinaryHeap<Reverse<(Instant, usize)>>,
+    due: Vec<Option<Instant>>,
+}
+
+impl Timers {
+    fn set(&mut self, device: usize, at: Option<Instant>) {
+        if self.due[device] != at {
+            self.due[device] = at;
+            if let Some(t) = at {
+                self.heap.push(Reverse((t, device)));
+            }
+        }
+    }
+
+    fn next(&mut self) -> Option<Instant> {
+        while let Some(Reverse((t, d))) = self.heap.peek().copied() {
+            if self.due[d] == Some(t) {
+                return Some(t);
+            }
+            self.heap.pop();
+        }
+        None
+    }
+
+    fn pop_due(&mut self, now: Instant) -> Option<usize> {
+        let t = self.next()?;
+        if t > now {
+            return None;
+        }
+        let Reverse((_, d)) = self.heap.pop()?;
+        self.due[d] = None;
+        Some(d)
+    }
+}
+
+enum Event {
+    Link(LinkEvent),
+    Operator(OperatorEvent),
+}
+
+/// SplitMix64: the workload's choices, the same for the same `--seed`.
+struct Choices(u64);
+
+impl Choices {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) % n as u64) as usize
+    }
+}
+
+/// A fleet that cannot run as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("{0}")]
+    Input(String),
+    #[error("{0}")]
+    Run(String),
+}
+
+/// Runs the fleet to the end and reports. Call inside a current-thread runtime, paused
+/// for [`Target::Virtual`].
+pub async fn run(opts: Options) -> Result<Report, FleetError> {
+    let wall = std::time::Instant::now();
+    let t0 = Instant::now();
+    let n = opts.devices;
+    // The broker, and where devices and the operator reach it.
+    let (broker, network, host, port, tls): (Option<Broker>, Arc<dyn Network>, String, u16, bool) = match &opts.target {
+        Target::Virtual => {
+            let b = Broker::new(Config::new(ProfileName::Plain));
+            (Some(b.clone()), Arc::new(VirtualNet { broker: b }), VIRTUAL_BROKER_HOST.into(), 1883, false)
+        }
+        Target::Embedded => {
+            let b = Broker::new(Config::new(ProfileName::Plain));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| FleetError::Run(format!("cannot listen on 127.0.0.1: {e}")))?;
+            let port = listener.local_addr().map_err(|e| FleetError::Run(e.to_string()))?.port();
+            let server = b.clone();
+            tokio::spawn(async move { server.listen(listener, None).await });
+            (Some(b), Arc::new(opts.connector.clone()), "127.0.0.1".into(), port, false)
+        }
+        Target::Broker(url) => (None, Arc::new(opts.connector.clone()), url.host.clone(), url.port, url.tls),
+    };
+    if opts.broker_outage.is_some() && broker.is_none() {
+        return Err(FleetError::Input(
+            "--broker-outage needs --embedded or --virtual (a real broker is not ours to restart)".into(),
+        ));
+    }
+
+    let tally = Rc::new(RefCell::new(Tally::new(n)));
+    let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+    let mut settings: Settings = opts.profile.initial_settings();
+    settings.mqtt_host = host.clone();
+    settings.mqtt_port = port;
+    if let Some((user, password)) = &opts.login {
+        settings.mqtt_user = user.clone();
+        settings.mqtt_pwd = password.clone();
+    }
+    if let Some(tp) = opts.tele_period {
+        settings.tele_period = tp;
+    }
+    if tls {
+        settings.set_option(103, 1);
+    }
+    let group_topic = settings.mqtt_grp_topic[0].clone();
+    let mut devices: Vec<HostDevice<FleetConsole>> = (0..n)
+        .map(|index| {
+            let tx = tx.clone();
+            let hardware = opts.profile.clone().with_mac(mac_of(opts.mac_base, index)).hardware;
+            HostDevice::new(HostSetup {
+                index,
+                name: format!("{index}"),
+                hardware,
+                flash: settings.clone(),
+                store: None,
+                console: FleetConsole { index, tally: tally.clone() },
+                network: network.clone(),
+                events: Arc::new(move |ev| {
+                    let _ = tx.send(Event::Link(ev));
+                }),
+                t0,
+                tls_time: Duration::ZERO,
+            })
+        })
+        .collect();
+
+    // The operator: sends the commands, sees the answers.
+    let (op_tx, mut op_rx) = mpsc::unbounded_channel::<operator::Command>();
+    let op_stream = operator_link(&opts, broker.as_ref(), &host, port, tls).await?;
+    {
+        let tx = tx.clone();
+        let login = opts.login.clone();
+        tokio::spawn(async move {
+            let events = move |e| {
+                let _ = tx.send(Event::Operator(e));
+            };
+            let filters = vec!["stat/+/RESULT".to_string(), "tele/+/INFO1".to_string()];
+            operator::run(op_stream, "tasmota-sim-fleet-operator".into(), login, filters, &mut op_rx, &events).await;
+        });
+    }
+
+    let mut timers = Timers { heap: BinaryHeap::new(), due: vec![None; n] };
+    let mut dirty: Vec<usize> = Vec::new();
+    let mut is_dirty = vec![false; n];
+    let mut topics: HashMap<String, usize> = HashMap::with_capacity(n);
+    let mut ready: Vec<usize> = Vec::new();
+    let mut is_ready = vec![false; n];
+    let mut pending: Vec<Option<Instant>> = vec![None; n];
+    let mut latency = new_histogram();
+    let (mut sent, mut answered, mut delivered) = (0u64, 0u64, 0u64);
+    let mut groups: Vec<(GroupCommand, HashSet<usize>)> = Vec::new();
+    let mut group_plan = opts.group_commands.clone();
+    group_plan.sort_by_key(|g| g.at);
+    let mut group_plan = group_plan.into_iter().peekable();
+    let mut outage = opts.broker_outage;
+    let mut choices = Choices(opts.seed);
+    let mut booted = 0usize;
+    let boot_gap = opts.connect_rate.map(|r| Duration::from_secs_f64(1.0 / r.max(1e-9)));
+    let command_gap = (opts.commands_per_second > 0.0).then(|| Duration::from_secs_f64(1.0 / opts.commands_per_second));
+    let mut next_command = command_gap.map(|g| t0 + g);
+    let mut operator_ready = false;
+    let end = t0 + opts.run_for;
+    let progress = opts.progress.then(|| progress_bar(n));
+    let mut next_progress = t0;
+
+    macro_rules! touch {
+        ($i:expr) => {{
+            let i = $i;
+            if !is_dirty[i] {
+                is_dirty[i] = true;
+                dirty.push(i);
+            }
+        }};
+    }
+
+    loop {
+        // Outputs of every device that had an input, then their next timers.
+        while let Some(i) = dirty.pop() {
+            is_dirty[i] = false;
+            devices[i].carry_out().await;
+            timers.set(i, devices[i].poll_timeout());
+        }
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        // Boot the next devices as the ramp and the in-flight cap allow.
+        while booted < n && operator_ready {
+            let due = boot_gap.map_or(t0, |g| t0 + g.mul_f64(booted as f64));
+            let pending_connects = booted - tally.borrow().ever_count;
+            if due > now || pending_connects >= opts.in_flight {
+                break;
+            }
+            devices[booted].power_on(BootReason::PowerOn);
+            if let Some(core) = devices[booted].core() {
+                topics.insert(core.topic().to_string(), booted);
+            }
+            touch!(booted);
+            booted += 1;
+        }
+        if !dirty.is_empty() {
+            continue;
+        }
+        if let Some((at, down)) = outage {
+            if now >= t0 + at {
+                if let Some(b) = &broker {
+                    b.restart(down);
+                }
+                outage = None;
+            }
+        }
+        while let Some(g) = group_plan.next_if(|g| now >= t0 + g.at) {
+            let (cmd, payload) = g.command.split_once(' ').unwrap_or((&g.command, ""));
+            let _ = op_tx.send(operator::Command {
+                topic: format!("cmnd/{group_topic}/{cmd}"),
+                payload: payload.to_string(),
+                retain: false,
+                qos: 0,
+            });
+            delivered += tally.borrow().connected_now as u64;
+            groups.push((g, HashSet::new()));
+        }
+        if let (Some(at), Some(gap)) = (next_command, command_gap) {
+            if now >= at {
+                next_command = Some(at + gap);
+                if !ready.is_empty() {
+                    let i = ready[choices.below(ready.len())];
+                    let busy = pending[i].is_some() || groups.last().is_some_and(|(_, a)| !a.contains(&i));
+                    if !busy {
+                        let topic = devices[i].core().map(|c| c.topic().to_string()).unwrap_or_default();
+                        let _ = op_tx.send(operator::Command {
+                            topic: format!("cmnd/{topic}/Power"),
+                            payload: "TOGGLE".into(),
+                            retain: false,
+                            qos: 0,
+                        });
+                        pending[i] = Some(now);
+                        sent += 1;
+                        delivered += 1;
+                    }
+                }
+            }
+        }
+        if now >= next_progress {
+            if let Some(bar) = &progress {
+                let t = tally.borrow();
+                let p99 = if latency.is_empty() { 0 } else { latency.value_at_quantile(0.99) };
+                bar.set_position(t.connected_now as u64);
+                bar.set_message(format!(
+                    "{} msgs out, {sent} commands, {answered} answered, p99 {:.2} ms",
+                    t.messages_out,
+                    p99 as f64 / 1000.0
+                ));
+            }
+            next_progress = now + Duration::from_millis(250);
+        }
+
+        let mut wake = end.min(next_progress);
+        if let Some(t) = timers.next() {
+            wake = wake.min(t);
+        }
+        if let Some(at) = next_command {
+            wake = wake.min(at);
+        }
+        if let Some(g) = group_plan.peek() {
+            wake = wake.min(t0 + g.at);
+        }
+        if let Some((at, _)) = outage {
+            wake = wake.min(t0 + at);
+        }
+        if booted < n && operator_ready {
+            if let Some(g) = boot_gap {
+                wake = wake.min(t0 + g.mul_f64(booted as f64));
+            }
+        }
+        tokio::select! {
+            biased;
+            ev = rx.recv() => match ev {
+                Some(Event::Link(ev)) => {
+                    let i = ev.device;
+                    devices[i].handle_link_event(ev);
+                    touch!(i);
+                }
+                Some(Event::Operator(OperatorEvent::Ready)) => operator_ready = true,
+                Some(Event::Operator(OperatorEvent::Down(why))) => {
+                    return Err(FleetError::Run(format!("the fleet's operator client lost the broker: {why}")));
+                }
+                Some(Event::Operator(OperatorEvent::Message(m))) => {
+                    let mut parts = m.topic.split('/');
+                    let (prefix, topic, last) = (parts.next(), parts.next().unwrap_or(""), parts.next());
+                    let Some(&i) = topics.get(topic) else { continue };
+                    match (prefix, last) {
+                        (Some("tele"), Some("INFO1")) if !is_ready[i] => {
+                            is_ready[i] = true;
+                            ready.push(i);
+                        }
+                        (Some("stat"), Some("RESULT")) => {
+                            let now = Instant::now();
+                            if let Some(at) = pending[i].take() {
+                                answered += 1;
+                                let _ = latency.record((now.saturating_duration_since(at).as_micros() as u64).max(1));
+                            } else if let Some((_, answers)) = groups.last_mut() {
+                                answers.insert(i);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                None => break,
+            },
+            _ = tokio::time::sleep_until(wake) => {
+                let now = Instant::now();
+                while let Some(i) = timers.pop_due(now) {
+                    devices[i].handle_timeout();
+                    touch!(i);
+                }
+            }
+        }
+    }
+
+    // The end: connections still up are metered to here.
+    let run_time = Instant::now().saturating_duration_since(t0);
+    let mut t = tally.borrow_mut();
+    let connected_at_end = t.connected_now as u64;
+    for i in 0..n {
+        t.disconnected(i, run_time);
+    }
+    let (rss, cpu_us) = process_usage();
+    let pricing = bill::Pricing::builtin();
+    let aws_iot = pricing.region(&opts.aws_region).ok().map(|region| {
+        let metered = bill::Metered {
+            messages: t.message_units + delivered + t.connects,
+            connection_minutes: t.connection_minutes,
+        };
+        bill::bill(&pricing, region, metered, run_time.as_secs_f64())
+    });
+    if let Some(bar) = &progress {
+        bar.finish_and_clear();
+    }
+    Ok(Report {
+        target: match &opts.target {
+            Target::Virtual => "virtual".into(),
+            Target::Embedded => format!("embedded plain broker on 127.0.0.1:{port}"),
+            Target::Broker(url) => url.to_string(),
+        },
+        devices: n as u64,
+        connected: connected_at_end,
+        connect_seconds: t.all_connected_at.map(|d| d.as_secs_f64()),
+        run_seconds: run_time.as_secs_f64(),
+        wall_seconds: wall.elapsed().as_secs_f64(),
+        commands_sent: sent,
+        commands_answered: answered,
+        latency_us: Percentiles::of(&latency),
+        connect_latency_us: Percentiles::of(&t.connect_us),
+        group_commands: groups
+            .iter()
+            .map(|(g, a)| GroupResult {
+                command: g.command.clone(),
+                at_seconds: g.at.as_secs_f64(),
+                answered: a.len() as u64,
+            })
+            .collect(),
+        messages_out: t.messages_out,
+        messages_in: delivered + t.connects,
+        connects: t.connects,
+        failures: t.failures.clone(),
+        connects_per_second: t.connects_per_second.clone(),
+        rss_bytes_per_device: if n > 0 { rss / n as u64 } else { 0 },
+        cpu_us_per_device: if n > 0 { cpu_us / n as u64 } else { 0 },
+        aws_iot,
+        histograms: Histograms { latency_us: encode_histogram(&latency), connect_us: encode_histogram(&t.connect_us) },
+    })
+}
+
+/// The operator's link to the fleet's broker.
+async fn operator_link(
+    opts: &Options,
+    broker: Option<&Broker>,
+    host: &str,
+    port: u16,
+    tls: bool,
+) -> Result<BoxStream, FleetError> {
+    if let (Target::Virtual, Some(b)) = (&opts.target, broker) {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let b = b.clone();
+        tokio::spawn(async move { b.serve(server, LinkInfo { peer: "fleet operator".into(), tls: None }).await });
+        return Ok(Box::pin(client));
+    }
+    let tls = tls.then(|| tasmota_core::mqtt::tls::TlsRequest {
+        server_name: host.to_string(),
+        alpn: None,
+        validation: tasmota_core::mqtt::tls::Validation::TrustAnchors,
+    });
+    let req = ConnectRequest { host: host.to_string(), port, tls, timeout_ms: 10_000 };
+    opts.connector
+        .open(&req)
+        .await
+        .map_err(|f| FleetError::Run(format!("the fleet's operator client cannot reach {host}:{port}: {f:?}")))
+}
+
+fn progress_bar(n: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(n as u64);
+    let style = indicatif::ProgressStyle::with_template("{elapsed_precise} connected {pos}/{len} {msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar
+}
+
+/// Resident memory (bytes) and CPU time (µs) of this process, from /proc (0 elsewhere).
+pub fn process_usage() -> (u64, u64) {
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024);
+    // utime and stime, fields 14 and 15, in USER_HZ (100 per second on Linux).
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let after = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = after.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .map_or(0, |ticks| ticks * 10_000);
+    (rss, cpu)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_count_up_from_the_base() {
+        let base: Mac = "5C:CF:7F:00:00:00".parse().unwrap();
+        assert_eq!(mac_of(base, 0), base);
+        assert_eq!(mac_of(base, 1).to_string(), "5C:CF:7F:00:00:01");
+        assert_eq!(mac_of(base, 256).to_string(), "5C:CF:7F:00:01:00");
+    }
+
+    #[test]
+    fn group_commands_parse() {
+        let g: GroupCommand = "Power ON@1m".parse().unwrap();
+        assert_eq!(g, GroupCommand { command: "Power ON".into(), at: Duration::from_secs(60) });
+        assert!("@5s".parse::<GroupCommand>().unwrap_err().contains("no command"));
+        assert!("Power@soon".parse::<GroupCommand>().is_err());
+    }
+
+    #[test]
+    fn the_tally_reads_the_firmware_console() {
+        let mut t = Tally::new(2);
+        let s = Duration::from_secs;
+        t.line(0, "MQT: Attempting connection...", s(3));
+        t.line(0, "MQT: Connected", Duration::from_millis(3_020));
+        t.line(0, "MQT: tele/tasmota_000000/LWT = Online (retained)", s(3));
+        t.line(1, "MQT: Connect failed to 127.0.0.1:1883, rc -2. Retry in 10 sec", s(4));
+        t.line(1, "MQT: TLS connection error: 296", s(4));
+        assert_eq!((t.connects, t.connected_now, t.ever_count), (1, 1, 1));
+        assert_eq!(t.connect_us.max(), 20_000);
+        assert_eq!(t.failures["rc -2"], 1);
+        assert_eq!(t.failures["tls 296"], 1);
+        assert_eq!((t.messages_out, t.message_units), (1, 1));
+        // The broker went away after 61 s: two connection-minutes.
+        t.line(0, "MQT: Connect failed to 127.0.0.1:1883, rc -3. Retry in 10 sec", s(64));
+        assert_eq!((t.connected_now, t.connection_minutes), (0, 2));
+    }
+}

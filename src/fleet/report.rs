@@ -1,0 +1,320 @@
+//! The fleet report: what a person reads at the end of a run (a table), what a machine
+//! reads (`--json`), and the `--slo` check on it.
+//!
+//! Latencies are kept in hdrhistogram `Histogram`s (microseconds, 3 significant
+//! digits); the JSON carries them serialized (V2 + deflate, base64) next to the
+//! percentiles, so reports of several shards can be merged exactly.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use base64::Engine as _;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use super::bill::Bill;
+
+/// Percentiles of a latency histogram, in microseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+impl Percentiles {
+    pub fn of(h: &Histogram<u64>) -> Percentiles {
+        if h.is_empty() {
+            return Percentiles::default();
+        }
+        Percentiles {
+            count: h.len(),
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+}
+
+/// A latency histogram in microseconds: 1 µs to 1 hour, 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds are valid")
+}
+
+/// The histogram as base64 text (V2 + deflate).
+pub fn encode_histogram(h: &Histogram<u64>) -> String {
+    let mut bytes = Vec::new();
+    // Writing to a Vec cannot fail for an in-range histogram.
+    let _ = V2DeflateSerializer::new().serialize(h, &mut bytes);
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The histogram back from [`encode_histogram`]'s text.
+pub fn decode_histogram(text: &str) -> Result<Histogram<u64>, String> {
+    let bytes = base64::engine::general_purpose::STANDARD.decode(text).map_err(|e| format!("not base64: {e}"))?;
+    Deserializer::new().deserialize(&mut bytes.as_slice()).map_err(|e| format!("not an HdrHistogram: {e:?}"))
+}
+
+/// Serialized histograms, for an exact merge.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Histograms {
+    /// Command → reply latency (µs).
+    pub latency_us: String,
+    /// "Attempting connection" → "Connected" (µs).
+    pub connect_us: String,
+}
+
+/// One run's report (`--json`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// `virtual`, `embedded` or the broker URL.
+    pub target: String,
+    pub devices: u64,
+    /// Connected at the end of the run.
+    pub connected: u64,
+    /// Fleet time until every device had connected once (null if some never did).
+    pub connect_seconds: Option<f64>,
+    /// Fleet time the run covered (virtual or real).
+    pub run_seconds: f64,
+    /// Wall-clock time it took.
+    pub wall_seconds: f64,
+    pub commands_sent: u64,
+    pub commands_answered: u64,
+    /// Command → reply latency.
+    pub latency_us: Percentiles,
+    /// Connect latency: "MQT: Attempting connection..." to "MQT: Connected".
+    pub connect_latency_us: Percentiles,
+    /// Group commands: (command, devices that answered).
+    pub group_commands: Vec<GroupResult>,
+    /// PUBLISHes the devices sent.
+    pub messages_out: u64,
+    /// PUBLISHes delivered to the devices (commands).
+    pub messages_in: u64,
+    /// Connections made (first connects and reconnects).
+    pub connects: u64,
+    /// Connect failures by kind: `rc -2`, `rc 5`, `tls 296`...
+    pub failures: BTreeMap<String, u64>,
+    /// Successful connects in each second of fleet time (the reconnect storm's shape).
+    pub connects_per_second: Vec<u64>,
+    /// Resident memory of the process at the end, per device (bytes; 0 where unknown).
+    pub rss_bytes_per_device: u64,
+    /// CPU time of the process per device (µs).
+    pub cpu_us_per_device: u64,
+    pub aws_iot: Option<Bill>,
+    pub histograms: Histograms,
+}
+
+/// A group command and how many devices answered it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupResult {
+    pub command: String,
+    pub at_seconds: f64,
+    pub answered: u64,
+}
+
+impl Report {
+    /// The table a person reads at the end of a run.
+    pub fn human(&self) -> String {
+        let mut s = String::new();
+        let connect =
+            self.connect_seconds.map_or("never (not every device connected)".to_string(), |t| format!("{t:.3} s"));
+        let _ = writeln!(s, "fleet: {} devices on {}", self.devices, self.target);
+        let _ = writeln!(
+            s,
+            "  connected            {} of {} (all connected after {connect})",
+            self.connected, self.devices
+        );
+        let _ =
+            writeln!(s, "  connects             {} ({} failed)", self.connects, self.failures.values().sum::<u64>());
+        for (kind, n) in &self.failures {
+            let _ = writeln!(s, "    {kind:<18} {n}");
+        }
+        let c = &self.connect_latency_us;
+        let _ = writeln!(s, "  connect latency      p50 {} p99 {} max {}", ms(c.p50), ms(c.p99), ms(c.max));
+        let _ = writeln!(s, "  commands             {} sent, {} answered", self.commands_sent, self.commands_answered);
+        let l = &self.latency_us;
+        let _ = writeln!(
+            s,
+            "  command -> reply     p50 {} p90 {} p99 {} p99.9 {} max {}",
+            ms(l.p50),
+            ms(l.p90),
+            ms(l.p99),
+            ms(l.p999),
+            ms(l.max)
+        );
+        for g in &self.group_commands {
+            let _ = writeln!(
+                s,
+                "  group '{}' at {:.1} s  {} of {} answered",
+                g.command, g.at_seconds, g.answered, self.devices
+            );
+        }
+        let _ =
+            writeln!(s, "  messages             {} from devices, {} to devices", self.messages_out, self.messages_in);
+        if self.rss_bytes_per_device > 0 {
+            let _ = writeln!(
+                s,
+                "  memory               {:.1} KiB RSS per device",
+                self.rss_bytes_per_device as f64 / 1024.0
+            );
+        }
+        let _ =
+            writeln!(s, "  time                 {:.1} s of fleet time in {:.2} s", self.run_seconds, self.wall_seconds);
+        if let Some(b) = &self.aws_iot {
+            let _ = writeln!(
+                s,
+                "  AWS IoT ({})    {} messages, {} connection-minutes: ${:.2}/day, ${:.2}/month{}",
+                b.region,
+                b.messages,
+                b.connection_minutes,
+                b.usd_per_day,
+                b.usd_per_month,
+                if b.within_free_tier { " (within the Free Tier)" } else { "" }
+            );
+        }
+        s
+    }
+}
+
+fn ms(us: u64) -> String {
+    if us >= 10_000 {
+        format!("{:.0} ms", us as f64 / 1000.0)
+    } else {
+        format!("{:.2} ms", us as f64 / 1000.0)
+    }
+}
+
+/// One `--slo` term.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Slo {
+    /// A latency percentile below a bound: `p99<5ms`.
+    Latency { quantile: &'static str, below_us: u64 },
+    /// A count at most a bound: `unanswered=0`, `connect-failures<=3`.
+    AtMost { what: &'static str, limit: u64 },
+}
+
+/// An `--slo` value: its terms, all of which must hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SloTerms(pub Vec<Slo>);
+
+impl std::str::FromStr for SloTerms {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_slo(s).map(SloTerms)
+    }
+}
+
+/// Parses `p99<5ms,unanswered=0,connect-failures=0`.
+pub fn parse_slo(text: &str) -> Result<Vec<Slo>, String> {
+    let mut out = Vec::new();
+    for term in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let bad = |why: &str| format!("--slo '{term}': {why}");
+        if let Some((q, bound)) = term.split_once('<') {
+            let quantile = match q {
+                "p50" => "p50",
+                "p90" => "p90",
+                "p99" => "p99",
+                "p99.9" | "p999" => "p999",
+                "max" => "max",
+                _ => return Err(bad("a latency bound is p50|p90|p99|p99.9|max<DURATION")),
+            };
+            let d = crate::duration::parse_duration(bound.trim_start_matches('=')).map_err(|e| bad(&e))?;
+            out.push(Slo::Latency { quantile, below_us: d.as_micros() as u64 });
+        } else if let Some((what, n)) = term.split_once('=') {
+            let what = match what {
+                "unanswered" => "unanswered",
+                "connect-failures" => "connect-failures",
+                "disconnected" => "disconnected",
+                _ => return Err(bad("a count is unanswered|connect-failures|disconnected=N")),
+            };
+            let limit = n.parse().map_err(|_| bad("the count is a whole number"))?;
+            out.push(Slo::AtMost { what, limit });
+        } else {
+            return Err(bad("expected p99<5ms or unanswered=0"));
+        }
+    }
+    if out.is_empty() {
+        return Err("--slo: empty".into());
+    }
+    Ok(out)
+}
+
+/// The terms `report` misses, each with what was measured.
+pub fn check_slo(report: &Report, slo: &[Slo]) -> Vec<String> {
+    let mut missed = Vec::new();
+    for term in slo {
+        match term {
+            Slo::Latency { quantile, below_us } => {
+                let l = &report.latency_us;
+                let got = match *quantile {
+                    "p50" => l.p50,
+                    "p90" => l.p90,
+                    "p99" => l.p99,
+                    "p999" => l.p999,
+                    _ => l.max,
+                };
+                if got >= *below_us || l.count == 0 {
+                    missed.push(format!(
+                        "{quantile} command latency {} is not below {} ({} replies measured)",
+                        ms(got),
+                        ms(*below_us),
+                        l.count
+                    ));
+                }
+            }
+            Slo::AtMost { what, limit } => {
+                let got = match *what {
+                    "unanswered" => report.commands_sent - report.commands_answered.min(report.commands_sent),
+                    "connect-failures" => report.failures.values().sum(),
+                    _ => report.devices - report.connected.min(report.devices),
+                };
+                if got > *limit {
+                    missed.push(format!("{what} is {got}, more than {limit}"));
+                }
+            }
+        }
+    }
+    missed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_round_trip_exactly() {
+        let mut h = new_histogram();
+        for v in [120u64, 450, 451, 9_000, 1_200_000] {
+            h.record(v).unwrap();
+        }
+        let back = decode_histogram(&encode_histogram(&h)).unwrap();
+        assert_eq!(Percentiles::of(&back), Percentiles::of(&h));
+        assert!(decode_histogram("!!").unwrap_err().contains("base64"));
+    }
+
+    #[test]
+    fn slo_terms_parse_and_fail_when_missed() {
+        let slo = parse_slo("p99<5ms,unanswered=0,connect-failures=0").unwrap();
+        let mut r = Report { devices: 10, connected: 10, commands_sent: 5, commands_answered: 5, ..Report::default() };
+        r.latency_us = Percentiles { count: 5, p50: 100, p90: 200, p99: 4_000, p999: 4_000, max: 4_000 };
+        assert!(check_slo(&r, &slo).is_empty());
+        r.latency_us.p99 = 5_000;
+        r.commands_answered = 4;
+        let missed = check_slo(&r, &slo);
+        assert_eq!(missed.len(), 2, "{missed:?}");
+        assert!(missed[0].starts_with("p99 command latency 5.00 ms is not below 5.00 ms"), "{missed:?}");
+        assert_eq!(missed[1], "unanswered is 1, more than 0");
+        // No replies at all cannot meet a latency bound.
+        r.latency_us = Percentiles::default();
+        assert_eq!(check_slo(&r, &slo[..1]).len(), 1);
+        assert!(parse_slo("p98<5ms").unwrap_err().contains("p50|p90|p99"));
+        assert!(parse_slo("lost=x").unwrap_err().contains("unanswered"));
+        assert!(parse_slo("").is_err());
+    }
+}
