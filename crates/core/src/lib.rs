@@ -26,6 +26,7 @@ pub mod platform;
 #[cfg(feature = "vectors")]
 pub mod selftest;
 pub mod sensors;
+pub mod setoption;
 pub mod settings;
 pub mod telemetry;
 pub mod time;

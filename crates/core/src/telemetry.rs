@@ -9,6 +9,7 @@ use alloc::string::String;
 
 use crate::device::Device;
 use crate::json::escape;
+use crate::setoption as so;
 use crate::topic::Prefix;
 
 /// `TasmotaGlobal.tele_period` before the network is first up ("allow 9999 to be used
@@ -90,7 +91,7 @@ impl Device {
     /// `MqttPublishTeleState()`.
     pub(crate) fn mqtt_publish_tele_state(&mut self) {
         let state = self.mqtt_show_state();
-        let retain = self.settings.flag(crate::commands::STATE_RETAIN);
+        let retain = self.settings.flag(so::MQTT_STATE_RETAIN);
         self.publish_prefix_topic(Prefix::Tele, false, "STATE", state, retain);
     }
 
@@ -101,7 +102,7 @@ impl Device {
             let sensor = self.sensor_json();
             // Period counts from one TelePeriod to the next.
             self.inputs.energy.at_last_tele_mws = self.inputs.energy.counted_mws;
-            let retain = self.settings.flag(crate::commands::SENSOR_RETAIN);
+            let retain = self.settings.flag(so::MQTT_SENSOR_RETAIN);
             self.publish_prefix_topic(Prefix::Tele, false, "SENSOR", sensor, retain);
         }
     }
