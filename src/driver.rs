@@ -119,7 +119,7 @@ pub async fn run(opts: Options) -> Result<Ending> {
                 }
                 Output::Relays(bits) => tracing::debug!(relays = format!("{bits:b}"), "relays"),
                 Output::SaveSettings(settings) => {
-                    flash = settings;
+                    flash = *settings;
                     if let Err(e) = opts.state.save(&hw.mac, &flash) {
                         eprintln!("tasmota-sim: {e}");
                     }

@@ -440,7 +440,7 @@ impl World {
             }
             Output::Close => d.link.close(),
             Output::Publish(_) | Output::Relays(_) => {}
-            Output::SaveSettings(settings) => d.flash = settings,
+            Output::SaveSettings(settings) => d.flash = *settings,
             Output::Restart(RestartKind::Restart) => {
                 // What is left of the old boot's output is gone with it.
                 self.power_on(i, BootReason::Restart);

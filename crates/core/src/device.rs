@@ -1,15 +1,19 @@
 //! The device: one simulated Tasmota, driven by inputs and read through outputs.
 //!
-//! Drivers feed it serial console bytes ([`Device::handle_serial`]) and the time
-//! ([`Device::handle_timeout`] at the instant [`Device::poll_timeout`] asked for), and
-//! drain [`Output`]s: console lines, publishes, settings to save, restarts. The device
-//! never reads a clock, so a virtual clock gives the same transcript on every run.
+//! Drivers feed it inputs through its `handle_*` methods (the console, the MQTT link,
+//! buttons, switches, sensors, the web API, and the time: [`Device::handle_timeout`] at
+//! the instant [`Device::poll_timeout`] asked for) and drain [`Output`]s: console lines,
+//! publishes, link requests and bytes, relays, settings to save, restarts. The crate's
+//! "Run loop" section says what a driver must do with each. The device never reads a
+//! clock, so a virtual clock gives the same transcript on every run.
 //!
-//! The scheduling follows the firmware's main loop: Backlog entries run at most one per
-//! loop pass once `backlog_timer` is reached; blink runs on the 100 ms ticks; the 250 ms
-//! ticks cycle through four phases, phase 1 (once a second) saving settings and counting
-//! down a pending restart.
+//! The scheduling follows the firmware's main loop, with every deadline in one timer
+//! table (`device/timer.rs`): Backlog entries run at most one per loop pass once
+//! `backlog_timer` is reached; blink runs on the 100 ms ticks; the 250 ms ticks cycle
+//! through four phases, phase 1 (once a second) saving settings and counting down a
+//! pending restart.
 
+use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::String;
@@ -84,8 +88,9 @@ pub enum Output {
     /// The relays changed: bit n is relay n+1.
     Relays(u32),
     /// Settings changed and must be written now: these, as they were when the device
-    /// decided to save (`SettingsSave`), not as they are when the driver drains.
-    SaveSettings(Settings),
+    /// decided to save (`SettingsSave`), not as they are when the driver drains. Boxed:
+    /// settings are about 1 KB, and every queued output would be that big.
+    SaveSettings(Box<Settings>),
     /// The device restarts: drop it and boot a new one from the saved settings.
     Restart(RestartKind),
 }
@@ -146,7 +151,7 @@ pub struct Device {
     pub(crate) rtc_offset_s: i64,
     /// Seconds until the next Tasmota discovery (0: none pending).
     pub(crate) discovery_in: u8,
-    /// A log line is being sent to stat/<topic>/LOGGING.
+    /// A log line is being sent to `stat/<topic>/LOGGING`.
     mirroring: bool,
     /// The address in use: IPAddress1 if set at boot, else what DHCP gives.
     ip: [u8; 4],
@@ -451,7 +456,7 @@ impl Device {
         self.settings_dirty = false;
         if self.settings != self.saved {
             self.saved = self.settings.clone();
-            self.outputs.push_back(Output::SaveSettings(self.saved.clone()));
+            self.outputs.push_back(Output::SaveSettings(Box::new(self.saved.clone())));
         }
     }
 

@@ -1,5 +1,5 @@
 //! Command dispatch (`ExecuteCommand`, `CommandHandler`, `DecodeCommand`): the same path
-//! for the serial console, Backlog and (later) MQTT, web and HTTP.
+//! for the serial console, Backlog, MQTT (`MqttDataHandler`) and the web API (`/cm`).
 //!
 //! Tables are searched in the firmware's order: the core commands (`kTasmotaCommands`)
 //! first, then the MQTT driver's (`kMqttCommands`), which only answer while SetOption3
