@@ -60,10 +60,6 @@ impl Backlog {
         self.queue.is_empty()
     }
 
-    pub fn len(&self) -> usize {
-        self.queue.len()
-    }
-
     /// Appends entries to the end of the queue.
     pub fn extend(&mut self, entries: Vec<String>) {
         self.queue.extend(entries);

@@ -1,15 +1,19 @@
 //! The device: one simulated Tasmota, driven by inputs and read through outputs.
 //!
-//! Drivers feed it serial console bytes ([`Device::handle_serial`]) and the time
-//! ([`Device::handle_timeout`] at the instant [`Device::poll_timeout`] asked for), and
-//! drain [`Output`]s: console lines, publishes, settings to save, restarts. The device
-//! never reads a clock, so a virtual clock gives the same transcript on every run.
+//! Drivers feed it inputs through its `handle_*` methods (the console, the MQTT link,
+//! buttons, switches, sensors, the web API, and the time: [`Device::handle_timeout`] at
+//! the instant [`Device::poll_timeout`] asked for) and drain [`Output`]s: console lines,
+//! publishes, link requests and bytes, relays, settings to save, restarts. The crate's
+//! "Run loop" section says what a driver must do with each. The device never reads a
+//! clock, so a virtual clock gives the same transcript on every run.
 //!
-//! The scheduling follows the firmware's main loop: Backlog entries run at most one per
-//! loop pass once `backlog_timer` is reached; blink runs on the 100 ms ticks; the 250 ms
-//! ticks cycle through four phases, phase 1 (once a second) saving settings and counting
-//! down a pending restart.
+//! The scheduling follows the firmware's main loop, with every deadline in one timer
+//! table (`device/timer.rs`): Backlog entries run at most one per loop pass once
+//! `backlog_timer` is reached; blink runs on the 100 ms ticks; the 250 ms ticks cycle
+//! through four phases, phase 1 (once a second) saving settings and counting down a
+//! pending restart.
 
+use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::String;
@@ -19,6 +23,7 @@ use crate::backlog::Backlog;
 use crate::console::{LogLevel, LogLine, SerialEvent, SerialInput};
 use crate::identity::{format_token, sanitize_hostname};
 use crate::mqtt::{ConnectRequest, Mqtt};
+use crate::setoption as so;
 use crate::settings::{Settings, DEFAULT_HOSTNAME};
 use crate::telemetry::TELE_PERIOD_UNSET;
 use crate::time::Instant;
@@ -32,8 +37,7 @@ pub(crate) const BUILD_DATE_TIME: &str = "2024-08-15T08:00:00";
 
 pub use crate::hardware::{Hardware, DEFAULT_WIFI_CONNECT_MS};
 
-/// How far ahead [`Device::poll_timeout`] looks for a visible tick, in seconds.
-const QUIET_LOOKAHEAD_S: u32 = 3600;
+mod timer;
 
 /// Why the device booted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,8 +88,9 @@ pub enum Output {
     /// The relays changed: bit n is relay n+1.
     Relays(u32),
     /// Settings changed and must be written now: these, as they were when the device
-    /// decided to save (`SettingsSave`), not as they are when the driver drains.
-    SaveSettings(alloc::boxed::Box<Settings>),
+    /// decided to save (`SettingsSave`), not as they are when the driver drains. Boxed:
+    /// settings are about 1 KB, and every queued output would be that big.
+    SaveSettings(Box<Settings>),
     /// The device restarts: drop it and boot a new one from the saved settings.
     Restart(RestartKind),
 }
@@ -146,7 +151,7 @@ pub struct Device {
     pub(crate) rtc_offset_s: i64,
     /// Seconds until the next Tasmota discovery (0: none pending).
     pub(crate) discovery_in: u8,
-    /// A log line is being sent to stat/<topic>/LOGGING.
+    /// A log line is being sent to `stat/<topic>/LOGGING`.
     mirroring: bool,
     /// The address in use: IPAddress1 if set at boot, else what DHCP gives.
     ip: [u8; 4],
@@ -190,8 +195,8 @@ impl Device {
             (_, 4) => relays_mask,
             (BootReason::PowerOn, 0 | 5) => 0,
             (BootReason::PowerOn, 1) => relays_mask,
-            (BootReason::PowerOn, 2) if settings.flag(0) => (saved_power ^ u32::MAX) & relays_mask,
-            _ if settings.flag(0) => saved_power,
+            (BootReason::PowerOn, 2) if settings.flag(so::SAVE_STATE) => (saved_power ^ u32::MAX) & relays_mask,
+            _ if settings.flag(so::SAVE_STATE) => saved_power,
             _ => 0,
         };
         let save_data_counter = settings.save_data;
@@ -285,15 +290,6 @@ impl Device {
         self.halted
     }
 
-    /// Whether something is still under way: a Backlog, a pending restart, a blink.
-    pub fn is_busy(&self) -> bool {
-        !self.halted
-            && (!self.backlog.is_empty()
-                || self.restart_flag != 0
-                || self.blink.mask != 0
-                || self.inputs.button_window.is_some())
-    }
-
     /// The next output, if any.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
@@ -325,130 +321,6 @@ impl Device {
         bytes.extend_from_slice(line.as_bytes());
         bytes.push(b'\n');
         self.handle_serial(&bytes, now);
-    }
-
-    /// When the device next needs [`Device::handle_timeout`]; `None` once stopped. Ticks
-    /// that can produce no output are left out (see `next_visible_tick`).
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.halted {
-            return None;
-        }
-        Some(self.earliest(self.next_visible_tick()))
-    }
-
-    /// Runs everything due at or before `now`, each at its own instant, one main-loop
-    /// pass at a time; then the device's time is `now`.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        self.run_due(now);
-        self.advance(now);
-    }
-
-    /// The earliest timer, due or not: the next 250 ms tick, a Backlog entry, a blink
-    /// step, the MQTT client's CONNACK or keepalive deadline.
-    fn next_timer(&self) -> Instant {
-        self.earliest(self.next_tick)
-    }
-
-    /// The earliest of `tick` and the other timers (Backlog, blink, MQTT client), never
-    /// before the device's time.
-    fn earliest(&self, tick: Instant) -> Instant {
-        let mut next = tick;
-        if !self.backlog.is_empty() {
-            next = next.min(self.backlog.timer);
-        }
-        if self.blink.mask != 0 {
-            next = next.min(self.blink_due());
-        }
-        if let Some(t) = self.mqtt.client.poll_timeout() {
-            next = next.min(t);
-        }
-        if let Some(t) = self.button_due() {
-            next = next.min(t);
-        }
-        next.max(self.now)
-    }
-
-    /// Runs every timer due at or before `until` in time order, with the device's clock
-    /// set to each timer's instant, so a driver that calls in late (or skips the quiet
-    /// ticks [`Device::poll_timeout`] leaves out) gets the same transcript.
-    pub(crate) fn run_due(&mut self, until: Instant) {
-        // Passes at one instant are bounded only to turn a bug into a stop, not a hang.
-        let mut passes_here = 0u32;
-        while !self.halted {
-            let at = self.next_timer();
-            if at > until {
-                return;
-            }
-            if at > self.now {
-                self.now = at;
-                passes_here = 0;
-            }
-            passes_here += 1;
-            if passes_here > 100_000 {
-                return;
-            }
-            if !self.backlog.is_empty() && self.backlog.timer <= self.now {
-                self.backlog_loop();
-            }
-            if self.blink.mask != 0 && self.blink_due() <= self.now {
-                self.blink_loop();
-            }
-            if self.button_due().is_some_and(|t| t <= self.now) {
-                self.button_window_closed();
-            }
-            if self.mqtt.client.poll_timeout().is_some_and(|t| t <= self.now) {
-                let now = self.now;
-                self.mqtt.client.handle_timeout(now);
-                self.drain_client();
-            }
-            if self.next_tick <= self.now {
-                self.next_tick = next_interval(self.next_tick, 250);
-                self.every_250ms();
-            }
-        }
-    }
-
-    /// The first 250 ms tick that may give the driver something (an output). In the
-    /// steady state (network and MQTT up, nothing queued, settings saved) the ticks in
-    /// between only count (uptime, TelePeriod, the save countdown): they run, in order,
-    /// when the driver next calls in, so a day of idle device needs a few thousand
-    /// wake-ups instead of 345,600.
-    fn next_visible_tick(&self) -> Instant {
-        let steady = self.network_up
-            && self.restart_flag == 0
-            && self.blink.mask == 0
-            && self.backlog.is_empty()
-            && !self.settings_dirty
-            && self.discovery_in == 0
-            && self.tele_period < TELE_PERIOD_UNSET
-            && if self.settings.flag(3) { self.mqtt.client.connected() } else { self.initial_connection_state() == 0 };
-        if !steady {
-            return self.next_tick;
-        }
-        // Only phase-1 ticks (once a second) can publish STATE: the m-th from now does.
-        let phase = (self.tick_phase + 1) & 3;
-        let first = self.next_tick.plus_millis(250 * u64::from((5 - phase) & 3));
-        let seconds = match u32::from(self.settings.tele_period) {
-            0 => QUIET_LOOKAHEAD_S,
-            period => period.saturating_sub(self.tele_period).clamp(1, QUIET_LOOKAHEAD_S + 1) - 1,
-        };
-        first.plus_millis(1000 * u64::from(seconds))
-    }
-
-    /// Runs the timers due strictly before an input at `now` (ticks a driver skipped),
-    /// then moves the clock to `now`. Timers due at `now` itself run after the input, on
-    /// the driver's next [`Device::handle_timeout`], as they always have.
-    pub(crate) fn catch_up(&mut self, now: Instant) {
-        if now.as_millis() > 0 {
-            self.run_due(Instant::from_millis(now.as_millis() - 1));
-        }
-        self.advance(now);
-    }
-
-    pub(crate) fn advance(&mut self, now: Instant) {
-        if now > self.now {
-            self.now = now;
-        }
     }
 
     /// The latest time the device has seen.
@@ -573,7 +445,7 @@ impl Device {
     }
 
     fn update_saved_power(&mut self) {
-        self.settings.power = if self.settings.flag(0) { self.power } else { 0 };
+        self.settings.power = if self.settings.flag(so::SAVE_STATE) { self.power } else { 0 };
     }
 
     /// `SettingsSave(0)`: writes only when something changed.
@@ -584,7 +456,7 @@ impl Device {
         self.settings_dirty = false;
         if self.settings != self.saved {
             self.saved = self.settings.clone();
-            self.outputs.push_back(Output::SaveSettings(alloc::boxed::Box::new(self.saved.clone())));
+            self.outputs.push_back(Output::SaveSettings(Box::new(self.saved.clone())));
         }
     }
 
@@ -676,8 +548,8 @@ impl Device {
 
     /// `MqttPublishPayload` with the log line at `level` (discovery logs at DEBUG_MORE).
     pub(crate) fn publish_at(&mut self, level: LogLevel, topic: String, payload: String, retain: bool) {
-        let retain = retain && !self.settings.flag(104);
-        let sent = self.settings.flag(3) && self.mqtt_publish_lib(&topic, &payload, retain);
+        let retain = retain && !self.settings.flag(so::MQTT_NO_RETAIN);
+        let sent = self.settings.flag(so::MQTT_ENABLED) && self.mqtt_publish_lib(&topic, &payload, retain);
         let text = if sent {
             format!("MQT: {topic} = {payload}{}", if retain { " (retained)" } else { "" })
         } else {
@@ -698,8 +570,11 @@ impl Device {
         payload: String,
         retain: bool,
     ) {
-        let sub =
-            if result_or && !self.settings.flag(4) { String::from("RESULT") } else { subtopic.to_ascii_uppercase() };
+        let sub = if result_or && !self.settings.flag(so::MQTT_RESPONSE) {
+            String::from("RESULT")
+        } else {
+            subtopic.to_ascii_uppercase()
+        };
         let topic = self.own_topic(prefix, &sub);
         self.publish(topic, payload, retain);
     }
@@ -708,7 +583,7 @@ impl Device {
 
     /// `GetPowerDevice`: `POWER`, or `POWER<n>` with several relays or SetOption26.
     pub(crate) fn power_key(&self, device: u32) -> String {
-        if u32::from(self.hw.relays) + self.settings.option(26) > 1 {
+        if u32::from(self.hw.relays) + self.settings.option(so::DEVICE_INDEX_ENABLE) > 1 {
             format!("POWER{device}")
         } else {
             String::from("POWER")
@@ -720,12 +595,12 @@ impl Device {
         let device = if device < 1 || device > u32::from(self.hw.relays) { 1 } else { device };
         let key = self.power_key(device);
         let state = String::from(self.settings.state_text((self.power >> (device - 1)) & 1));
-        let sub = if self.settings.flag(4) { key.clone() } else { String::from("RESULT") };
+        let sub = if self.settings.flag(so::MQTT_RESPONSE) { key.clone() } else { String::from("RESULT") };
         let topic = self.own_topic(Prefix::Stat, &sub);
         self.publish(topic, format!("{{\"{key}\":\"{state}\"}}"), false);
-        if !self.settings.flag(90) {
+        if !self.settings.flag(so::ONLY_JSON_MESSAGE) {
             let topic = self.own_topic(Prefix::Stat, &key);
-            let retain = self.settings.flag(5);
+            let retain = self.settings.flag(so::MQTT_POWER_RETAIN);
             self.publish(topic, state, retain);
         }
     }
@@ -786,7 +661,7 @@ impl Device {
         }
         self.publish_power_state(device);
         // SetOption59: a power change also sends tele/<topic>/STATE.
-        if (0..=2).contains(&state) && self.settings.flag(59) {
+        if (0..=2).contains(&state) && self.settings.flag(so::HASS_TELE_ON_POWER) {
             self.mqtt_publish_tele_state();
         }
     }

@@ -11,6 +11,7 @@ use alloc::string::String;
 use crate::console::LogLevel;
 use crate::device::{Device, VERSION};
 use crate::json::escape;
+use crate::setoption as so;
 
 /// `MAX_FRIENDLYNAMES`, `MAX_RELAYS_SET`, `MAX_SWITCHES_SET`, `MAX_KEYS_SET`,
 /// `MAX_SHUTTERS`.
@@ -24,11 +25,6 @@ const MAX_SHUTTERS: usize = 4;
 /// reconnect or a Discover command (`TasRediscover`).
 pub(crate) const FIRST_DELAY_S: u8 = 10;
 pub(crate) const AGAIN_DELAY_S: u8 = 1;
-
-/// SetOption19 (discovery off), 73 (buttons), 114 (switches).
-const SO_DISCOVERY_OFF: u32 = 19;
-const SO_BUTTONS: u32 = 73;
-const SO_SWITCHES: u32 = 114;
 
 impl Device {
     /// The discovery topic of this device.
@@ -70,7 +66,7 @@ impl Device {
         push_list(&mut out, MAX_RELAYS_SET, |i| if i < relays { String::from("1") } else { String::from("0") });
         out.push_str("],\"swc\":[");
         let switches = usize::from(self.hw.switches);
-        let show_switches = s.flag(SO_SWITCHES);
+        let show_switches = s.flag(so::MQTT_SWITCHES);
         push_list(&mut out, MAX_SWITCHES_SET, |i| {
             if i < switches && show_switches {
                 format!("{}", s.switchmode[i])
@@ -88,21 +84,21 @@ impl Device {
         });
         out.push_str("],\"btn\":[");
         let buttons = usize::from(self.hw.buttons);
-        let show_buttons = s.flag(SO_BUTTONS);
+        let show_buttons = s.flag(so::MQTT_BUTTONS);
         push_list(&mut out, MAX_KEYS_SET, |i| String::from(if i < buttons && show_buttons { "1" } else { "0" }));
         out.push_str(&format!(
             "],\"so\":{{\"4\":{},\"11\":{},\"13\":{},\"17\":{},\"20\":{},\"30\":{},\"68\":{},\"73\":{},\"82\":{},\"114\":{},\"117\":{}}},\"lk\":0,\"lt_st\":0,\"bat\":0,\"dslp\":0,\"sho\":[",
-            s.option(4),
-            s.option(11),
-            s.option(13),
-            s.option(17),
-            s.option(20),
-            s.option(30),
-            s.option(68),
-            s.option(73),
-            s.option(82),
-            s.option(114),
-            s.option(117),
+            s.option(so::MQTT_RESPONSE),
+            s.option(so::BUTTON_SWAP),
+            s.option(so::BUTTON_SINGLE),
+            s.option(so::DECIMAL_TEXT),
+            s.option(so::NOT_POWER_LINKED),
+            s.option(so::HASS_LIGHT),
+            s.option(so::PWM_MULTI_CHANNELS),
+            s.option(so::MQTT_BUTTONS),
+            s.option(so::ALEXA_CT_RANGE),
+            s.option(so::MQTT_SWITCHES),
+            s.option(so::FADE_FIXED_DURATION),
         ));
         push_list(&mut out, MAX_SHUTTERS, |_| String::from("0"));
         out.push_str("],\"sht\":[");
@@ -119,7 +115,7 @@ impl Device {
     /// `TasDiscovery()`: config and sensors, retained, logged at DEBUG_MORE; with
     /// SetOption19 on, empty retained payloads clear what was published.
     pub(crate) fn tas_discovery(&mut self) {
-        let off = self.settings.flag(SO_DISCOVERY_OFF);
+        let off = self.settings.flag(so::HASS_DISCOVERY);
         let config = if off { String::new() } else { self.discovery_config() };
         let topic = self.discovery_topic("config");
         self.publish_at(LogLevel::DebugMore, topic, config, true);
@@ -132,7 +128,7 @@ impl Device {
     /// down to the next discovery. As on the firmware, a discovery due while MQTT is down
     /// is lost (its publishes fail) until the next reconnect rediscovers.
     pub(crate) fn discovery_every_second(&mut self) {
-        if self.discovery_in == 0 || !self.settings.flag(3) {
+        if self.discovery_in == 0 || !self.settings.flag(so::MQTT_ENABLED) {
             return;
         }
         self.discovery_in -= 1;

@@ -16,6 +16,7 @@ use crate::hardware::Hardware;
 use crate::mqtt::packet::{self, Packet};
 use crate::mqtt::{ConnectRequest, LinkFailure};
 use crate::platform::{drive, Platform};
+use crate::setoption as so;
 use crate::settings::Settings;
 use crate::time::Instant;
 
@@ -309,14 +310,14 @@ fn tls_aws_iot_request() -> Result<(), String> {
         s.mqtt_host = "a1b2c3d4e5f6g7-ats.iot.eu-central-1.amazonaws.com".into();
         s.mqtt_port = 443;
         s.mqtt_user = "tasmota?x-amz-customauthorizer-name=TasmotaAuth".into();
-        s.set_option(103, 1);
+        s.set_option(so::MQTT_TLS, 1);
     });
     b.run_to(3500);
     let req = b.p.connects.first().ok_or("no connect request")?;
     let tls = req.tls.as_ref().ok_or("no TLS request")?;
     same("SNI", tls.server_name.as_str(), "a1b2c3d4e5f6g7-ats.iot.eu-central-1.amazonaws.com")?;
     same("ALPN", tls.alpn, Some("mqtt"))?;
-    same("retain forced off (SO104)", b.d.settings().flag(104), true)?;
+    same("retain forced off (SO104)", b.d.settings().flag(so::MQTT_NO_RETAIN), true)?;
     same("timeout", req.timeout_ms, 5000)
 }
 

@@ -9,6 +9,7 @@ use crate::console::LogLevel;
 use crate::device::Device;
 use crate::hardware::{Model, SensorKind};
 use crate::json::escape;
+use crate::setoption as so;
 use crate::telemetry::iso_time;
 use crate::time::Instant;
 
@@ -121,7 +122,7 @@ impl Device {
         if self.is_stopped() {
             return Ok(());
         }
-        if self.settings.flag(13) {
+        if self.settings.flag(so::BUTTON_SINGLE) {
             self.log(LogLevel::Debug, format!("BTN: Button{button} immediate"));
             self.button_action(button, 1);
             return Ok(());
@@ -186,7 +187,7 @@ impl Device {
             3 | 4 if on => 2,
             _ => return Ok(()),
         };
-        if self.settings.flag(114) {
+        if self.settings.flag(so::MQTT_SWITCHES) {
             let text = String::from(self.settings.state_text(u32::from(on)));
             let payload = format!("{{\"Switch{switch}\":{{\"Action\":\"{}\"}}}}", escape(&text));
             self.publish_prefix_topic(crate::topic::Prefix::Stat, true, "RESULT", payload, false);

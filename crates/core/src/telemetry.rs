@@ -1,14 +1,15 @@
 //! Telemetry (`PerformEverySecond`, `MqttShowState`, spec §6): the uptime counter, the
 //! TelePeriod countdown and `tele/<t>/STATE`.
 //!
-//! Heap, sleep and load figures are the ones a stock ESP8266 Sonoff Basic reports; the
-//! device-profile issue replaces them with a heap model.
+//! The heap figure comes from the device profile's heap model (less what TLS holds);
+//! sleep and load are the figures a stock ESP8266 Sonoff Basic reports.
 
 use alloc::format;
 use alloc::string::String;
 
 use crate::device::Device;
 use crate::json::escape;
+use crate::setoption as so;
 use crate::topic::Prefix;
 
 /// `TasmotaGlobal.tele_period` before the network is first up ("allow 9999 to be used
@@ -40,12 +41,12 @@ impl Default for Wifi {
 }
 
 /// `<d>T<HH:MM:SS>` as in Uptime and Downtime.
-pub fn duration_text(secs: u64) -> String {
+pub(crate) fn duration_text(secs: u64) -> String {
     format!("{}T{:02}:{:02}:{:02}", secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60)
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` for seconds since 1970 (the RTC before NTP counts from 0).
-pub fn iso_time(secs: u64) -> String {
+pub(crate) fn iso_time(secs: u64) -> String {
     let days = secs / 86_400;
     let (y, m, d) = civil_from_days(days as i64);
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", secs / 3600 % 24, secs / 60 % 60, secs % 60)
@@ -90,7 +91,7 @@ impl Device {
     /// `MqttPublishTeleState()`.
     pub(crate) fn mqtt_publish_tele_state(&mut self) {
         let state = self.mqtt_show_state();
-        let retain = self.settings.flag(crate::commands::STATE_RETAIN);
+        let retain = self.settings.flag(so::MQTT_STATE_RETAIN);
         self.publish_prefix_topic(Prefix::Tele, false, "STATE", state, retain);
     }
 
@@ -101,7 +102,7 @@ impl Device {
             let sensor = self.sensor_json();
             // Period counts from one TelePeriod to the next.
             self.inputs.energy.at_last_tele_mws = self.inputs.energy.counted_mws;
-            let retain = self.settings.flag(crate::commands::SENSOR_RETAIN);
+            let retain = self.settings.flag(so::MQTT_SENSOR_RETAIN);
             self.publish_prefix_topic(Prefix::Tele, false, "SENSOR", sensor, retain);
         }
     }

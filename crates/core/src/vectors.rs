@@ -18,7 +18,8 @@
 //!
 //! Each vector boots a fresh device at uptime 0 (boot lines are not part of the
 //! transcript), runs its inputs in order, then lets time pass until the device is idle
-//! (no Backlog, restart or blink pending). The transcript is every console line and
+//! (nothing under way: no Backlog, restart, blink or button window pending, see
+//! [`Device::is_busy`](crate::Device::is_busy)). The transcript is every console line and
 //! publish topic, in order; it must equal the expected lines exactly.
 
 use alloc::format;

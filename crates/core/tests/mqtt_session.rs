@@ -6,6 +6,7 @@
 use proptest::prelude::*;
 use tasmota_core::mqtt::packet::{Packet, Publish};
 use tasmota_core::selftest::{bench_connect_bytes, Bench, LinkMode};
+use tasmota_core::setoption as so;
 use tasmota_core::{BootReason, Device, Hardware, Instant, LinkFailure, Output};
 
 fn publish(topic: &str, payload: &str, qos: u8, id: Option<u16>) -> Vec<u8> {
@@ -263,7 +264,7 @@ fn restart_closes_without_disconnect_and_reconnects_with_new_settings() {
 
 #[test]
 fn setoption3_off_logs_rsl_and_never_connects() {
-    let mut b = Bench::new(|s| s.set_option(3, 0));
+    let mut b = Bench::new(|s| s.set_option(so::MQTT_ENABLED, 0));
     b.run_to(10_000);
     assert!(b.p.connects.is_empty());
     let lines = b.take_lines();
@@ -275,13 +276,13 @@ fn setoption3_off_logs_rsl_and_never_connects() {
 #[test]
 fn aws_iot_light_mode() {
     let mut b = Bench::new(|s| {
-        s.set_option(103, 1);
+        s.set_option(so::MQTT_TLS, 1);
         s.mqtt_host = "a1b2c3-ats.iot.eu-west-1.amazonaws.com".into();
         s.mqtt_port = 443;
         s.mqtt_user = "tasmota?x-amz-customauthorizer-name=TasmotaAuth".into();
         s.mqtt_pwd = "YknLuSd2tBY2HodwI/7RqA==".into();
     });
-    assert!(b.d.settings().flag(104), "an AWS endpoint forces SetOption104");
+    assert!(b.d.settings().flag(so::MQTT_NO_RETAIN), "an AWS endpoint forces SetOption104");
     b.run_to(3500);
     let tls = b.p.connects[0].tls.clone().expect("TLS");
     assert_eq!(tls.server_name, "a1b2c3-ats.iot.eu-west-1.amazonaws.com");
@@ -307,7 +308,7 @@ fn aws_iot_light_mode() {
 
     // Port 8883 to the same host: TLS, no ALPN. A TLS failure logs its code first.
     let mut b = Bench::new(|s| {
-        s.set_option(103, 1);
+        s.set_option(so::MQTT_TLS, 1);
         s.mqtt_host = "a1b2c3-ats.iot.eu-west-1.amazonaws.com".into();
         s.mqtt_port = 8883;
     });

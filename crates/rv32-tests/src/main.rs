@@ -20,11 +20,9 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use embedded_alloc::LlffHeap;
 use semihosting::{println, process};
-use tasmota_core::console::LogLine;
-use tasmota_core::device::{BootReason, Device, RestartKind};
 use tasmota_core::mqtt::ConnectRequest;
 use tasmota_core::platform::{drive, Platform};
-use tasmota_core::{selftest, vectors, Hardware, Instant, Settings};
+use tasmota_core::{selftest, vectors, BootReason, Device, Hardware, Instant, LogLine, RestartKind, Settings};
 
 /// The heap, with a count of bytes in use and the peak. One hart and no interrupts, so
 /// plain loads and stores are enough (the C3 has no atomic read-modify-write either).

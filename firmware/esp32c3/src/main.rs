@@ -49,11 +49,10 @@ use mbedtls_rs::{
     AuthMode, Certificate, ClientSessionConfig, Session, SessionConfig, SessionError, Tls, TlsVersion, X509,
 };
 use static_cell::StaticCell;
-use tasmota_core::console::LogLine;
 use tasmota_core::mqtt::tls::{error as tls_error, TlsRequest};
 use tasmota_core::mqtt::{ConnectRequest, LinkFailure};
 use tasmota_core::platform::{drive, Platform};
-use tasmota_core::{BootReason, Chip, Device, Hardware, Instant, LogLevel, Mac, RestartKind, Settings};
+use tasmota_core::{BootReason, Chip, Device, Hardware, Instant, LogLine, Mac, RestartKind, Settings};
 
 esp_bootloader_esp_idf::esp_app_desc!();
 

@@ -1,5 +1,5 @@
 //! Command dispatch (`ExecuteCommand`, `CommandHandler`, `DecodeCommand`): the same path
-//! for the serial console, Backlog and (later) MQTT, web and HTTP.
+//! for the serial console, Backlog, MQTT (`MqttDataHandler`) and the web API (`/cm`).
 //!
 //! Tables are searched in the firmware's order: the core commands (`kTasmotaCommands`)
 //! first, then the MQTT driver's (`kMqttCommands`), which only answer while SetOption3
@@ -10,7 +10,6 @@ mod status;
 mod tasmota;
 
 pub use mqtt::DEFAULT_FINGERPRINTS;
-pub(crate) use mqtt::{INFO_RETAIN, SENSOR_RETAIN, STATE_RETAIN};
 
 use alloc::format;
 use alloc::string::String;
@@ -18,6 +17,7 @@ use alloc::string::String;
 use crate::device::{Device, RESPONSE_ERROR};
 use crate::grammar;
 use crate::json::escape;
+use crate::setoption as so;
 use crate::topic::Prefix;
 
 /// The command being handled (`XdrvMailbox`).
@@ -133,7 +133,7 @@ impl Device {
         if let Some(found) = tasmota::TABLE.find(name) {
             return Some(found);
         }
-        if self.settings.flag(3) {
+        if self.settings.flag(so::MQTT_ENABLED) {
             return mqtt::TABLE.find(name);
         }
         None

@@ -8,6 +8,7 @@ use alloc::vec::Vec;
 use super::{Mailbox, Table};
 use crate::device::Device;
 use crate::grammar::Shortcut;
+use crate::setoption as so;
 use crate::settings::{
     DEFAULT_CLIENT, DEFAULT_FULLTOPIC, DEFAULT_GROUPTOPIC, DEFAULT_MQTT_PASS, DEFAULT_MQTT_PORT, DEFAULT_MQTT_USER,
     DEFAULT_PREFIXES, DEFAULT_TOPIC, MQTT_RETRY_SECS,
@@ -194,7 +195,7 @@ fn cmnd_mqtt_client(d: &mut Device, mb: &mut Mailbox) {
 /// Publishes the LWT of the current topic before a Topic or FullTopic change: `Offline`
 /// with SetOption10, else an empty retained message that clears it.
 fn publish_old_lwt(d: &mut Device) {
-    let payload = String::from(if d.settings.flag(10) { "Offline" } else { "" });
+    let payload = String::from(if d.settings.flag(so::MQTT_OFFLINE) { "Offline" } else { "" });
     d.publish_prefix_topic(Prefix::Tele, false, "LWT", payload, true);
 }
 
@@ -333,14 +334,6 @@ fn cmnd_switch_topic(d: &mut Device, mb: &mut Mailbox) {
     d.reply_text(mb, &v);
 }
 
-/// The retain flags: SetOption bit that holds each.
-pub(crate) const BUTTON_RETAIN: u32 = 6;
-pub(crate) const SWITCH_RETAIN: u32 = 7;
-pub(crate) const POWER_RETAIN: u32 = 5;
-pub(crate) const SENSOR_RETAIN: u32 = 9;
-pub(crate) const STATE_RETAIN: u32 = 121;
-pub(crate) const INFO_RETAIN: u32 = 122;
-
 /// Sets a retain flag from a 0/1 payload; returns whether it was set to 0 (the caller
 /// then clears what it had retained).
 fn set_retain(d: &mut Device, mb: &Mailbox, option: u32) -> bool {
@@ -353,59 +346,59 @@ fn set_retain(d: &mut Device, mb: &Mailbox, option: u32) -> bool {
 
 fn cmnd_button_retain(d: &mut Device, mb: &mut Mailbox) {
     // Clearing button retains publishes only to an active ButtonTopic while connected.
-    set_retain(d, mb, BUTTON_RETAIN);
-    d.reply_state_text(mb, d.settings.option(BUTTON_RETAIN));
+    set_retain(d, mb, so::MQTT_BUTTON_RETAIN);
+    d.reply_state_text(mb, d.settings.option(so::MQTT_BUTTON_RETAIN));
 }
 
 fn cmnd_switch_retain(d: &mut Device, mb: &mut Mailbox) {
-    set_retain(d, mb, SWITCH_RETAIN);
-    d.reply_state_text(mb, d.settings.option(SWITCH_RETAIN));
+    set_retain(d, mb, so::MQTT_SWITCH_RETAIN);
+    d.reply_state_text(mb, d.settings.option(so::MQTT_SWITCH_RETAIN));
 }
 
 fn cmnd_power_retain(d: &mut Device, mb: &mut Mailbox) {
     if (0..=1).contains(&mb.payload) {
         if mb.payload == 0 {
-            let retain = d.settings.flag(POWER_RETAIN);
+            let retain = d.settings.flag(so::MQTT_POWER_RETAIN);
             for device in 1..=u32::from(d.hw.relays) {
                 let key = d.power_key(device);
                 let topic = d.own_topic(Prefix::Stat, &key);
                 d.publish(topic, String::new(), retain);
             }
         }
-        d.settings.set_option(POWER_RETAIN, mb.payload as u32);
+        d.settings.set_option(so::MQTT_POWER_RETAIN, mb.payload as u32);
         if mb.payload == 1 {
-            d.settings.set_option(90, 0);
+            d.settings.set_option(so::ONLY_JSON_MESSAGE, 0);
         }
     }
-    d.reply_state_text(mb, d.settings.option(POWER_RETAIN));
+    d.reply_state_text(mb, d.settings.option(so::MQTT_POWER_RETAIN));
 }
 
 fn cmnd_sensor_retain(d: &mut Device, mb: &mut Mailbox) {
     if mb.payload == 0 {
-        let retain = d.settings.flag(SENSOR_RETAIN);
+        let retain = d.settings.flag(so::MQTT_SENSOR_RETAIN);
         d.publish_prefix_topic(Prefix::Tele, false, "SENSOR", String::new(), retain);
         d.publish_prefix_topic(Prefix::Tele, false, "ENERGY", String::new(), retain);
     }
-    set_retain(d, mb, SENSOR_RETAIN);
-    d.reply_state_text(mb, d.settings.option(SENSOR_RETAIN));
+    set_retain(d, mb, so::MQTT_SENSOR_RETAIN);
+    d.reply_state_text(mb, d.settings.option(so::MQTT_SENSOR_RETAIN));
 }
 
 fn cmnd_info_retain(d: &mut Device, mb: &mut Mailbox) {
     if mb.payload == 0 {
-        let retain = d.settings.flag(INFO_RETAIN);
+        let retain = d.settings.flag(so::MQTT_INFO_RETAIN);
         d.publish_prefix_topic(Prefix::Tele, false, "INFO", String::new(), retain);
     }
-    set_retain(d, mb, INFO_RETAIN);
-    d.reply_state_text(mb, d.settings.option(INFO_RETAIN));
+    set_retain(d, mb, so::MQTT_INFO_RETAIN);
+    d.reply_state_text(mb, d.settings.option(so::MQTT_INFO_RETAIN));
 }
 
 fn cmnd_state_retain(d: &mut Device, mb: &mut Mailbox) {
     if mb.payload == 0 {
-        let retain = d.settings.flag(STATE_RETAIN);
+        let retain = d.settings.flag(so::MQTT_STATE_RETAIN);
         d.publish_prefix_topic(Prefix::Stat, false, "STATE", String::new(), retain);
     }
-    set_retain(d, mb, STATE_RETAIN);
-    d.reply_state_text(mb, d.settings.option(STATE_RETAIN));
+    set_retain(d, mb, so::MQTT_STATE_RETAIN);
+    d.reply_state_text(mb, d.settings.option(so::MQTT_STATE_RETAIN));
 }
 
 /// `CmndMqttFingerprint`: twenty hex bytes separated by spaces.
@@ -455,8 +448,8 @@ fn parse_fingerprint(s: &str) -> [u8; 20] {
 /// published again a second later.
 fn cmnd_discover(d: &mut Device, mb: &mut Mailbox) {
     if mb.payload >= 0 {
-        d.settings.set_option(19, u32::from(mb.payload & 1 == 0));
+        d.settings.set_option(so::HASS_DISCOVERY, u32::from(mb.payload & 1 == 0));
         d.rediscover(crate::discovery::AGAIN_DELAY_S);
     }
-    d.reply_state_text(mb, u32::from(!d.settings.flag(19)));
+    d.reply_state_text(mb, u32::from(!d.settings.flag(so::HASS_DISCOVERY)));
 }

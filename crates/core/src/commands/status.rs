@@ -9,11 +9,9 @@ use alloc::vec::Vec;
 use super::Mailbox;
 use crate::device::{Device, IMAGE_NAME, VERSION};
 use crate::json::escape;
+use crate::setoption as so;
 use crate::telemetry::{duration_text, iso_time};
 use crate::topic::Prefix;
-
-/// `StatusRetain` lives in SetOption bit 123 (`flag5.mqtt_status_retain`).
-pub(crate) const STATUS_RETAIN: u32 = 123;
 
 /// The firmware's fixed figures of a stock `tasmota` build, by chip.
 struct Build {
@@ -89,15 +87,15 @@ impl Device {
             s.poweronstate,
             s.ledstate,
             s.save_data,
-            s.option(0),
+            s.option(so::SAVE_STATE),
             quoted(&s.switch_topic),
-            s.option(super::mqtt::BUTTON_RETAIN),
-            s.option(super::mqtt::SWITCH_RETAIN),
-            s.option(super::mqtt::SENSOR_RETAIN),
-            s.option(super::mqtt::POWER_RETAIN),
-            s.option(super::INFO_RETAIN),
-            s.option(super::STATE_RETAIN),
-            s.option(STATUS_RETAIN),
+            s.option(so::MQTT_BUTTON_RETAIN),
+            s.option(so::MQTT_SWITCH_RETAIN),
+            s.option(so::MQTT_SENSOR_RETAIN),
+            s.option(so::MQTT_POWER_RETAIN),
+            s.option(so::MQTT_INFO_RETAIN),
+            s.option(so::MQTT_STATE_RETAIN),
+            s.option(so::MQTT_STATUS_RETAIN),
         )
     }
 
@@ -267,7 +265,7 @@ fn gateway_of(ip: &str) -> String {
 pub(super) fn cmnd_status(d: &mut Device, mb: &mut Mailbox) {
     let payload = mb.payload;
     let merged = mb.usridx && mb.index == 0;
-    let mqtt_on = d.settings.flag(3);
+    let mqtt_on = d.settings.flag(so::MQTT_ENABLED);
     // Status 6 needs MQTT, 9 an energy monitor (with thresholds), 12 a crash dump, 13
     // shutters; beyond 13 there is nothing.
     let unavailable = match payload {
@@ -279,7 +277,7 @@ pub(super) fn cmnd_status(d: &mut Device, mb: &mut Mailbox) {
     if unavailable {
         return;
     }
-    let retain = d.settings.flag(STATUS_RETAIN);
+    let retain = d.settings.flag(so::MQTT_STATUS_RETAIN);
     d.response.clear();
     let all: Vec<u32> = [0u32, 1, 2, 3, 4, 5, 6, 7, 10, 11].into_iter().filter(|n| *n != 6 || mqtt_on).collect();
     if merged {
@@ -303,7 +301,7 @@ pub(super) fn cmnd_status(d: &mut Device, mb: &mut Mailbox) {
 /// `CmndState`: the STATE JSON as the reply; with SetOption59 also `tele/<t>/STATE`.
 pub(super) fn cmnd_state(d: &mut Device, _mb: &mut Mailbox) {
     d.response = d.mqtt_show_state();
-    if d.settings.flag(59) {
+    if d.settings.flag(so::HASS_TELE_ON_POWER) {
         d.mqtt_publish_tele_state();
     }
 }
@@ -409,15 +407,15 @@ pub(super) fn cmnd_switchmode(d: &mut Device, mb: &mut Mailbox) {
 /// `CmndStatusRetain`: setting 0 clears every retained STATUS message first.
 pub(super) fn cmnd_status_retain(d: &mut Device, mb: &mut Mailbox) {
     if (0..=1).contains(&mb.payload) {
-        if mb.payload == 0 && d.settings.flag(STATUS_RETAIN) {
+        if mb.payload == 0 && d.settings.flag(so::MQTT_STATUS_RETAIN) {
             for n in 0..=13u32 {
                 let sub = if n == 0 { String::from("STATUS") } else { format!("STATUS{n}") };
                 d.publish_prefix_topic(Prefix::Stat, false, &sub, String::new(), true);
             }
         }
-        d.settings.set_option(STATUS_RETAIN, mb.payload as u32);
+        d.settings.set_option(so::MQTT_STATUS_RETAIN, mb.payload as u32);
     }
-    d.reply_state_text(mb, d.settings.option(STATUS_RETAIN));
+    d.reply_state_text(mb, d.settings.option(so::MQTT_STATUS_RETAIN));
 }
 
 /// `CmndIpAddress<1..5>`: a dotted address sets it (and restarts); IPAddress1 also shows

@@ -17,6 +17,7 @@ use super::tls::{self, TlsRequest, Validation};
 use crate::console::LogLevel;
 use crate::device::{Device, Output, TlsLink};
 use crate::json::escape;
+use crate::setoption as so;
 use crate::time::Instant;
 use crate::topic::{Prefix, TopicKind, TOPSZ};
 
@@ -93,11 +94,11 @@ impl Device {
     /// `MqttInit()`: TLS and the AWS IoT defaults, decided once at boot.
     pub(crate) fn mqtt_init(&mut self) {
         // FUNC_MQTT_INIT -> TasDiscoverInit: discovery on again, due in 10 s.
-        self.settings.set_option(19, 0);
+        self.settings.set_option(so::HASS_DISCOVERY, 0);
         self.rediscover(crate::discovery::FIRST_DELAY_S);
-        self.mqtt.tls = self.settings.flag(103);
+        self.mqtt.tls = self.settings.flag(so::MQTT_TLS);
         if tls::is_aws_iot_host(&self.settings.mqtt_host) {
-            self.settings.set_option(104, 1);
+            self.settings.set_option(so::MQTT_NO_RETAIN, 1);
             self.mqtt.aws_iot = true;
         }
         self.mqtt.client.set_timing(self.settings.mqtt_keepalive, self.settings.mqtt_socket_timeout);
@@ -115,7 +116,7 @@ impl Device {
 
     /// `MqttCheck()`: once a second while the network is up.
     pub(crate) fn mqtt_check(&mut self) {
-        if self.settings.flag(3) {
+        if self.settings.flag(so::MQTT_ENABLED) {
             if !self.mqtt_is_connected() {
                 if self.mqtt.client.connecting() {
                     return;
@@ -134,7 +135,8 @@ impl Device {
     /// `MqttReconnect()`.
     fn mqtt_reconnect(&mut self) {
         let s = &self.settings;
-        self.mqtt.allowed = s.flag(3) && self.restart_flag == 0 && !s.mqtt_host.is_empty() && s.mqtt_port != 0;
+        self.mqtt.allowed =
+            s.flag(so::MQTT_ENABLED) && self.restart_flag == 0 && !s.mqtt_host.is_empty() && s.mqtt_port != 0;
         if !self.mqtt.allowed {
             self.mqtt_connected();
             return;
@@ -151,16 +153,21 @@ impl Device {
         let will_topic = self.own_topic(Prefix::Tele, "LWT");
         let connect = Connect {
             client_id: self.mqtt_client.clone(),
-            clean_session: !s.flag(140),
+            clean_session: !s.flag(so::MQTT_PERSISTENT),
             keepalive: s.mqtt_keepalive,
             username: (!s.mqtt_user.is_empty()).then(|| s.mqtt_user.clone()),
             password: (!s.mqtt_pwd.is_empty()).then(|| s.mqtt_pwd.as_bytes().to_vec()),
-            will: Some(Will { topic: will_topic, payload: LWT_OFFLINE.into(), qos: 1, retain: !s.flag(104) }),
+            will: Some(Will {
+                topic: will_topic,
+                payload: LWT_OFFLINE.into(),
+                qos: 1,
+                retain: !s.flag(so::MQTT_NO_RETAIN),
+            }),
         };
         let tls = self.mqtt.tls.then(|| TlsRequest {
             server_name: s.mqtt_host.clone(),
             alpn: (s.mqtt_port == 443 && self.mqtt.aws_iot).then_some(tls::ALPN_MQTT),
-            validation: if s.flag(132) {
+            validation: if s.flag(so::TLS_USE_FINGERPRINT) {
                 Validation::Fingerprints(s.mqtt_fingerprint)
             } else {
                 Validation::TrustAnchors
@@ -220,7 +227,7 @@ impl Device {
 
             let lwt = self.own_topic(Prefix::Tele, "LWT");
             self.publish(lwt, String::from(LWT_ONLINE), true);
-            if !self.settings.flag(90) {
+            if !self.settings.flag(so::ONLY_JSON_MESSAGE) {
                 self.publish_prefix_topic(Prefix::Cmnd, false, "POWER", String::new(), false);
             }
             let own = self.own_topic(Prefix::Cmnd, "#");
@@ -254,7 +261,7 @@ impl Device {
 
     /// INFO1, INFO2 and INFO3 of the first connection after boot.
     fn publish_info(&mut self) {
-        let retain = self.settings.flag(crate::commands::INFO_RETAIN);
+        let retain = self.settings.flag(so::MQTT_INFO_RETAIN);
         let fallback = self.topic_context().topic(Prefix::Cmnd, TopicKind::Fallback, "");
         let group = self.group_topic(0, "");
         let info1 = format!(
@@ -287,7 +294,8 @@ impl Device {
     /// fixed `cmnd/<group>`.
     pub(crate) fn group_topic(&self, index: usize, subtopic: &str) -> String {
         let group = &self.settings.mqtt_grp_topic[index];
-        let kind = if self.settings.flag(75) { TopicKind::Fixed(group) } else { TopicKind::Full(group) };
+        let kind =
+            if self.settings.flag(so::GROUPTOPIC_MODE) { TopicKind::Fixed(group) } else { TopicKind::Full(group) };
         self.topic_context().topic(Prefix::Cmnd, kind, subtopic)
     }
 
