@@ -241,7 +241,12 @@ pub fn run(args: FleetArgs) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        let written = if path.as_os_str() == "-" { Ok(println!("{text}")) } else { std::fs::write(path, text + "\n") };
+        let written = if path.as_os_str() == "-" {
+            use std::io::Write as _;
+            writeln!(std::io::stdout(), "{text}")
+        } else {
+            std::fs::write(path, text + "\n")
+        };
         if let Err(e) = written {
             eprintln!("tasmota-sim fleet: --json {}: {e}", path.display());
             return ExitCode::from(1);

@@ -39,6 +39,9 @@ use crate::scenario::operator::{self, OperatorEvent};
 use crate::scenario::BrokerUrl;
 use report::{encode_histogram, new_histogram, GroupResult, Histograms, Percentiles, Report};
 
+/// A command not answered within this time is counted unanswered for good.
+const UNANSWERED_AFTER: Duration = Duration::from_secs(10);
+
 /// The host name devices use for the broker of a `--virtual` fleet.
 pub const VIRTUAL_BROKER_HOST: &str = "broker.fleet";
 
@@ -363,8 +366,16 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
 
     // The operator: sends the commands, sees the answers.
     let (op_tx, mut op_rx) = mpsc::unbounded_channel::<operator::Command>();
-    let op_stream = operator_link(&opts, broker.as_ref(), &host, port, tls).await?;
-    {
+    let route = OperatorRoute {
+        broker: if matches!(opts.target, Target::Virtual) { broker.clone() } else { None },
+        connector: opts.connector.clone(),
+        host: host.clone(),
+        port,
+        tls,
+    };
+    // The first link must open: a broker the operator cannot reach is the user's error.
+    let first = route.open().await?;
+    let operator_task = {
         let tx = tx.clone();
         let login = opts.login.clone();
         tokio::spawn(async move {
@@ -372,9 +383,28 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
                 let _ = tx.send(Event::Operator(e));
             };
             let filters = vec!["stat/+/RESULT".to_string(), "tele/+/INFO1".to_string()];
-            operator::run(op_stream, "tasmota-sim-fleet-operator".into(), login, filters, &mut op_rx, &events).await;
-        });
-    }
+            let mut link = Some(first);
+            // Like mosquitto_sub, it connects again a second after its link ends (a
+            // broker outage), until the run ends.
+            loop {
+                let stream = match link.take() {
+                    Some(s) => Ok(s),
+                    None => route.open().await,
+                };
+                match stream {
+                    Ok(stream) => {
+                        let (id, login) = ("tasmota-sim-fleet-operator".to_string(), login.clone());
+                        operator::run(stream, id, login, filters.clone(), &mut op_rx, &events).await;
+                        if op_rx.is_closed() {
+                            return;
+                        }
+                    }
+                    Err(e) => events(OperatorEvent::Down(e.to_string())),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
 
     let mut timers = Timers { heap: BinaryHeap::new(), due: vec![None; n] };
     let mut dirty: Vec<usize> = Vec::new();
@@ -396,6 +426,7 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
     let command_gap = (opts.commands_per_second > 0.0).then(|| Duration::from_secs_f64(1.0 / opts.commands_per_second));
     let mut next_command = command_gap.map(|g| t0 + g);
     let mut operator_ready = false;
+    let mut operator_down = 0u64;
     let end = t0 + opts.run_for;
     let progress = opts.progress.then(|| progress_bar(n));
     let mut next_progress = t0;
@@ -418,7 +449,9 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
             timers.set(i, devices[i].poll_timeout());
         }
         let now = Instant::now();
-        if now >= end {
+        // After `--for`, commands still in flight get UNANSWERED_AFTER to be answered.
+        let in_flight = pending.iter().any(Option::is_some);
+        if now >= end && (!in_flight || now >= end + UNANSWERED_AFTER) {
             break;
         }
         // Boot the next devices as the ramp and the in-flight cap allow.
@@ -458,10 +491,15 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
             groups.push((g, HashSet::new()));
         }
         if let (Some(at), Some(gap)) = (next_command, command_gap) {
-            if now >= at {
+            if now >= at && now < end {
                 next_command = Some(at + gap);
                 if !ready.is_empty() {
                     let i = ready[choices.below(ready.len())];
+                    // A command unanswered for 10 s stays unanswered; the device may get
+                    // another.
+                    if pending[i].is_some_and(|at| now.saturating_duration_since(at) > UNANSWERED_AFTER) {
+                        pending[i] = None;
+                    }
                     let busy = pending[i].is_some() || groups.last().is_some_and(|(_, a)| !a.contains(&i));
                     if !busy {
                         let topic = devices[i].core().map(|c| c.topic().to_string()).unwrap_or_default();
@@ -492,7 +530,7 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
             next_progress = now + Duration::from_millis(250);
         }
 
-        let mut wake = end.min(next_progress);
+        let mut wake = if now < end { end } else { end + UNANSWERED_AFTER }.min(next_progress);
         if let Some(t) = timers.next() {
             wake = wake.min(t);
         }
@@ -520,7 +558,8 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
                 }
                 Some(Event::Operator(OperatorEvent::Ready)) => operator_ready = true,
                 Some(Event::Operator(OperatorEvent::Down(why))) => {
-                    return Err(FleetError::Run(format!("the fleet's operator client lost the broker: {why}")));
+                    tracing::info!(%why, "the fleet's operator lost its link; it connects again in 1 s");
+                    operator_down += 1;
                 }
                 Some(Event::Operator(OperatorEvent::Message(m))) => {
                     let mut parts = m.topic.split('/');
@@ -555,8 +594,10 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
         }
     }
 
-    // The end: connections still up are metered to here.
-    let run_time = Instant::now().saturating_duration_since(t0);
+    operator_task.abort();
+    // The end: connections still up are metered to the end of `--for` (the wait for the
+    // last answers is not part of the fleet's time).
+    let run_time = opts.run_for;
     let mut t = tally.borrow_mut();
     let connected_at_end = t.connected_now as u64;
     for i in 0..n {
@@ -600,6 +641,7 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
         messages_out: t.messages_out,
         messages_in: delivered + t.connects,
         connects: t.connects,
+        operator_link_losses: operator_down,
         failures: t.failures.clone(),
         connects_per_second: t.connects_per_second.clone(),
         rss_bytes_per_device: if n > 0 { rss / n as u64 } else { 0 },
@@ -609,30 +651,34 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
     })
 }
 
-/// The operator's link to the fleet's broker.
-async fn operator_link(
-    opts: &Options,
-    broker: Option<&Broker>,
-    host: &str,
+/// How the fleet's operator reaches the broker.
+struct OperatorRoute {
+    /// `--virtual`: the embedded broker, over an in-memory link.
+    broker: Option<Broker>,
+    connector: Connector,
+    host: String,
     port: u16,
     tls: bool,
-) -> Result<BoxStream, FleetError> {
-    if let (Target::Virtual, Some(b)) = (&opts.target, broker) {
-        let (client, server) = tokio::io::duplex(1 << 16);
-        let b = b.clone();
-        tokio::spawn(async move { b.serve(server, LinkInfo { peer: "fleet operator".into(), tls: None }).await });
-        return Ok(Box::pin(client));
+}
+
+impl OperatorRoute {
+    async fn open(&self) -> Result<BoxStream, FleetError> {
+        if let Some(b) = &self.broker {
+            let (client, server) = tokio::io::duplex(1 << 16);
+            let b = b.clone();
+            tokio::spawn(async move { b.serve(server, LinkInfo { peer: "fleet operator".into(), tls: None }).await });
+            return Ok(Box::pin(client));
+        }
+        let tls = self.tls.then(|| tasmota_core::mqtt::tls::TlsRequest {
+            server_name: self.host.clone(),
+            alpn: None,
+            validation: tasmota_core::mqtt::tls::Validation::TrustAnchors,
+        });
+        let req = ConnectRequest { host: self.host.clone(), port: self.port, tls, timeout_ms: 10_000 };
+        self.connector.open(&req).await.map_err(|f| {
+            FleetError::Run(format!("the fleet's operator client cannot reach {}:{}: {f:?}", self.host, self.port))
+        })
     }
-    let tls = tls.then(|| tasmota_core::mqtt::tls::TlsRequest {
-        server_name: host.to_string(),
-        alpn: None,
-        validation: tasmota_core::mqtt::tls::Validation::TrustAnchors,
-    });
-    let req = ConnectRequest { host: host.to_string(), port, tls, timeout_ms: 10_000 };
-    opts.connector
-        .open(&req)
-        .await
-        .map_err(|f| FleetError::Run(format!("the fleet's operator client cannot reach {host}:{port}: {f:?}")))
 }
 
 fn progress_bar(n: usize) -> indicatif::ProgressBar {

@@ -98,6 +98,8 @@ pub struct Report {
     pub messages_in: u64,
     /// Connections made (first connects and reconnects).
     pub connects: u64,
+    /// Times the operator client lost its link (it connects again a second later).
+    pub operator_link_losses: u64,
     /// Connect failures by kind: `rc -2`, `rc 5`, `tls 296`...
     pub failures: BTreeMap<String, u64>,
     /// Successful connects in each second of fleet time (the reconnect storm's shape).

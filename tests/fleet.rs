@@ -1,0 +1,147 @@
+//! `tasmota-sim fleet` as a user runs it: a virtual fleet on the embedded broker, a
+//! broker outage and the firmware's backoff, a real-socket fleet against a Mosquitto the
+//! test starts, and bad input.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{have, Mosquitto, BIN};
+use serde_json::Value;
+
+fn fleet(args: &[&str]) -> Output {
+    Command::new(BIN).arg("fleet").args(args).output().expect("run tasmota-sim fleet")
+}
+
+/// Runs a fleet that must succeed and returns its JSON report.
+fn report(args: &[&str]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    let mut all = args.to_vec();
+    all.extend(["--json", json.to_str().unwrap()]);
+    let out = fleet(&all);
+    assert!(out.status.success(), "{:?}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+}
+
+/// The report without what depends on the machine (wall time, memory, CPU).
+fn without_machine(mut r: Value) -> Value {
+    for key in ["wall_seconds", "rss_bytes_per_device", "cpu_us_per_device"] {
+        r.as_object_mut().unwrap().remove(key);
+    }
+    r
+}
+
+#[test]
+fn a_virtual_fleet_of_500_connects_and_answers_every_command() {
+    let args = [
+        "--devices",
+        "500",
+        "--virtual",
+        "--for",
+        "2m",
+        "--commands-per-second",
+        "5",
+        "--group-command",
+        "Power ON@60s",
+        "--quiet",
+    ];
+    let r = report(&args);
+    assert_eq!(r["devices"], 500);
+    assert_eq!(r["connected"], 500);
+    assert_eq!(r["connects"], 500);
+    assert_eq!(r["failures"], serde_json::json!({}));
+    // WiFi is up 3.5 s after boot and the first attempt connects; at most 256 devices
+    // are booted and not yet connected at once (--in-flight), so the last 244 boot when
+    // the first 256 connect, and connect 3.5 s later.
+    assert_eq!(r["connect_seconds"], 7.0);
+    let per_second = r["connects_per_second"].as_array().unwrap();
+    assert_eq!((per_second[3].as_u64(), per_second[7].as_u64()), (Some(256), Some(244)));
+    let sent = r["commands_sent"].as_u64().unwrap();
+    assert!(sent > 400, "{sent} commands in 2 minutes at 5/s");
+    assert_eq!(r["commands_answered"].as_u64().unwrap(), sent);
+    assert_eq!(r["latency_us"]["count"].as_u64().unwrap(), sent);
+    assert_eq!(r["group_commands"][0]["answered"], 500);
+    assert_eq!(r["group_commands"][0]["command"], "Power ON");
+    // 500 devices for 2 minutes: 1,000 connection-minutes.
+    assert_eq!(r["aws_iot"]["connection_minutes"], 1000);
+    assert!(r["histograms"]["latency_us"].as_str().unwrap().starts_with("HISTF"));
+    // The virtual clock gives the same fleet on every run.
+    assert_eq!(without_machine(report(&args)), without_machine(r));
+}
+
+#[test]
+fn a_broker_outage_shows_the_firmware_backoff() {
+    // The broker goes away at 60 s for 25 s. Every device fails to reconnect at once
+    // (rc -2, "Retry in 10 sec"), again 10 s later ("Retry in 20 sec"), and connects 20 s
+    // after that: the storm comes at 92 s, all in one second.
+    let r = report(&["--devices", "50", "--virtual", "--for", "3m", "--broker-outage", "60s/25s", "--quiet"]);
+    let per_second: Vec<(usize, u64)> = r["connects_per_second"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .filter_map(|(s, n)| (n.as_u64().unwrap() > 0).then(|| (s, n.as_u64().unwrap())))
+        .collect();
+    assert_eq!(per_second, [(3, 50), (92, 50)]);
+    assert_eq!(r["failures"], serde_json::json!({"rc -2": 100}));
+    assert_eq!(r["connected"], 50);
+}
+
+#[test]
+fn a_real_socket_fleet_against_mosquitto() {
+    if !have("mosquitto") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path(), common::free_port(), "allow_anonymous true\nmax_connections -1");
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let r = report(&[
+        "--devices",
+        "300",
+        "--broker",
+        &url,
+        "--for",
+        "8s",
+        "--commands-per-second",
+        "40",
+        "--connect-rate",
+        "1000",
+        "--quiet",
+    ]);
+    assert_eq!(r["connected"], 300);
+    assert_eq!(r["failures"], serde_json::json!({}));
+    let sent = r["commands_sent"].as_u64().unwrap();
+    assert!(sent > 50, "{sent}");
+    assert_eq!(r["commands_answered"].as_u64().unwrap(), sent);
+    assert!(r["latency_us"]["p99"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn slo_terms_decide_the_exit_code() {
+    let ok = fleet(&["--devices", "5", "--virtual", "--for", "20s", "--slo", "unanswered=0,disconnected=0", "-q"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    // No command was sent, so no reply can be under 5 ms: the term is missed.
+    let missed = fleet(&["--devices", "5", "--virtual", "--for", "20s", "--slo", "p99<5ms", "-q"]);
+    assert_eq!(missed.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&missed.stderr);
+    assert!(err.contains("SLO missed: p99 command latency"), "{err}");
+}
+
+#[test]
+fn bad_input_exits_2_naming_it() {
+    let cases: [(&[&str], &str); 6] = [
+        (&["--devices", "5"], "--virtual, --embedded or --broker URL"),
+        (&["--devices", "0", "--virtual"], "--devices"),
+        (&["--devices", "5", "--virtual", "--slo", "p98<1ms"], "--slo 'p98<1ms'"),
+        (&["--devices", "5", "--virtual", "--tele-period", "5"], "--tele-period 5"),
+        (&["--devices", "5", "--broker", "mqtt://127.0.0.1:1", "--broker-outage", "1s/1s"], "--broker-outage"),
+        (&["--devices", "5", "--virtual", "--group-command", "Power@soon"], "--group-command"),
+    ];
+    for (args, named) in cases {
+        let out = fleet(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(named), "{args:?} should name {named}: {err}");
+    }
+}
