@@ -165,7 +165,8 @@ fn milli_values(text: &str) -> Result<Vec<i32>, String> {
                 return Err(format!("'{t}' is not a number with at most 3 decimals"));
             }
             let f: i32 = format!("{frac:0<3}").parse().unwrap_or(0);
-            Ok(whole * 1000 + if neg { -f } else { f })
+            let milli = whole.checked_mul(1000).and_then(|w| w.checked_add(if neg { -f } else { f }));
+            milli.ok_or_else(|| format!("'{t}' is out of range"))
         })
         .collect()
 }
