@@ -4,14 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tasmota_fuzz::{chunks, drain, linked_device, run_for, Link};
+use tasmota_core::Device;
+use tasmota_fuzz::{feed_and_run, linked_device};
 
-fuzz_target!(|data: &[u8]| {
-    let mut d = linked_device();
-    for chunk in chunks(data) {
-        let now = d.now();
-        d.handle_received(chunk, now);
-        drain(&mut d, Link::Up);
-    }
-    run_for(&mut d, 60_000, Link::Up, false);
-});
+fuzz_target!(|data: &[u8]| feed_and_run(linked_device(), data, Device::handle_received));

@@ -4,14 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tasmota_fuzz::{chunks, connected_device, drain, run_for, Link};
+use tasmota_core::Device;
+use tasmota_fuzz::{connected_device, feed_and_run};
 
-fuzz_target!(|data: &[u8]| {
-    let mut d = connected_device();
-    for chunk in chunks(data) {
-        let now = d.now();
-        d.handle_serial(chunk, now);
-        drain(&mut d, Link::Up);
-    }
-    run_for(&mut d, 60_000, Link::Up, false);
-});
+fuzz_target!(|data: &[u8]| feed_and_run(connected_device(), data, Device::handle_serial));

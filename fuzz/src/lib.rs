@@ -87,6 +87,18 @@ pub fn connected_device() -> Device {
     d
 }
 
+/// Feeds `data` to `d` chunk by chunk (see [`chunks`]) through `input`, one of the
+/// device's byte inputs (`Device::handle_serial`, `Device::handle_received`), draining
+/// after each chunk; then lets the device live for a minute.
+pub fn feed_and_run(mut d: Device, data: &[u8], input: fn(&mut Device, &[u8], Instant)) {
+    for chunk in chunks(data) {
+        let now = d.now();
+        input(&mut d, chunk, now);
+        drain(&mut d, Link::Up);
+    }
+    run_for(&mut d, 60_000, Link::Up, false);
+}
+
 /// Splits an input into its chunks: the first byte is the chunk size (0: all in one),
 /// so one input also says how the bytes arrive.
 pub fn chunks(data: &[u8]) -> std::slice::Chunks<'_, u8> {
