@@ -110,9 +110,16 @@ pub fn parse(text: &str) -> Result<Vec<Vector>, ParseError> {
                 _ => return Err(err(format!("'relays' takes 1..28, got '{n}'"))),
             };
         } else if let Some(n) = raw.strip_prefix("buttons ") {
-            v.hardware.buttons = n.trim().parse().map_err(|_| err(format!("'buttons' takes a number, got '{n}'")))?;
+            // The profile loader's limits: the device keeps switch states in a u32.
+            v.hardware.buttons = match n.trim().parse() {
+                Ok(n @ 0..=8) => n,
+                _ => return Err(err(format!("'buttons' takes 0..8, got '{n}'"))),
+            };
         } else if let Some(n) = raw.strip_prefix("switches ") {
-            v.hardware.switches = n.trim().parse().map_err(|_| err(format!("'switches' takes a number, got '{n}'")))?;
+            v.hardware.switches = match n.trim().parse() {
+                Ok(n @ 0..=28) => n,
+                _ => return Err(err(format!("'switches' takes 0..28, got '{n}'"))),
+            };
         } else if let Some(spec) = raw.strip_prefix("sensor ") {
             v.hardware.sensors.push(parse_sensor(spec).map_err(err)?);
         } else if let Some(spec) = raw.strip_prefix("energy ") {
