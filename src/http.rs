@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -275,7 +275,9 @@ pub async fn serve(listener: TcpListener, device: mpsc::Sender<WebRequest>) {
 }
 
 /// Reads the head (up to the empty line) and the body of one request.
-async fn read_request(stream: &mut TcpStream) -> std::io::Result<Result<(String, Vec<u8>), BadRequest>> {
+pub async fn read_request<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+) -> std::io::Result<Result<(String, Vec<u8>), BadRequest>> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
     let (head_end, body_start) = loop {

@@ -111,9 +111,16 @@ pub fn parse(text: &str) -> Result<Vec<Vector>, ParseError> {
                 _ => return Err(err(format!("'relays' takes 1..28, got '{n}'"))),
             };
         } else if let Some(n) = raw.strip_prefix("buttons ") {
-            v.hardware.buttons = n.trim().parse().map_err(|_| err(format!("'buttons' takes a number, got '{n}'")))?;
+            // The profile loader's limits: the device keeps switch states in a u32.
+            v.hardware.buttons = match n.trim().parse() {
+                Ok(n @ 0..=8) => n,
+                _ => return Err(err(format!("'buttons' takes 0..8, got '{n}'"))),
+            };
         } else if let Some(n) = raw.strip_prefix("switches ") {
-            v.hardware.switches = n.trim().parse().map_err(|_| err(format!("'switches' takes a number, got '{n}'")))?;
+            v.hardware.switches = match n.trim().parse() {
+                Ok(n @ 0..=28) => n,
+                _ => return Err(err(format!("'switches' takes 0..28, got '{n}'"))),
+            };
         } else if let Some(spec) = raw.strip_prefix("sensor ") {
             v.hardware.sensors.push(parse_sensor(spec).map_err(err)?);
         } else if let Some(spec) = raw.strip_prefix("energy ") {
@@ -166,7 +173,8 @@ fn milli_values(text: &str) -> Result<Vec<i32>, String> {
                 return Err(format!("'{t}' is not a number with at most 3 decimals"));
             }
             let f: i32 = format!("{frac:0<3}").parse().unwrap_or(0);
-            Ok(whole * 1000 + if neg { -f } else { f })
+            let milli = whole.checked_mul(1000).and_then(|w| w.checked_add(if neg { -f } else { f }));
+            milli.ok_or_else(|| format!("'{t}' is out of range"))
         })
         .collect()
 }
