@@ -171,7 +171,7 @@ pub fn run(mut args: BrokerArgs) -> ExitCode {
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
         tokio::select! {
-            _ = shutdown_signal() => ExitCode::SUCCESS,
+            _ = tasmota_sim::signal::shutdown() => ExitCode::SUCCESS,
             Some(r) = tasks.join_next() => {
                 match r {
                     Ok(Err(e)) => eprintln!("tasmota-sim: listener stopped: {e}"),
@@ -225,20 +225,4 @@ fn redact_user(spec: &str) -> String {
 fn usage(msg: &str) -> ExitCode {
     eprintln!("tasmota-sim: {msg}");
     ExitCode::from(2)
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -17,11 +17,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{sleep_until, Instant};
 
 use super::auth::{AwsUsername, Effect};
-use super::fault::Fault;
+use super::fault::{Fault, Phase};
 use super::profile::RetainPolicy;
 use super::record::{Dir, Record};
 use super::router::{lock, Attached, Delivery, Leftovers, Mailbox, Message, ToConn};
-use super::{topic, Shared};
+use super::{forgotten, topic, Shared};
 
 /// How long a new link may take to send CONNECT.
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
@@ -76,14 +76,29 @@ enum End {
     Lost(String),
 }
 
-/// Faults picked for this client at CONNECT.
+/// The link-phase faults picked for this client at CONNECT; the session loop, `on_packet`,
+/// `sent` and `flush` read them.
 #[derive(Default)]
-struct ConnFaults {
+struct LinkFaults {
     drop_after: Option<u32>,
     drop_at: Option<Instant>,
     no_pingresp: bool,
     corrupt: Option<u32>,
     latency: Option<Duration>,
+}
+
+impl LinkFaults {
+    /// The faults of the link phase act from here: each arms what the session checks.
+    fn arm(&mut self, fault: Fault, started: Instant) {
+        match fault {
+            Fault::DropAfterPackets(n) => self.drop_after = Some(n),
+            Fault::DropAt(at) => self.drop_at = Some(started + at),
+            Fault::NoPingresp => self.no_pingresp = true,
+            Fault::Corrupt(n) => self.corrupt = Some(n),
+            Fault::Latency(d) => self.latency = Some(d),
+            other => forgotten(&other, Phase::Link),
+        }
+    }
 }
 
 pub(super) struct Conn<S> {
@@ -107,7 +122,7 @@ pub(super) struct Conn<S> {
     waiting: VecDeque<Delivery>,
     next_pkid: u16,
     qos2_in: HashMap<u16, (Arc<Message>, bool)>,
-    faults: ConnFaults,
+    faults: LinkFaults,
     packets_in: u32,
     packets_out: u32,
     rate_window: Instant,
@@ -137,7 +152,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             waiting: VecDeque::new(),
             next_pkid: 1,
             qos2_in: HashMap::new(),
-            faults: ConnFaults::default(),
+            faults: LinkFaults::default(),
             packets_in: 0,
             packets_out: 0,
             rate_window: now,
@@ -222,8 +237,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// A CONNECT read: the checks in the order the profile's broker makes them, then the
+    /// session and CONNACK.
     async fn accept(&mut self, mut c: Connect) -> Result<(), End> {
-        let profile = &self.shared.profile;
+        let client = self.identify(&mut c)?;
+        self.connect_faults(&client).await?;
+        self.throttle_connects(&client)?;
+        self.check_will(c.last_will.as_ref())?;
+        self.authenticate(&c).await?;
+        self.start_session(c, client);
+        Ok(())
+    }
+
+    /// The client identifier: an empty one gets a generated id if the session is clean
+    /// (MQTT-3.1.3-6/7: else CONNACK 2); AWS refuses ids over its limit.
+    fn identify(&mut self, c: &mut Connect) -> Result<Arc<str>, End> {
         if c.client_id.is_empty() {
             if !c.clean_session {
                 self.send(&Packet::ConnAck(ConnAck::new(ConnectReturnCode::BadClientId, false)));
@@ -233,14 +261,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         let client: Arc<str> = Arc::from(c.client_id.as_str());
         self.client = Some(client.clone());
-        if let Some(max) = profile.limits.client_id_bytes {
+        if let Some(max) = self.shared.profile.limits.client_id_bytes {
             if c.client_id.len() > max {
                 return Err(End::Refused(format!("client id of {} bytes (limit {max})", c.client_id.len())));
             }
         }
+        Ok(client)
+    }
 
-        // Faults picked by client id.
-        for rule in self.shared.take_faults(&c.client_id) {
+    /// The faults of the connect phase act here; the link phase's are armed for the session.
+    async fn connect_faults(&mut self, client: &str) -> Result<(), End> {
+        // Both taken before any acts, so a refusing fault still uses up the others' times.
+        let link = self.shared.take_faults(Phase::Link, Some(client));
+        let connect = self.shared.take_faults(Phase::Connect, Some(client));
+        for rule in link {
+            self.faults.arm(rule.fault, self.shared.started);
+        }
+        for rule in connect {
             let fired = |conn: &mut Self, what: &str| conn.fault_event(&rule.describe(), what);
             match rule.fault {
                 Fault::SilentOnConnect => {
@@ -256,41 +293,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     fired(self, &format!("CONNACK delayed {} ms", d.as_millis()));
                     tokio::time::sleep(d).await;
                 }
-                Fault::DropAfterPackets(n) => self.faults.drop_after = Some(n),
-                Fault::DropAt(at) => self.faults.drop_at = Some(self.shared.started + at),
-                Fault::NoPingresp => self.faults.no_pingresp = true,
-                Fault::Corrupt(n) => self.faults.corrupt = Some(n),
-                Fault::Latency(d) => self.faults.latency = Some(d),
-                Fault::TlsAlert(_) | Fault::RestartAt { .. } => {}
+                ref other => forgotten(other, Phase::Connect),
             }
         }
+        Ok(())
+    }
 
+    /// AWS's one CONNECT per second per client id (the limit `connects-per-second`).
+    fn throttle_connects(&self, client: &Arc<str>) -> Result<(), End> {
+        let Some(per_second) = self.shared.profile.limits.connects_per_second else { return Ok(()) };
+        let now = Instant::now();
+        let mut state = lock(&self.shared.state);
+        let min_gap = Duration::from_secs(1) / per_second.max(1);
+        let throttled = state.last_connect.get(client).is_some_and(|t| now.duration_since(*t) < min_gap);
+        state.last_connect.insert(client.clone(), now);
+        if throttled {
+            return Err(End::Refused(format!("more than {per_second} CONNECT per second for this client id")));
+        }
+        Ok(())
+    }
+
+    /// The will must be one the client could publish: a valid topic, and for AWS no QoS 2,
+    /// no retain without iot:RetainPublish, within the topic limits.
+    fn check_will(&self, will: Option<&LastWill>) -> Result<(), End> {
+        let Some(will) = will else { return Ok(()) };
         let profile = &self.shared.profile;
-        if let Some(per_second) = profile.limits.connects_per_second {
-            let now = Instant::now();
-            let mut state = lock(&self.shared.state);
-            let min_gap = Duration::from_secs(1) / per_second.max(1);
-            let throttled = state.last_connect.get(&client).is_some_and(|t| now.duration_since(*t) < min_gap);
-            state.last_connect.insert(client.clone(), now);
-            if throttled {
-                return Err(End::Refused(format!("more than {per_second} CONNECT per second for this client id")));
-            }
+        if topic::validate_name(&will.topic).is_err() {
+            return Err(End::Refused(format!("invalid will topic '{}'", will.topic)));
         }
-        if let Some(will) = &c.last_will {
-            if topic::validate_name(&will.topic).is_err() {
-                return Err(End::Refused(format!("invalid will topic '{}'", will.topic)));
-            }
-            if will.qos == QoS::ExactlyOnce && !profile.qos2 {
-                return Err(End::Refused("will with QoS 2".into()));
-            }
-            if will.retain && profile.retain == RetainPolicy::Close {
-                return Err(End::Refused("retained will without iot:RetainPublish".into()));
-            }
-            if let Err(e) = profile.check_topic_limits(&will.topic) {
-                return Err(End::Refused(format!("will topic: {e}")));
-            }
+        if will.qos == QoS::ExactlyOnce && !profile.qos2 {
+            return Err(End::Refused("will with QoS 2".into()));
         }
+        if will.retain && profile.retain == RetainPolicy::Close {
+            return Err(End::Refused("retained will without iot:RetainPublish".into()));
+        }
+        if let Err(e) = profile.check_topic_limits(&will.topic) {
+            return Err(End::Refused(format!("will topic: {e}")));
+        }
+        Ok(())
+    }
 
+    /// Who may connect: the password list (Mosquitto), or on AWS the route the port and
+    /// ALPN choose (custom authorizer, client certificate, or never answered).
+    async fn authenticate(&mut self, c: &Connect) -> Result<(), End> {
         match self.route() {
             Route::Passwords => {
                 let login = c.login.as_ref().map(|l| (l.username.as_str(), l.password.as_str()));
@@ -301,7 +346,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
             }
             Route::CustomAuth { sni } => {
-                if let Err(why) = self.custom_auth(&c, sni.as_deref()) {
+                if let Err(why) = self.custom_auth(c, sni.as_deref()) {
                     // AWS closes with no CONNACK on any custom-auth failure.
                     return Err(End::Refused(format!("custom authorizer: {why}")));
                 }
@@ -313,8 +358,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 return Err(self.hold_silent(Some(NEVER_ANSWER_HOLD)).await);
             }
         }
+        Ok(())
+    }
 
-        let served = profile.keepalive(c.keep_alive);
+    /// The keepalive served, the will kept, the session attached (taken over from another
+    /// link or resumed), then CONNACK and the messages the session kept.
+    fn start_session(&mut self, mut c: Connect, client: Arc<str>) {
+        let served = self.shared.profile.keepalive(c.keep_alive);
         self.keepalive = (served > 0).then(|| Duration::from_millis(served as u64 * 1500));
         if served != c.keep_alive {
             self.record(Record::event("keepalive", format!("asked {} s, served {} s", c.keep_alive, served)));
@@ -337,7 +387,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         for d in attach.pending {
             self.deliver(d);
         }
-        Ok(())
     }
 
     fn route(&self) -> Route {
