@@ -18,9 +18,10 @@ use tokio::time::{sleep_until, Instant};
 
 use super::auth::{AwsUsername, Effect};
 use super::fault::{Fault, Phase};
+use super::log::LogLevel;
 use super::profile::RetainPolicy;
 use super::record::{Dir, Record};
-use super::router::{lock, Attached, Delivery, Leftovers, Mailbox, Message, ToConn};
+use super::router::{lock, Attached, Delivery, Kick, Leftovers, Mailbox, Message, ToConn};
 use super::{forgotten, topic, Shared};
 
 /// How long a new link may take to send CONNECT.
@@ -72,8 +73,66 @@ enum End {
     Disconnect,
     /// Refused before the session started: no will (there is none yet).
     Refused(String),
+    /// The password list refused the login (CONNACK 5): no will.
+    BadLogin,
+    /// AWS's custom authorizer refused (no CONNACK): no will.
+    NotAuthorised(String),
+    /// The client closed the link without DISCONNECT: the will is published.
+    ClientClosed,
+    /// Nothing received for 1.5 x keepalive: the will is published.
+    KeepaliveTimeout,
+    /// Another part of the broker closed the link: the will is published.
+    Kicked(Kick),
     /// Anything else after CONNACK: the will is published.
     Lost(String),
+}
+
+impl End {
+    /// Why, as the `close` record says it.
+    fn reason(&self) -> String {
+        match self {
+            End::Disconnect => "DISCONNECT".into(),
+            End::BadLogin => "bad user name or password".into(),
+            End::NotAuthorised(why) => format!("custom authorizer: {why}"),
+            End::ClientClosed => "client closed the link".into(),
+            End::KeepaliveTimeout => "keepalive timeout (1.5 x keepalive with nothing received)".into(),
+            End::Kicked(k) => k.reason().into(),
+            End::Refused(r) | End::Lost(r) => r.clone(),
+        }
+    }
+
+    /// Whether the will is published (every close after CONNACK but DISCONNECT).
+    fn publishes_will(&self) -> bool {
+        match self {
+            End::Disconnect | End::Refused(_) | End::BadLogin | End::NotAuthorised(_) => false,
+            End::ClientClosed | End::KeepaliveTimeout | End::Kicked(_) | End::Lost(_) => true,
+        }
+    }
+
+    /// The foreground log line, as Mosquitto 2.0's `do_disconnect()` (src/loop.c) words it;
+    /// `None` where it prints none (the old link of a taken-over session).
+    fn log_line(&self, id: &str) -> Option<String> {
+        Some(match self {
+            // "Client %s disconnected."
+            End::Disconnect => format!("Client {id} disconnected."),
+            // MOSQ_ERR_AUTH: "Client %s disconnected, not authorised."
+            End::BadLogin => format!("Client {id} disconnected, not authorised."),
+            // AWS: the same, with the authorizer's reason (AWS itself says nothing).
+            End::NotAuthorised(why) => format!("Client {id} disconnected, not authorised: {why}."),
+            // MOSQ_ERR_CONN_LOST: "Client %s closed its connection."
+            End::ClientClosed => format!("Client {id} closed its connection."),
+            // MOSQ_ERR_KEEPALIVE: "Client %s has exceeded timeout, disconnecting."
+            End::KeepaliveTimeout => format!("Client {id} has exceeded timeout, disconnecting."),
+            // Mosquitto logs the takeover at the new connection ("already connected").
+            End::Kicked(Kick::TakenOver) => return None,
+            // MOSQ_ERR_ADMINISTRATIVE_ACTION: "Client %s been disconnected by administrative action."
+            End::Kicked(Kick::Restart | Kick::Request) => {
+                format!("Client {id} been disconnected by administrative action.")
+            }
+            // MOSQ_ERR_ERRNO's shape: "Client %s disconnected: %s."
+            End::Refused(why) | End::Lost(why) => format!("Client {id} disconnected: {why}."),
+        })
+    }
 }
 
 /// The link-phase faults picked for this client at CONNECT; the session loop, `on_packet`,
@@ -217,6 +276,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if let Some((name, level)) = protocol_of(&self.rbuf) {
             if !(name == "MQTT" && level == 4) {
                 let known = name == "MQTT" || name == "MQIsdp";
+                // Mosquitto 2.0 src/handle_connect.c: "Invalid protocol version %d in CONNECT
+                // from %s." / "Invalid protocol \"%s\" in CONNECT from %s."
+                self.shared.log.print(LogLevel::Notice, || match known {
+                    true => format!("Invalid protocol version {level} in CONNECT from {}.", self.link.peer),
+                    false => format!("Invalid protocol \"{name}\" in CONNECT from {}.", self.link.peer),
+                });
                 self.record(Record::event(
                     "refused",
                     format!("protocol {name} level {level}: only MQTT 3.1.1 is served"),
@@ -342,18 +407,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 if !self.shared.users.check(login) {
                     // Mosquitto answers a bad login with CONNACK 5 and closes.
                     self.send(&Packet::ConnAck(ConnAck::new(ConnectReturnCode::NotAuthorized, false)));
-                    return Err(End::Refused("bad user name or password".into()));
+                    return Err(End::BadLogin);
                 }
             }
             Route::CustomAuth { sni } => {
                 if let Err(why) = self.custom_auth(c, sni.as_deref()) {
                     // AWS closes with no CONNACK on any custom-auth failure.
-                    return Err(End::Refused(format!("custom authorizer: {why}")));
+                    return Err(End::NotAuthorised(why));
                 }
                 self.disconnect_at = Some(Instant::now() + AWS_DISCONNECT_AFTER);
             }
             Route::ClientCert => {}
             Route::NeverAnswer(why) => {
+                self.shared
+                    .log
+                    .print(LogLevel::Notice, || format!("Client {} CONNECT not answered: {why}.", c.client_id));
                 self.record(Record::event("unanswered", why.clone()));
                 return Err(self.hold_silent(Some(NEVER_ANSWER_HOLD)).await);
             }
@@ -369,7 +437,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if served != c.keep_alive {
             self.record(Record::event("keepalive", format!("asked {} s, served {} s", c.keep_alive, served)));
         }
-        self.will = c.last_will.take();
         let attach = {
             let mut state = lock(&self.shared.state);
             state.attach(
@@ -380,12 +447,48 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             )
         };
         self.attached = true;
+        self.log_connected(&c, &client, attach.taken_over);
         self.next_pkid = attach.next_pkid;
         self.qos2_in = attach.qos2_in;
+        self.will = c.last_will.take();
         self.send(&Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, attach.session_present)));
         self.last_in = Instant::now();
         for d in attach.pending {
             self.deliver(d);
+        }
+    }
+
+    /// Mosquitto 2.0's lines for an accepted CONNECT (src/handle_connect.c,
+    /// `connect__on_authorised()`): the user name, never the password.
+    fn log_connected(&self, c: &Connect, client: &str, taken_over: bool) {
+        let log = self.shared.log;
+        if taken_over {
+            // "Client %s already connected, closing old connection."
+            log.print(LogLevel::Notice, || format!("Client {client} already connected, closing old connection."));
+        }
+        // "New client connected from %s:%d as %s (p%d, c%d, k%d, u'%s')." (p2 is MQTT 3.1.1)
+        log.print(LogLevel::Notice, || {
+            let user = c.login.as_ref().map(|l| format!(", u'{}'", l.username)).unwrap_or_default();
+            format!(
+                "New client connected from {} as {client} (p2, c{}, k{}{user}).",
+                self.link.peer, c.clean_session as u8, c.keep_alive
+            )
+        });
+        match &c.last_will {
+            // "Will message specified (%ld bytes) (r%d, q%d)." then "\t%s" (the topic)
+            Some(w) => {
+                log.print(LogLevel::Debug, || {
+                    format!(
+                        "Will message specified ({} bytes) (r{}, q{}).",
+                        w.message.len(),
+                        w.retain as u8,
+                        w.qos as u8
+                    )
+                });
+                log.print(LogLevel::Debug, || format!("\t{}", w.topic));
+            }
+            // "No will message specified."
+            None => log.print(LogLevel::Debug, || "No will message specified.".into()),
         }
     }
 
@@ -497,12 +600,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let next = [keepalive_at, self.faults.drop_at, self.disconnect_at].into_iter().flatten().min();
             tokio::select! {
                 r = self.stream.read_buf(&mut self.rbuf) => match r {
-                    Ok(0) => return End::Lost("client closed the link".into()),
+                    Ok(0) => return End::ClientClosed,
                     Ok(_) => {}
                     Err(e) => return End::Lost(format!("read error: {e}")),
                 },
                 _ = mailbox.wait() => {
-                    let mut kicked = None;
+                    let mut kicked: Option<Kick> = None;
                     for m in mailbox.take() {
                         match m {
                             ToConn::Deliver(d) if kicked.is_none() => self.deliver(d),
@@ -518,14 +621,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     }
                     if let Some(why) = kicked {
                         let _ = self.flush().await;
-                        return End::Lost(why);
+                        return End::Kicked(why);
                     }
                 }
                 // One timer for the earliest deadline keeps an idle connection small.
                 _ = sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
                     let now = Instant::now();
                     if keepalive_at.is_some_and(|t| t <= now) {
-                        return End::Lost("keepalive timeout (1.5 x keepalive with nothing received)".into());
+                        return End::KeepaliveTimeout;
                     }
                     if self.faults.drop_at.is_some_and(|t| t <= now) {
                         self.fault_event("DropAt", "link dropped");
@@ -781,7 +884,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// PUBLISH encoded here rather than through an owned `Publish` (no topic copy per
     /// delivery on the hot path).
     fn send_publish(&mut self, d: &Delivery, pkid: u16, dup: bool) {
-        if self.shared.recorder.enabled() {
+        if self.shared.recorder.enabled() || self.shared.log >= LogLevel::Debug {
             let mut p = rumqttc::mqttbytes::v4::Publish::from_bytes(d.msg.topic.clone(), d.qos, d.msg.payload.clone());
             p.pkid = pkid;
             p.retain = d.retain;
@@ -843,12 +946,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     // ---- the end ----
 
     async fn finish(mut self, end: End) {
-        let (reason, will) = match &end {
-            End::Disconnect => ("DISCONNECT".to_string(), false),
-            End::Refused(r) => (r.clone(), false),
-            End::Lost(r) => (r.clone(), true),
-        };
+        let (reason, will) = (end.reason(), end.publishes_will());
         tracing::debug!(conn = self.id, client = ?self.client, "closed: {reason}");
+        if let Some(line) = end.log_line(self.client.as_deref().unwrap_or("<unknown>")) {
+            self.shared.log.print(LogLevel::Notice, || line);
+        }
         self.record(Record::event("close", reason));
         if self.attached {
             let client = self.client_id();
@@ -872,6 +974,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if let Some(w) = will {
                 drop(state);
                 self.record(Record::event("will", format!("published to {}", w.topic)));
+                // Mosquitto says nothing here; this broker's own line.
+                self.shared
+                    .log
+                    .print(LogLevel::Notice, || format!("Will of client {client} published to '{}'.", w.topic));
                 self.forward(Arc::new(Message { topic: w.topic, payload: w.message }), w.qos, w.retain);
             }
         }
@@ -886,8 +992,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     fn record_packet(&self, dir: Dir, p: &Packet) {
+        self.shared.log.print(LogLevel::Debug, || self.packet_line(dir, p));
         if self.shared.recorder.enabled() {
             self.record(Record::packet(dir, p));
+        }
+    }
+
+    /// Mosquitto 2.0's debug line for a packet in or out (`-v`).
+    fn packet_line(&self, dir: Dir, p: &Packet) -> String {
+        let id = self.client.as_deref().unwrap_or("<unknown>");
+        let (verb, prep) = if dir == Dir::In { ("Received", "from") } else { ("Sending", "to") };
+        match p {
+            // src/handle_publish.c, src/send_publish.c:
+            // "Received PUBLISH from %s (d%d, q%d, r%d, m%d, '%s', ... (%ld bytes))"
+            Packet::Publish(m) => format!(
+                "{verb} PUBLISH {prep} {id} (d{}, q{}, r{}, m{}, '{}', ... ({} bytes))",
+                m.dup as u8,
+                m.qos as u8,
+                m.retain as u8,
+                m.pkid,
+                m.topic,
+                m.payload.len()
+            ),
+            // src/send_connack.c: "Sending CONNACK to %s (%d, %d)"
+            Packet::ConnAck(a) => format!("Sending CONNACK to {id} ({}, {})", a.session_present as u8, a.code as u8),
+            // "Received PINGREQ from %s", "Sending SUBACK to %s", ...
+            _ => format!("{verb} {} {prep} {id}", Record::packet(dir, p).kind),
         }
     }
 
@@ -908,6 +1038,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     fn fault_event(&self, fault: &str, what: &str) {
         tracing::info!(conn = self.id, client = ?self.client, "fault {fault}: {what}");
+        self.shared.log.print(LogLevel::Notice, || {
+            format!("Fault {fault}: {what} (client {}).", self.client.as_deref().unwrap_or("<unknown>"))
+        });
         self.record(Record::event("fault", format!("{fault}: {what}")));
     }
 }

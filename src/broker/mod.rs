@@ -13,6 +13,7 @@
 pub mod auth;
 pub mod connection;
 pub mod fault;
+pub mod log;
 pub mod profile;
 pub mod record;
 pub mod router;
@@ -31,10 +32,11 @@ use tokio::time::Instant;
 pub use auth::{Authorizer, PasswordList};
 pub use connection::{LinkInfo, TlsInfo};
 pub use fault::{Fault, FaultRule, Phase};
+pub use log::LogLevel;
 pub use profile::{Limits, Profile, ProfileName, RetainPolicy};
 pub use record::{Dir, Record};
 
-use router::{lock, State, ToConn};
+use router::{lock, Kick, State, ToConn};
 
 /// The AWS IoT data endpoint the `aws-iot` profile serves unless told otherwise (the name
 /// used in the README's examples).
@@ -56,6 +58,8 @@ pub struct Config {
     pub record_file: Option<std::fs::File>,
     /// Keep every packet and event in memory ([`Broker::records`]).
     pub record_in_memory: bool,
+    /// Mosquitto-style lines on stderr (`tasmota-sim broker`); off by default.
+    pub log: LogLevel,
 }
 
 impl Config {
@@ -69,6 +73,7 @@ impl Config {
             faults: Vec::new(),
             record_file: None,
             record_in_memory: false,
+            log: LogLevel::Off,
         }
     }
 }
@@ -82,6 +87,7 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     faults: Mutex<Vec<FaultRule>>,
     recorder: record::Recorder,
+    log: LogLevel,
     started: Instant,
     next_conn: AtomicU64,
     /// Restart count and the downtime of the latest restart, watched by the listeners.
@@ -113,6 +119,14 @@ impl Shared {
 
     fn event(&self, kind: &str, detail: String) {
         tracing::info!("broker {kind}: {detail}");
+        // This broker's own lines (Mosquitto has no faults); worded like its notices.
+        self.log.print(LogLevel::Notice, || match kind {
+            "fault" => format!("Fault {detail}."),
+            "restart" => format!("Broker restart: {detail}."),
+            "tls" => format!("TLS handshake failed: {detail}."),
+            "refused" => format!("Connection refused: {detail}."),
+            _ => format!("{kind}: {detail}."),
+        });
         if self.recorder.enabled() {
             let mut r = Record::event(kind, detail);
             r.t_ms = self.elapsed_ms();
@@ -152,6 +166,7 @@ impl Broker {
                 state: Mutex::new(State::default()),
                 faults: Mutex::new(config.faults),
                 recorder,
+                log: config.log,
                 started: Instant::now(),
                 next_conn: AtomicU64::new(0),
                 restart: watch::channel((0, Duration::ZERO)).0,
@@ -194,6 +209,9 @@ impl Broker {
                         }
                     };
                     let _ = tcp.set_nodelay(true);
+                    // Mosquitto 2.0 src/net.c net__socket_accept():
+                    // "New connection from %s:%d on port %d."
+                    self.shared.log.print(LogLevel::Notice, || format!("New connection from {peer} on port {}.", addr.port()));
                     let broker = self.clone();
                     // Separate spawns: a plain link must not carry the TLS future's size.
                     match tls.clone() {
@@ -310,7 +328,7 @@ impl Broker {
         }
         self.shared.event("restart", format!("all links dropped, down {} ms", down.as_millis()));
         for (_, mailbox) in lock(&self.shared.state).attached() {
-            mailbox.push(ToConn::Kick("broker restart".into()));
+            mailbox.push(ToConn::Kick(Kick::Restart));
         }
         self.shared.restart.send_modify(|(n, d)| {
             *n += 1;
@@ -323,7 +341,7 @@ impl Broker {
         let state = lock(&self.shared.state);
         match state.attached().into_iter().find(|(c, _)| &**c == client_id) {
             Some((_, mailbox)) => {
-                mailbox.push(ToConn::Kick("dropped by request".into()));
+                mailbox.push(ToConn::Kick(Kick::Request));
                 true
             }
             None => false,
