@@ -1,11 +1,13 @@
 //! `tasmota-sim broker`: the embedded broker on real sockets until Ctrl-C.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use tasmota_sim::broker::{self, tls, Authorizer, Broker, Config, FaultRule, ProfileName, RetainPolicy, TlsListen};
+use tasmota_sim::broker::{
+    self, tls, Authorizer, Broker, Config, FaultRule, LogLevel, Phase, ProfileName, RetainPolicy, TlsListen,
+};
 
 pub const EXAMPLES: &str = "\
 Examples:
@@ -42,7 +44,11 @@ topic-slashes (7), payload-bytes (131072), client-id-bytes (128), filters-per-su
 subscriptions (50), publishes-per-second (100), connects-per-second (1), inflight (100),
 keepalive (30..1200).
 
-Prints 'listening on mqtt://ADDR:PORT (profile NAME)' per listener once ready.";
+Prints 'listening on mqtt://ADDR:PORT (profile NAME)' per listener once ready, then logs
+on stderr as Mosquitto does in the foreground ('1700000000: New client connected from
+127.0.0.1:50000 as DVES_4B3316 (p2, c1, k30, u'DVES_USER').', refusals, disconnects);
+-v adds wills and every packet, -q prints nothing. A flag that cannot act with the chosen
+profile or listeners is an error (exit 2).";
 
 /// Flags of `tasmota-sim broker`.
 #[derive(clap::Args)]
@@ -50,15 +56,16 @@ pub struct BrokerArgs {
     /// Which broker to behave like.
     #[arg(long, value_enum, default_value_t = ProfileName::Plain)]
     profile: ProfileName,
-    /// Plain MQTT listener (port 0 picks a free port).
-    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:1883")]
-    listen: SocketAddr,
+    /// Plain MQTT listener (port 0 picks a free port; HOST may be a name). Default
+    /// 127.0.0.1:1883, unless only TLS listeners are asked for.
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
     /// TLS listener; for aws-iot it routes on ALPN as the endpoint's port 443 does.
-    #[arg(long, value_name = "ADDR:PORT", requires = "tls_source")]
-    tls_listen: Option<SocketAddr>,
+    #[arg(long, value_name = "HOST:PORT", requires = "tls_source")]
+    tls_listen: Option<String>,
     /// TLS listener that requires a client certificate (AWS's port 8883).
-    #[arg(long, value_name = "ADDR:PORT", requires = "tls_source")]
-    mtls_listen: Option<SocketAddr>,
+    #[arg(long, value_name = "HOST:PORT", requires = "tls_source")]
+    mtls_listen: Option<String>,
     /// Make (once, then reuse) a CA, a server certificate and a client certificate in DIR;
     /// DIR/ca.pem is what the device's --ca-file needs.
     #[arg(long, value_name = "DIR", group = "tls_source", conflicts_with_all = ["cert", "key"])]
@@ -70,7 +77,7 @@ pub struct BrokerArgs {
     #[arg(long, value_name = "PEM", requires = "cert")]
     key: Option<PathBuf>,
     /// CA for client certificates (PEM) on --mtls-listen and ALPN x-amzn-mqtt-ca.
-    #[arg(long, value_name = "PEM")]
+    #[arg(long, value_name = "PEM", requires = "tls_source")]
     client_ca: Option<PathBuf>,
     /// A user of the plain profile's password list (repeatable). None: anonymous allowed.
     #[arg(long = "user", value_name = "NAME:PASSWORD")]
@@ -81,9 +88,10 @@ pub struct BrokerArgs {
     /// The authorizer for usernames that name none (AWS's default authorizer).
     #[arg(long, value_name = "NAME")]
     default_authorizer: Option<String>,
-    /// The AWS IoT data endpoint served (custom auth needs SNI equal to it).
-    #[arg(long, value_name = "HOST", default_value = broker::DEFAULT_ENDPOINT)]
-    endpoint: String,
+    /// The AWS IoT data endpoint served (custom auth needs SNI equal to it) [default:
+    /// a1b2c3d4e5f6g7-ats.iot.eu-central-1.amazonaws.com].
+    #[arg(long, value_name = "HOST")]
+    endpoint: Option<String>,
     /// aws-iot: accept retained publishes (a policy with iot:RetainPublish).
     #[arg(long)]
     allow_retain: bool,
@@ -96,10 +104,106 @@ pub struct BrokerArgs {
     /// Write every packet and event as one JSON line to FILE (passwords redacted).
     #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
+    /// Also log wills and every packet in and out (Mosquitto's -v).
+    #[arg(short, long, conflicts_with = "quiet")]
+    verbose: bool,
+    /// Log nothing on stderr.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+/// Flags given that would do nothing with this profile and these listeners: each with why.
+fn inert_flags(args: &BrokerArgs) -> Vec<String> {
+    let plain = args.profile == ProfileName::Plain;
+    let tls_listener = args.tls_listen.is_some() || args.mtls_listen.is_some();
+    let mut inert = Vec::new();
+    let mut say = |cond: bool, why: &str| {
+        if cond {
+            inert.push(why.to_string());
+        }
+    };
+    say(
+        plain && !args.limits.is_empty(),
+        "--limit: the limits are AWS IoT Core's quotas; only --profile aws-iot has them",
+    );
+    say(
+        plain && (!args.authorizers.is_empty() || args.default_authorizer.is_some()),
+        "--authorizer/--default-authorizer: custom authorizers are AWS IoT's; use --profile aws-iot (plain checks --user)",
+    );
+    say(
+        plain && args.allow_retain,
+        "--allow-retain: plain always accepts retained messages; only aws-iot refuses them",
+    );
+    say(plain && args.endpoint.is_some(), "--endpoint: only --profile aws-iot serves a data endpoint");
+    say(
+        !plain && !args.users.is_empty(),
+        "--user: aws-iot does not read a password list; it signs in with --authorizer (custom auth) or client certificates",
+    );
+    say(
+        plain && args.client_ca.is_some() && args.mtls_listen.is_none(),
+        "--client-ca: plain checks client certificates only on --mtls-listen",
+    );
+    say(
+        !tls_listener && (args.tls_self_signed.is_some() || args.cert.is_some()),
+        "--tls-self-signed/--cert: no TLS listener to use them; add --tls-listen or --mtls-listen",
+    );
+    if let Some(name) = &args.default_authorizer {
+        say(
+            !plain && !args.authorizers.iter().any(|a| &a.name == name),
+            &format!("--default-authorizer {name}: no --authorizer has that name"),
+        );
+    }
+    say(
+        !tls_listener && args.faults.iter().any(|f| f.fault.phase() == Phase::Tls),
+        "--fault tls-alert: it acts in the TLS handshake; add --tls-listen or --mtls-listen",
+    );
+    inert
+}
+
+/// `HOST:PORT` resolved (a name such as `localhost` too); binding tries each address.
+fn resolve(flag: &str, spec: &str) -> Result<Vec<SocketAddr>, String> {
+    match spec.to_socket_addrs() {
+        Ok(addrs) => {
+            let addrs: Vec<SocketAddr> = addrs.collect();
+            if addrs.is_empty() {
+                Err(format!("{flag} '{spec}': the name has no address"))
+            } else {
+                Ok(addrs)
+            }
+        }
+        Err(e) => Err(format!("{flag} '{spec}': {e} (expected HOST:PORT, e.g. 127.0.0.1:1883 or localhost:0)")),
+    }
 }
 
 pub fn run(mut args: BrokerArgs) -> ExitCode {
+    if let Some(why) = inert_flags(&args).first() {
+        return usage(why);
+    }
+    // A TLS-only broker binds only what it is asked to.
+    let listen = match (&args.listen, args.tls_listen.is_some() || args.mtls_listen.is_some()) {
+        (Some(l), _) => Some(l.as_str()),
+        (None, true) => None,
+        (None, false) => Some("127.0.0.1:1883"),
+    };
+    let mut listeners = Vec::new();
+    for (flag, spec, scheme, mtls) in [
+        ("--listen", listen, "mqtt", None),
+        ("--tls-listen", args.tls_listen.as_deref(), "mqtts", Some(false)),
+        ("--mtls-listen", args.mtls_listen.as_deref(), "mqtts+mtls", Some(true)),
+    ] {
+        if let Some(spec) = spec {
+            match resolve(flag, spec) {
+                Ok(addrs) => listeners.push((addrs, scheme, mtls)),
+                Err(e) => return usage(&e),
+            }
+        }
+    }
     let mut config = Config::new(args.profile);
+    config.log = match (args.quiet, args.verbose) {
+        (true, _) => LogLevel::Off,
+        (false, true) => LogLevel::Debug,
+        (false, false) => LogLevel::Notice,
+    };
     for u in &args.users {
         if let Err(e) = config.users.add(u) {
             return usage(&format!("--user '{}': {e}", redact_user(u)));
@@ -115,7 +219,9 @@ pub fn run(mut args: BrokerArgs) -> ExitCode {
     }
     config.authorizers = std::mem::take(&mut args.authorizers);
     config.default_authorizer = args.default_authorizer.take();
-    config.endpoint = args.endpoint.clone();
+    if let Some(endpoint) = &args.endpoint {
+        config.endpoint = endpoint.clone();
+    }
     config.faults = std::mem::take(&mut args.faults);
     if args.profile == ProfileName::AwsIot && config.authorizers.is_empty() {
         eprintln!("tasmota-sim: warning: no --authorizer: every custom-auth CONNECT will be refused");
@@ -144,23 +250,20 @@ pub fn run(mut args: BrokerArgs) -> ExitCode {
         clap::ValueEnum::to_possible_value(&args.profile).map(|v| v.get_name().to_string()).unwrap_or_default();
     runtime.block_on(async move {
         let broker = Broker::new(config);
-        let mut listeners = vec![(args.listen, None, "mqtt")];
-        if let (Some(addr), Some(a)) = (args.tls_listen, &acceptors) {
-            listeners.push((addr, Some(TlsListen { acceptors: a.clone(), mtls: false }), "mqtts"));
-        }
-        if let (Some(addr), Some(a)) = (args.mtls_listen, &acceptors) {
-            listeners.push((addr, Some(TlsListen { acceptors: a.clone(), mtls: true }), "mqtts+mtls"));
-        }
         let mut tasks = tokio::task::JoinSet::new();
-        for (addr, tls, scheme) in listeners {
-            let listener = match tokio::net::TcpListener::bind(addr).await {
+        for (addrs, scheme, mtls) in listeners {
+            let tls = match (mtls, &acceptors) {
+                (Some(mtls), Some(a)) => Some(TlsListen { acceptors: a.clone(), mtls }),
+                _ => None,
+            };
+            let listener = match tokio::net::TcpListener::bind(&addrs[..]).await {
                 Ok(l) => l,
                 Err(e) => {
-                    eprintln!("tasmota-sim: cannot listen on {addr}: {e}");
+                    eprintln!("tasmota-sim: cannot listen on {}: {e}", addrs[0]);
                     return ExitCode::from(1);
                 }
             };
-            let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| addr.to_string());
+            let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| addrs[0].to_string());
             println!("listening on {scheme}://{bound} (profile {profile_name})");
             let broker = broker.clone();
             tasks.spawn(async move { broker.listen(listener, tls).await });
@@ -171,7 +274,7 @@ pub fn run(mut args: BrokerArgs) -> ExitCode {
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
         tokio::select! {
-            _ = shutdown_signal() => ExitCode::SUCCESS,
+            _ = tasmota_sim::signal::shutdown() => ExitCode::SUCCESS,
             Some(r) = tasks.join_next() => {
                 match r {
                     Ok(Err(e)) => eprintln!("tasmota-sim: listener stopped: {e}"),
@@ -187,7 +290,10 @@ pub fn run(mut args: BrokerArgs) -> ExitCode {
 /// The TLS server side the flags ask for, if any.
 fn tls_acceptors(args: &BrokerArgs) -> Result<Option<tls::Acceptors>, tls::TlsError> {
     let mut material = if let Some(dir) = &args.tls_self_signed {
-        tls::self_signed(dir, &server_names(args.profile, &args.endpoint))?
+        tls::self_signed(
+            dir,
+            &server_names(args.profile, args.endpoint.as_deref().unwrap_or(broker::DEFAULT_ENDPOINT)),
+        )?
     } else if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
         tls::from_files(cert, key)?
     } else {
@@ -225,20 +331,4 @@ fn redact_user(spec: &str) -> String {
 fn usage(msg: &str) -> ExitCode {
     eprintln!("tasmota-sim: {msg}");
     ExitCode::from(2)
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -11,4 +11,5 @@ pub mod http;
 pub mod link;
 pub mod profile;
 pub mod scenario;
+pub mod signal;
 pub mod state;

@@ -238,6 +238,30 @@ async fn fault_rules_added_at_run_time_and_drop_client() {
     p.expect_closed(S).await;
 }
 
+/// A `restart-at` added at run time is scheduled as one from the config: its time counts
+/// from the broker's start; a time already past fires at once.
+#[tokio::test(start_paused = true)]
+async fn restart_at_added_at_run_time_fires_at_its_time_from_the_broker_start() {
+    let b = plain(vec![]);
+    let start = Instant::now();
+    let mut p = online(&b, "dev", true).await;
+    tokio::time::sleep(10 * S).await;
+    b.add_fault("restart-at=30s/5s".parse().unwrap());
+    p.expect_closed(30 * S).await;
+    assert_eq!(start.elapsed(), 30 * S);
+    assert_eq!(fault_details(&b), ["RestartAt: restart, down 5000 ms"]);
+    let restart = b.records().into_iter().find(|r| r.kind == "restart").expect("a restart record");
+    assert_eq!(restart.t_ms, 30_000);
+    assert!(b.is_down());
+
+    tokio::time::sleep(10 * S).await;
+    let mut p = online(&b, "dev", true).await;
+    b.add_fault("restart-at=20s".parse().unwrap());
+    p.expect_closed(S).await;
+    assert_eq!(start.elapsed(), 40 * S);
+    assert_eq!(fault_details(&b).len(), 2);
+}
+
 #[tokio::test(start_paused = true)]
 async fn protocol_levels_other_than_3_1_1_get_connack_1() {
     let b = plain(vec![]);

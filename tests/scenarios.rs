@@ -172,3 +172,47 @@ fn the_mosquitto_scenario_runs_in_real_time_against_mosquitto_with_tls_and_a_pas
     assert!(out.contains("MQT: Connected"), "{out}");
     assert!(out.contains("PASS mosquitto-tls-password"), "{out}");
 }
+
+/// A broker fault added by a step (`fault = "restart-at=..."`) is scheduled like one in the
+/// broker's `faults` list: the broker restarts at the asked time (measured from the broker's
+/// start: the fault record comes within a millisecond of 30 s), the device notices the
+/// lost link at its next second tick (30.5 s), finds the port closed (rc -2) and reconnects
+/// after the 5 s downtime on its 10 s retry.
+#[test]
+fn a_restart_at_step_restarts_the_broker_at_the_asked_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("restart-at-step.toml");
+    std::fs::write(
+        &f,
+        r#"transcript = false
+[[device]]
+settings = { mqtt_host = "mqtt.lan" }
+[[broker]]
+host = "mqtt.lan"
+
+[[step]]
+expect = { console = "00:00:03.500 MQT: Connected" }
+[[step]]
+fault = "restart-at=30s/5s"
+[[step]]
+expect_not = { record = { kind = "restart" }, within = "26499ms" }
+[[step]]
+expect = { record = { kind = "fault", detail_regex = '^RestartAt: restart, down 5000 ms$' }, within = "2ms" }
+[[step]]
+expect = { record = { kind = "restart", detail_regex = "^all links dropped, down 5000 ms$" } }
+[[step]]
+expect_order = [
+  { console = "00:00:30.500 MQT: Attempting connection..." },
+  { console = "00:00:30.500 MQT: Connect failed to mqtt.lan:1883, rc -2. Retry in 10 sec" },
+  { console = "00:00:41.500 MQT: Attempting connection..." },
+  { console = "00:00:41.500 MQT: Connected" },
+]
+within = "30s"
+"#,
+    )
+    .unwrap();
+    let o = sim(&[f.to_str().unwrap()], dir.path());
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("PASS restart-at-step"), "{out}");
+}

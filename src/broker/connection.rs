@@ -17,11 +17,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{sleep_until, Instant};
 
 use super::auth::{AwsUsername, Effect};
-use super::fault::Fault;
+use super::fault::{Fault, Phase};
+use super::log::LogLevel;
 use super::profile::RetainPolicy;
 use super::record::{Dir, Record};
-use super::router::{lock, Attached, Delivery, Leftovers, Mailbox, Message, ToConn};
-use super::{topic, Shared};
+use super::router::{lock, Attached, Delivery, Kick, Leftovers, Mailbox, Message, ToConn};
+use super::{forgotten, topic, Shared};
 
 /// How long a new link may take to send CONNECT.
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
@@ -72,18 +73,91 @@ enum End {
     Disconnect,
     /// Refused before the session started: no will (there is none yet).
     Refused(String),
+    /// The password list refused the login (CONNACK 5): no will.
+    BadLogin,
+    /// AWS's custom authorizer refused (no CONNACK): no will.
+    NotAuthorised(String),
+    /// The client closed the link without DISCONNECT: the will is published.
+    ClientClosed,
+    /// Nothing received for 1.5 x keepalive: the will is published.
+    KeepaliveTimeout,
+    /// Another part of the broker closed the link: the will is published.
+    Kicked(Kick),
     /// Anything else after CONNACK: the will is published.
     Lost(String),
 }
 
-/// Faults picked for this client at CONNECT.
+impl End {
+    /// Why, as the `close` record says it.
+    fn reason(&self) -> String {
+        match self {
+            End::Disconnect => "DISCONNECT".into(),
+            End::BadLogin => "bad user name or password".into(),
+            End::NotAuthorised(why) => format!("custom authorizer: {why}"),
+            End::ClientClosed => "client closed the link".into(),
+            End::KeepaliveTimeout => "keepalive timeout (1.5 x keepalive with nothing received)".into(),
+            End::Kicked(k) => k.reason().into(),
+            End::Refused(r) | End::Lost(r) => r.clone(),
+        }
+    }
+
+    /// Whether the will is published (every close after CONNACK but DISCONNECT).
+    fn publishes_will(&self) -> bool {
+        match self {
+            End::Disconnect | End::Refused(_) | End::BadLogin | End::NotAuthorised(_) => false,
+            End::ClientClosed | End::KeepaliveTimeout | End::Kicked(_) | End::Lost(_) => true,
+        }
+    }
+
+    /// The foreground log line, as Mosquitto 2.0's `do_disconnect()` (src/loop.c) words it;
+    /// `None` where it prints none (the old link of a taken-over session).
+    fn log_line(&self, id: &str) -> Option<String> {
+        Some(match self {
+            // "Client %s disconnected."
+            End::Disconnect => format!("Client {id} disconnected."),
+            // MOSQ_ERR_AUTH: "Client %s disconnected, not authorised."
+            End::BadLogin => format!("Client {id} disconnected, not authorised."),
+            // AWS: the same, with the authorizer's reason (AWS itself says nothing).
+            End::NotAuthorised(why) => format!("Client {id} disconnected, not authorised: {why}."),
+            // MOSQ_ERR_CONN_LOST: "Client %s closed its connection."
+            End::ClientClosed => format!("Client {id} closed its connection."),
+            // MOSQ_ERR_KEEPALIVE: "Client %s has exceeded timeout, disconnecting."
+            End::KeepaliveTimeout => format!("Client {id} has exceeded timeout, disconnecting."),
+            // Mosquitto logs the takeover at the new connection ("already connected").
+            End::Kicked(Kick::TakenOver) => return None,
+            // MOSQ_ERR_ADMINISTRATIVE_ACTION: "Client %s been disconnected by administrative action."
+            End::Kicked(Kick::Restart | Kick::Request) => {
+                format!("Client {id} been disconnected by administrative action.")
+            }
+            // MOSQ_ERR_ERRNO's shape: "Client %s disconnected: %s."
+            End::Refused(why) | End::Lost(why) => format!("Client {id} disconnected: {why}."),
+        })
+    }
+}
+
+/// The link-phase faults picked for this client at CONNECT; the session loop, `on_packet`,
+/// `sent` and `flush` read them.
 #[derive(Default)]
-struct ConnFaults {
+struct LinkFaults {
     drop_after: Option<u32>,
     drop_at: Option<Instant>,
     no_pingresp: bool,
     corrupt: Option<u32>,
     latency: Option<Duration>,
+}
+
+impl LinkFaults {
+    /// The faults of the link phase act from here: each arms what the session checks.
+    fn arm(&mut self, fault: Fault, started: Instant) {
+        match fault {
+            Fault::DropAfterPackets(n) => self.drop_after = Some(n),
+            Fault::DropAt(at) => self.drop_at = Some(started + at),
+            Fault::NoPingresp => self.no_pingresp = true,
+            Fault::Corrupt(n) => self.corrupt = Some(n),
+            Fault::Latency(d) => self.latency = Some(d),
+            other => forgotten(&other, Phase::Link),
+        }
+    }
 }
 
 pub(super) struct Conn<S> {
@@ -107,7 +181,7 @@ pub(super) struct Conn<S> {
     waiting: VecDeque<Delivery>,
     next_pkid: u16,
     qos2_in: HashMap<u16, (Arc<Message>, bool)>,
-    faults: ConnFaults,
+    faults: LinkFaults,
     packets_in: u32,
     packets_out: u32,
     rate_window: Instant,
@@ -137,7 +211,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             waiting: VecDeque::new(),
             next_pkid: 1,
             qos2_in: HashMap::new(),
-            faults: ConnFaults::default(),
+            faults: LinkFaults::default(),
             packets_in: 0,
             packets_out: 0,
             rate_window: now,
@@ -202,6 +276,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if let Some((name, level)) = protocol_of(&self.rbuf) {
             if !(name == "MQTT" && level == 4) {
                 let known = name == "MQTT" || name == "MQIsdp";
+                // Mosquitto 2.0 src/handle_connect.c: "Invalid protocol version %d in CONNECT
+                // from %s." / "Invalid protocol \"%s\" in CONNECT from %s."
+                self.shared.log.print(LogLevel::Notice, || match known {
+                    true => format!("Invalid protocol version {level} in CONNECT from {}.", self.link.peer),
+                    false => format!("Invalid protocol \"{name}\" in CONNECT from {}.", self.link.peer),
+                });
                 self.record(Record::event(
                     "refused",
                     format!("protocol {name} level {level}: only MQTT 3.1.1 is served"),
@@ -222,8 +302,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// A CONNECT read: the checks in the order the profile's broker makes them, then the
+    /// session and CONNACK.
     async fn accept(&mut self, mut c: Connect) -> Result<(), End> {
-        let profile = &self.shared.profile;
+        let client = self.identify(&mut c)?;
+        self.connect_faults(&client).await?;
+        self.throttle_connects(&client)?;
+        self.check_will(c.last_will.as_ref())?;
+        self.authenticate(&c).await?;
+        self.start_session(c, client);
+        Ok(())
+    }
+
+    /// The client identifier: an empty one gets a generated id if the session is clean
+    /// (MQTT-3.1.3-6/7: else CONNACK 2); AWS refuses ids over its limit.
+    fn identify(&mut self, c: &mut Connect) -> Result<Arc<str>, End> {
         if c.client_id.is_empty() {
             if !c.clean_session {
                 self.send(&Packet::ConnAck(ConnAck::new(ConnectReturnCode::BadClientId, false)));
@@ -233,14 +326,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         let client: Arc<str> = Arc::from(c.client_id.as_str());
         self.client = Some(client.clone());
-        if let Some(max) = profile.limits.client_id_bytes {
+        if let Some(max) = self.shared.profile.limits.client_id_bytes {
             if c.client_id.len() > max {
                 return Err(End::Refused(format!("client id of {} bytes (limit {max})", c.client_id.len())));
             }
         }
+        Ok(client)
+    }
 
-        // Faults picked by client id.
-        for rule in self.shared.take_faults(&c.client_id) {
+    /// The faults of the connect phase act here; the link phase's are armed for the session.
+    async fn connect_faults(&mut self, client: &str) -> Result<(), End> {
+        // Both taken before any acts, so a refusing fault still uses up the others' times.
+        let link = self.shared.take_faults(Phase::Link, Some(client));
+        let connect = self.shared.take_faults(Phase::Connect, Some(client));
+        for rule in link {
+            self.faults.arm(rule.fault, self.shared.started);
+        }
+        for rule in connect {
             let fired = |conn: &mut Self, what: &str| conn.fault_event(&rule.describe(), what);
             match rule.fault {
                 Fault::SilentOnConnect => {
@@ -256,70 +358,85 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     fired(self, &format!("CONNACK delayed {} ms", d.as_millis()));
                     tokio::time::sleep(d).await;
                 }
-                Fault::DropAfterPackets(n) => self.faults.drop_after = Some(n),
-                Fault::DropAt(at) => self.faults.drop_at = Some(self.shared.started + at),
-                Fault::NoPingresp => self.faults.no_pingresp = true,
-                Fault::Corrupt(n) => self.faults.corrupt = Some(n),
-                Fault::Latency(d) => self.faults.latency = Some(d),
-                Fault::TlsAlert(_) | Fault::RestartAt { .. } => {}
+                ref other => forgotten(other, Phase::Connect),
             }
         }
+        Ok(())
+    }
 
+    /// AWS's one CONNECT per second per client id (the limit `connects-per-second`).
+    fn throttle_connects(&self, client: &Arc<str>) -> Result<(), End> {
+        let Some(per_second) = self.shared.profile.limits.connects_per_second else { return Ok(()) };
+        let now = Instant::now();
+        let mut state = lock(&self.shared.state);
+        let min_gap = Duration::from_secs(1) / per_second.max(1);
+        let throttled = state.last_connect.get(client).is_some_and(|t| now.duration_since(*t) < min_gap);
+        state.last_connect.insert(client.clone(), now);
+        if throttled {
+            return Err(End::Refused(format!("more than {per_second} CONNECT per second for this client id")));
+        }
+        Ok(())
+    }
+
+    /// The will must be one the client could publish: a valid topic, and for AWS no QoS 2,
+    /// no retain without iot:RetainPublish, within the topic limits.
+    fn check_will(&self, will: Option<&LastWill>) -> Result<(), End> {
+        let Some(will) = will else { return Ok(()) };
         let profile = &self.shared.profile;
-        if let Some(per_second) = profile.limits.connects_per_second {
-            let now = Instant::now();
-            let mut state = lock(&self.shared.state);
-            let min_gap = Duration::from_secs(1) / per_second.max(1);
-            let throttled = state.last_connect.get(&client).is_some_and(|t| now.duration_since(*t) < min_gap);
-            state.last_connect.insert(client.clone(), now);
-            if throttled {
-                return Err(End::Refused(format!("more than {per_second} CONNECT per second for this client id")));
-            }
+        if topic::validate_name(&will.topic).is_err() {
+            return Err(End::Refused(format!("invalid will topic '{}'", will.topic)));
         }
-        if let Some(will) = &c.last_will {
-            if topic::validate_name(&will.topic).is_err() {
-                return Err(End::Refused(format!("invalid will topic '{}'", will.topic)));
-            }
-            if will.qos == QoS::ExactlyOnce && !profile.qos2 {
-                return Err(End::Refused("will with QoS 2".into()));
-            }
-            if will.retain && profile.retain == RetainPolicy::Close {
-                return Err(End::Refused("retained will without iot:RetainPublish".into()));
-            }
-            if let Err(e) = profile.check_topic_limits(&will.topic) {
-                return Err(End::Refused(format!("will topic: {e}")));
-            }
+        if will.qos == QoS::ExactlyOnce && !profile.qos2 {
+            return Err(End::Refused("will with QoS 2".into()));
         }
+        if will.retain && profile.retain == RetainPolicy::Close {
+            return Err(End::Refused("retained will without iot:RetainPublish".into()));
+        }
+        if let Err(e) = profile.check_topic_limits(&will.topic) {
+            return Err(End::Refused(format!("will topic: {e}")));
+        }
+        Ok(())
+    }
 
+    /// Who may connect: the password list (Mosquitto), or on AWS the route the port and
+    /// ALPN choose (custom authorizer, client certificate, or never answered).
+    async fn authenticate(&mut self, c: &Connect) -> Result<(), End> {
         match self.route() {
             Route::Passwords => {
                 let login = c.login.as_ref().map(|l| (l.username.as_str(), l.password.as_str()));
                 if !self.shared.users.check(login) {
                     // Mosquitto answers a bad login with CONNACK 5 and closes.
                     self.send(&Packet::ConnAck(ConnAck::new(ConnectReturnCode::NotAuthorized, false)));
-                    return Err(End::Refused("bad user name or password".into()));
+                    return Err(End::BadLogin);
                 }
             }
             Route::CustomAuth { sni } => {
-                if let Err(why) = self.custom_auth(&c, sni.as_deref()) {
+                if let Err(why) = self.custom_auth(c, sni.as_deref()) {
                     // AWS closes with no CONNACK on any custom-auth failure.
-                    return Err(End::Refused(format!("custom authorizer: {why}")));
+                    return Err(End::NotAuthorised(why));
                 }
                 self.disconnect_at = Some(Instant::now() + AWS_DISCONNECT_AFTER);
             }
             Route::ClientCert => {}
             Route::NeverAnswer(why) => {
+                self.shared
+                    .log
+                    .print(LogLevel::Notice, || format!("Client {} CONNECT not answered: {why}.", c.client_id));
                 self.record(Record::event("unanswered", why.clone()));
                 return Err(self.hold_silent(Some(NEVER_ANSWER_HOLD)).await);
             }
         }
+        Ok(())
+    }
 
-        let served = profile.keepalive(c.keep_alive);
+    /// The keepalive served, the will kept, the session attached (taken over from another
+    /// link or resumed), then CONNACK and the messages the session kept.
+    fn start_session(&mut self, mut c: Connect, client: Arc<str>) {
+        let served = self.shared.profile.keepalive(c.keep_alive);
         self.keepalive = (served > 0).then(|| Duration::from_millis(served as u64 * 1500));
         if served != c.keep_alive {
             self.record(Record::event("keepalive", format!("asked {} s, served {} s", c.keep_alive, served)));
         }
-        self.will = c.last_will.take();
         let attach = {
             let mut state = lock(&self.shared.state);
             state.attach(
@@ -330,14 +447,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             )
         };
         self.attached = true;
+        self.log_connected(&c, &client, attach.taken_over);
         self.next_pkid = attach.next_pkid;
         self.qos2_in = attach.qos2_in;
+        self.will = c.last_will.take();
         self.send(&Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, attach.session_present)));
         self.last_in = Instant::now();
         for d in attach.pending {
             self.deliver(d);
         }
-        Ok(())
+    }
+
+    /// Mosquitto 2.0's lines for an accepted CONNECT (src/handle_connect.c,
+    /// `connect__on_authorised()`): the user name, never the password.
+    fn log_connected(&self, c: &Connect, client: &str, taken_over: bool) {
+        let log = self.shared.log;
+        if taken_over {
+            // "Client %s already connected, closing old connection."
+            log.print(LogLevel::Notice, || format!("Client {client} already connected, closing old connection."));
+        }
+        // "New client connected from %s:%d as %s (p%d, c%d, k%d, u'%s')." (p2 is MQTT 3.1.1)
+        log.print(LogLevel::Notice, || {
+            let user = c.login.as_ref().map(|l| format!(", u'{}'", l.username)).unwrap_or_default();
+            format!(
+                "New client connected from {} as {client} (p2, c{}, k{}{user}).",
+                self.link.peer, c.clean_session as u8, c.keep_alive
+            )
+        });
+        match &c.last_will {
+            // "Will message specified (%ld bytes) (r%d, q%d)." then "\t%s" (the topic)
+            Some(w) => {
+                log.print(LogLevel::Debug, || {
+                    format!(
+                        "Will message specified ({} bytes) (r{}, q{}).",
+                        w.message.len(),
+                        w.retain as u8,
+                        w.qos as u8
+                    )
+                });
+                log.print(LogLevel::Debug, || format!("\t{}", w.topic));
+            }
+            // "No will message specified."
+            None => log.print(LogLevel::Debug, || "No will message specified.".into()),
+        }
     }
 
     fn route(&self) -> Route {
@@ -448,12 +600,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let next = [keepalive_at, self.faults.drop_at, self.disconnect_at].into_iter().flatten().min();
             tokio::select! {
                 r = self.stream.read_buf(&mut self.rbuf) => match r {
-                    Ok(0) => return End::Lost("client closed the link".into()),
+                    Ok(0) => return End::ClientClosed,
                     Ok(_) => {}
                     Err(e) => return End::Lost(format!("read error: {e}")),
                 },
                 _ = mailbox.wait() => {
-                    let mut kicked = None;
+                    let mut kicked: Option<Kick> = None;
                     for m in mailbox.take() {
                         match m {
                             ToConn::Deliver(d) if kicked.is_none() => self.deliver(d),
@@ -469,14 +621,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     }
                     if let Some(why) = kicked {
                         let _ = self.flush().await;
-                        return End::Lost(why);
+                        return End::Kicked(why);
                     }
                 }
                 // One timer for the earliest deadline keeps an idle connection small.
                 _ = sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
                     let now = Instant::now();
                     if keepalive_at.is_some_and(|t| t <= now) {
-                        return End::Lost("keepalive timeout (1.5 x keepalive with nothing received)".into());
+                        return End::KeepaliveTimeout;
                     }
                     if self.faults.drop_at.is_some_and(|t| t <= now) {
                         self.fault_event("DropAt", "link dropped");
@@ -732,7 +884,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// PUBLISH encoded here rather than through an owned `Publish` (no topic copy per
     /// delivery on the hot path).
     fn send_publish(&mut self, d: &Delivery, pkid: u16, dup: bool) {
-        if self.shared.recorder.enabled() {
+        if self.shared.recorder.enabled() || self.shared.log >= LogLevel::Debug {
             let mut p = rumqttc::mqttbytes::v4::Publish::from_bytes(d.msg.topic.clone(), d.qos, d.msg.payload.clone());
             p.pkid = pkid;
             p.retain = d.retain;
@@ -794,12 +946,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     // ---- the end ----
 
     async fn finish(mut self, end: End) {
-        let (reason, will) = match &end {
-            End::Disconnect => ("DISCONNECT".to_string(), false),
-            End::Refused(r) => (r.clone(), false),
-            End::Lost(r) => (r.clone(), true),
-        };
+        let (reason, will) = (end.reason(), end.publishes_will());
         tracing::debug!(conn = self.id, client = ?self.client, "closed: {reason}");
+        if let Some(line) = end.log_line(self.client.as_deref().unwrap_or("<unknown>")) {
+            self.shared.log.print(LogLevel::Notice, || line);
+        }
         self.record(Record::event("close", reason));
         if self.attached {
             let client = self.client_id();
@@ -823,6 +974,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if let Some(w) = will {
                 drop(state);
                 self.record(Record::event("will", format!("published to {}", w.topic)));
+                // Mosquitto says nothing here; this broker's own line.
+                self.shared
+                    .log
+                    .print(LogLevel::Notice, || format!("Will of client {client} published to '{}'.", w.topic));
                 self.forward(Arc::new(Message { topic: w.topic, payload: w.message }), w.qos, w.retain);
             }
         }
@@ -837,8 +992,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     fn record_packet(&self, dir: Dir, p: &Packet) {
+        self.shared.log.print(LogLevel::Debug, || self.packet_line(dir, p));
         if self.shared.recorder.enabled() {
             self.record(Record::packet(dir, p));
+        }
+    }
+
+    /// Mosquitto 2.0's debug line for a packet in or out (`-v`).
+    fn packet_line(&self, dir: Dir, p: &Packet) -> String {
+        let id = self.client.as_deref().unwrap_or("<unknown>");
+        let (verb, prep) = if dir == Dir::In { ("Received", "from") } else { ("Sending", "to") };
+        match p {
+            // src/handle_publish.c, src/send_publish.c:
+            // "Received PUBLISH from %s (d%d, q%d, r%d, m%d, '%s', ... (%ld bytes))"
+            Packet::Publish(m) => format!(
+                "{verb} PUBLISH {prep} {id} (d{}, q{}, r{}, m{}, '{}', ... ({} bytes))",
+                m.dup as u8,
+                m.qos as u8,
+                m.retain as u8,
+                m.pkid,
+                m.topic,
+                m.payload.len()
+            ),
+            // src/send_connack.c: "Sending CONNACK to %s (%d, %d)"
+            Packet::ConnAck(a) => format!("Sending CONNACK to {id} ({}, {})", a.session_present as u8, a.code as u8),
+            // "Received PINGREQ from %s", "Sending SUBACK to %s", ...
+            _ => format!("{verb} {} {prep} {id}", Record::packet(dir, p).kind),
         }
     }
 
@@ -859,6 +1038,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     fn fault_event(&self, fault: &str, what: &str) {
         tracing::info!(conn = self.id, client = ?self.client, "fault {fault}: {what}");
+        self.shared.log.print(LogLevel::Notice, || {
+            format!("Fault {fault}: {what} (client {}).", self.client.as_deref().unwrap_or("<unknown>"))
+        });
         self.record(Record::event("fault", format!("{fault}: {what}")));
     }
 }

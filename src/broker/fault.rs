@@ -1,6 +1,11 @@
 //! Fault injection: the broker misbehaving on purpose. A [`FaultRule`] is a fault, the
 //! clients it applies to and how many times it may fire; the CLI takes them as
 //! `KIND[=VALUE][,client=ID][,times=N]`, code builds them directly.
+//!
+//! Each fault says through [`Fault::phase`] (one exhaustive `match`) when it acts, and each
+//! [`Phase`] has one place in the broker that carries its faults out. Adding a fault means
+//! adding its variant, its arm in `phase`, its spec in the parser, and its arm in the one
+//! place of its phase (named on each [`Phase`] variant).
 
 use std::time::Duration;
 
@@ -32,6 +37,38 @@ pub enum Fault {
     /// Restart the broker this long after it started: every link dropped (wills published),
     /// retained messages and persistent sessions kept, listeners closed for `down`.
     RestartAt { at: Duration, down: Duration },
+}
+
+/// When a fault acts, and so which part of the broker carries it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// In the TLS handshake, before the client id is known (`Broker::serve_tls`).
+    Tls,
+    /// On the client's CONNECT, before CONNACK (`Conn::connect_faults`).
+    Connect,
+    /// On the link after CONNACK: picked at CONNECT for that client's link, acting on its
+    /// packets and timers (`LinkFaults::arm` in connection.rs).
+    Link,
+    /// At a time measured from the broker's start, on the whole broker (`Broker::schedule`).
+    /// A rule added at run time is scheduled as one from the start; a time already past
+    /// fires at once.
+    Scheduled,
+}
+
+impl Fault {
+    /// When this fault acts.
+    pub fn phase(&self) -> Phase {
+        match self {
+            Fault::TlsAlert(_) => Phase::Tls,
+            Fault::ConnackRc(_) | Fault::LateConnack(_) | Fault::SilentOnConnect => Phase::Connect,
+            Fault::DropAfterPackets(_)
+            | Fault::DropAt(_)
+            | Fault::NoPingresp
+            | Fault::Corrupt(_)
+            | Fault::Latency(_) => Phase::Link,
+            Fault::RestartAt { .. } => Phase::Scheduled,
+        }
+    }
 }
 
 /// A fault, whom it hits, and how often.

@@ -13,6 +13,7 @@
 pub mod auth;
 pub mod connection;
 pub mod fault;
+pub mod log;
 pub mod profile;
 pub mod record;
 pub mod router;
@@ -30,11 +31,12 @@ use tokio::time::Instant;
 
 pub use auth::{Authorizer, PasswordList};
 pub use connection::{LinkInfo, TlsInfo};
-pub use fault::{Fault, FaultRule};
+pub use fault::{Fault, FaultRule, Phase};
+pub use log::LogLevel;
 pub use profile::{Limits, Profile, ProfileName, RetainPolicy};
 pub use record::{Dir, Record};
 
-use router::{lock, State, ToConn};
+use router::{lock, Kick, State, ToConn};
 
 /// The AWS IoT data endpoint the `aws-iot` profile serves unless told otherwise (the name
 /// used in the README's examples).
@@ -56,6 +58,8 @@ pub struct Config {
     pub record_file: Option<std::fs::File>,
     /// Keep every packet and event in memory ([`Broker::records`]).
     pub record_in_memory: bool,
+    /// Mosquitto-style lines on stderr (`tasmota-sim broker`); off by default.
+    pub log: LogLevel,
 }
 
 impl Config {
@@ -69,6 +73,7 @@ impl Config {
             faults: Vec::new(),
             record_file: None,
             record_in_memory: false,
+            log: LogLevel::Off,
         }
     }
 }
@@ -82,6 +87,7 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     faults: Mutex<Vec<FaultRule>>,
     recorder: record::Recorder,
+    log: LogLevel,
     started: Instant,
     next_conn: AtomicU64,
     /// Restart count and the downtime of the latest restart, watched by the listeners.
@@ -95,16 +101,13 @@ impl Shared {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// The connect-time faults for this client, each used up by one firing.
-    fn take_faults(&self, client: &str) -> Vec<FaultRule> {
-        self.take_matching(|r| r.applies_to(client) && !matches!(r.fault, Fault::TlsAlert(_) | Fault::RestartAt { .. }))
-    }
-
-    fn take_matching(&self, pred: impl Fn(&FaultRule) -> bool) -> Vec<FaultRule> {
+    /// The faults that act in `phase` on this client (`None`: the client id is not known
+    /// yet, every rule applies), each used up by one firing, in the order they were given.
+    fn take_faults(&self, phase: Phase, client: Option<&str>) -> Vec<FaultRule> {
         let mut rules = self.faults.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
         for r in rules.iter_mut() {
-            if pred(r) && r.times != Some(0) {
+            if r.fault.phase() == phase && client.is_none_or(|c| r.applies_to(c)) && r.times != Some(0) {
                 if let Some(n) = &mut r.times {
                     *n -= 1;
                 }
@@ -116,6 +119,14 @@ impl Shared {
 
     fn event(&self, kind: &str, detail: String) {
         tracing::info!("broker {kind}: {detail}");
+        // This broker's own lines (Mosquitto has no faults); worded like its notices.
+        self.log.print(LogLevel::Notice, || match kind {
+            "fault" => format!("Fault {detail}."),
+            "restart" => format!("Broker restart: {detail}."),
+            "tls" => format!("TLS handshake failed: {detail}."),
+            "refused" => format!("Connection refused: {detail}."),
+            _ => format!("{kind}: {detail}."),
+        });
         if self.recorder.enabled() {
             let mut r = Record::event(kind, detail);
             r.t_ms = self.elapsed_ms();
@@ -155,6 +166,7 @@ impl Broker {
                 state: Mutex::new(State::default()),
                 faults: Mutex::new(config.faults),
                 recorder,
+                log: config.log,
                 started: Instant::now(),
                 next_conn: AtomicU64::new(0),
                 restart: watch::channel((0, Duration::ZERO)).0,
@@ -197,6 +209,9 @@ impl Broker {
                         }
                     };
                     let _ = tcp.set_nodelay(true);
+                    // Mosquitto 2.0 src/net.c net__socket_accept():
+                    // "New connection from %s:%d on port %d."
+                    self.shared.log.print(LogLevel::Notice, || format!("New connection from {peer} on port {}.", addr.port()));
                     let broker = self.clone();
                     // Separate spawns: a plain link must not carry the TLS future's size.
                     match tls.clone() {
@@ -226,12 +241,14 @@ impl Broker {
     /// Runs the server TLS handshake on `io` (a TCP stream or an in-memory duplex), then
     /// serves the link. `peer` names it in logs.
     pub async fn serve_tls<IO: AsyncRead + AsyncWrite + Unpin>(&self, io: IO, peer: String, tls: TlsListen) {
-        let alert = self.shared.take_matching(|r| matches!(r.fault, Fault::TlsAlert(_))).into_iter().find_map(|r| {
-            match r.fault {
-                Fault::TlsAlert(d) => Some(d),
-                _ => None,
+        // The faults of the TLS phase act here.
+        let mut alert = None;
+        for rule in self.shared.take_faults(Phase::Tls, None) {
+            match rule.fault {
+                Fault::TlsAlert(d) => alert = alert.or(Some(d)),
+                other => forgotten(&other, Phase::Tls),
             }
-        });
+        }
         if let Some(d) = alert {
             self.shared.event("fault", format!("TlsAlert: alert {d} sent to {peer}"));
         }
@@ -244,13 +261,32 @@ impl Broker {
         }
     }
 
+    /// Schedules the scheduled faults of the config, once, when the broker starts serving.
     fn start_timers(&self) {
-        if self.shared.timers_started.swap(true, Ordering::Relaxed) {
+        let scheduled = {
+            let mut rules = self.shared.faults.lock().unwrap_or_else(|e| e.into_inner());
+            if self.shared.timers_started.swap(true, Ordering::Relaxed) {
+                return;
+            }
+            let (scheduled, rest) =
+                std::mem::take(&mut *rules).into_iter().partition::<Vec<_>, _>(|r| r.fault.phase() == Phase::Scheduled);
+            *rules = rest;
+            scheduled
+        };
+        for rule in scheduled {
+            self.schedule(rule);
+        }
+    }
+
+    /// The faults of the scheduled phase act here: each at its time from the broker's
+    /// start (at once if that time has passed). `times=0` never fires; a client is ignored
+    /// (the whole broker is hit).
+    fn schedule(&self, rule: FaultRule) {
+        if rule.times == Some(0) {
             return;
         }
-        let restarts = self.shared.take_matching(|r| matches!(r.fault, Fault::RestartAt { .. }));
-        for rule in restarts {
-            if let Fault::RestartAt { at, down } = rule.fault {
+        match rule.fault {
+            Fault::RestartAt { at, down } => {
                 let broker = self.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep_until(broker.shared.started + at).await;
@@ -258,6 +294,7 @@ impl Broker {
                     broker.restart(down);
                 });
             }
+            other => forgotten(&other, Phase::Scheduled),
         }
     }
 
@@ -266,9 +303,19 @@ impl Broker {
         self.shared.is_down()
     }
 
-    /// Adds a fault rule (it applies to connections from now on).
+    /// Adds a fault rule. It applies to connections from now on; a scheduled one
+    /// (`restart-at`) is scheduled as if it had been in the config: its time counts from the
+    /// broker's start, and a time already past fires at once.
     pub fn add_fault(&self, rule: FaultRule) {
-        self.shared.faults.lock().unwrap_or_else(|e| e.into_inner()).push(rule);
+        let mut rules = self.shared.faults.lock().unwrap_or_else(|e| e.into_inner());
+        // Under the rules' lock: `start_timers` either has taken the scheduled rules
+        // (then this one is scheduled here) or will take this one with them.
+        if rule.fault.phase() == Phase::Scheduled && self.shared.timers_started.load(Ordering::Relaxed) {
+            drop(rules);
+            self.schedule(rule);
+        } else {
+            rules.push(rule);
+        }
     }
 
     /// Restarts the broker: every link is dropped (wills are published); retained messages
@@ -281,7 +328,7 @@ impl Broker {
         }
         self.shared.event("restart", format!("all links dropped, down {} ms", down.as_millis()));
         for (_, mailbox) in lock(&self.shared.state).attached() {
-            mailbox.push(ToConn::Kick("broker restart".into()));
+            mailbox.push(ToConn::Kick(Kick::Restart));
         }
         self.shared.restart.send_modify(|(n, d)| {
             *n += 1;
@@ -294,7 +341,7 @@ impl Broker {
         let state = lock(&self.shared.state);
         match state.attached().into_iter().find(|(c, _)| &**c == client_id) {
             Some((_, mailbox)) => {
-                mailbox.push(ToConn::Kick("dropped by request".into()));
+                mailbox.push(ToConn::Kick(Kick::Request));
                 true
             }
             None => false,
@@ -329,6 +376,13 @@ impl Broker {
     pub fn record_count(&self) -> usize {
         self.shared.recorder.count()
     }
+}
+
+/// A fault handed to the place of a phase it does not belong to: its variant was added to
+/// [`Fault::phase`] without an arm in that phase's place.
+pub(crate) fn forgotten(fault: &Fault, phase: Phase) {
+    tracing::error!("fault {fault:?} has phase {:?} but is not carried out in the {phase:?} phase", fault.phase());
+    debug_assert!(false, "fault {fault:?} is not carried out in the {phase:?} phase");
 }
 
 async fn bind_again(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {

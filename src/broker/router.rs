@@ -54,8 +54,30 @@ impl Delivery {
 #[derive(Debug)]
 pub enum ToConn {
     Deliver(Delivery),
-    /// Close the link (will published): session taken over, broker restart, a fault.
-    Kick(String),
+    /// Close the link (will published).
+    Kick(Kick),
+}
+
+/// Why another part of the broker closes a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// A new connection with the same client id took the session over.
+    TakenOver,
+    /// The broker restarts.
+    Restart,
+    /// `Broker::drop_client`.
+    Request,
+}
+
+impl Kick {
+    /// The close reason in the record.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Kick::TakenOver => "session taken over by a new connection with the same client id",
+            Kick::Restart => "broker restart",
+            Kick::Request => "dropped by request",
+        }
+    }
 }
 
 /// A connection's inbox. A `VecDeque` allocates nothing until used, which keeps an idle
@@ -149,6 +171,8 @@ pub struct Retained {
 /// What attaching a connection to a session gives back.
 pub struct Attach {
     pub session_present: bool,
+    /// Another connection held the session and was kicked.
+    pub taken_over: bool,
     /// Messages kept while offline and unacknowledged ones to redeliver, in order.
     pub pending: VecDeque<Delivery>,
     pub next_pkid: u16,
@@ -170,10 +194,11 @@ impl State {
     /// held it (its will is published). `clean` discards any old session.
     pub fn attach(&mut self, client: &Arc<str>, clean: bool, conn: Attached, now: Instant) -> Attach {
         let mut present = false;
+        let mut taken_over = false;
         if let Some(old) = self.sessions.get_mut(client) {
             if let Some(prev) = old.attached.take() {
-                prev.mailbox
-                    .push(ToConn::Kick("session taken over by a new connection with the same client id".into()));
+                prev.mailbox.push(ToConn::Kick(Kick::TakenOver));
+                taken_over = true;
             }
             let expired = old.expires.is_some_and(|e| e <= now);
             if clean || old.clean || expired {
@@ -188,6 +213,7 @@ impl State {
         session.attached = Some(conn);
         Attach {
             session_present: present,
+            taken_over,
             pending: std::mem::take(&mut session.queue),
             next_pkid: session.next_pkid,
             qos2_in: std::mem::take(&mut session.qos2_in),

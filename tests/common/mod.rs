@@ -41,15 +41,20 @@ pub fn have(program: &str) -> bool {
 fn spawn_with_lines(cmd: &mut Command) -> (Child, Receiver<String>) {
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("start tasmota-sim");
     let stdout = child.stdout.take().unwrap();
+    (child, read_lines(stdout))
+}
+
+/// Reads `from` line by line on a thread (a child's stdout or stderr).
+pub fn read_lines(from: impl std::io::Read + Send + 'static) -> Receiver<String> {
     let (tx, rx) = channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
                 break;
             }
         }
     });
-    (child, rx)
+    rx
 }
 
 /// The device binary, its console read line by line.
@@ -294,7 +299,8 @@ pub struct BrokerProcess {
 
 impl BrokerProcess {
     pub fn start(args: &[&str]) -> BrokerProcess {
-        let (child, rx) = spawn_with_lines(Command::new(BIN).arg("broker").args(args));
+        // -q: its connection log would fill the test output (tests/broker_log.rs reads it).
+        let (child, rx) = spawn_with_lines(Command::new(BIN).args(["broker", "-q"]).args(args));
         let expected = args.iter().filter(|a| a.ends_with("listen")).count();
         let mut listening = vec![];
         while listening.len() < expected {
