@@ -152,7 +152,7 @@ fn start_ours(dir: &Path, certs: &Path) -> Result<Broker, String> {
     let log = dir.join("tasmota-sim.log");
     let stderr = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
     let mut cmd = Command::new(&exe);
-    cmd.args(["broker", "--profile", "plain", "--listen", &format!("127.0.0.1:{port}")])
+    cmd.args(["broker", "-q", "--profile", "plain", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--tls-listen", &format!("127.0.0.1:{tls_port}"), "--tls-self-signed"])
         .arg(certs)
         .stdin(Stdio::null())

@@ -101,7 +101,7 @@ pub async fn run(opts: Options) -> Result<Ending> {
     let mut buf = vec![0u8; 4096];
     let mut stdin_open = true;
     let deadline = opts.run_for.map(|d| start + d);
-    let mut signals = Signals::new()?;
+    let mut signals = crate::signal::Shutdown::new()?;
 
     loop {
         device.carry_out().await;
@@ -177,30 +177,5 @@ async fn sleep_opt(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-/// SIGINT and SIGTERM.
-struct Signals {
-    #[cfg(unix)]
-    term: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> Result<Self> {
-        Ok(Signals {
-            #[cfg(unix)]
-            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?,
-        })
-    }
-
-    async fn recv(&mut self) {
-        #[cfg(unix)]
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = self.term.recv() => {}
-        }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

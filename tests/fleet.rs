@@ -81,7 +81,8 @@ fn a_broker_outage_shows_the_firmware_backoff() {
         .unwrap()
         .iter()
         .enumerate()
-        .filter_map(|(s, n)| (n.as_u64().unwrap() > 0).then(|| (s, n.as_u64().unwrap())))
+        .map(|(s, n)| (s, n.as_u64().unwrap()))
+        .filter(|(_, n)| *n > 0)
         .collect();
     assert_eq!(per_second, [(3, 50), (92, 50)]);
     assert_eq!(r["failures"], serde_json::json!({"rc -2": 100}));
