@@ -4,6 +4,7 @@
 //! console with its golden transcript and reports a verdict (human, JSON, JUnit).
 //!
 //! - [`file`]: the language, checked with file:line:column errors.
+//! - [`step`]: the one table of step kinds and what each is checked into.
 //! - [`world`]: devices, brokers and operators on one event loop.
 //! - [`run`]: steps and expectations.
 //! - [`transcript`]: golden transcripts and `--bless`.
@@ -13,6 +14,7 @@ pub mod file;
 pub mod operator;
 pub mod report;
 pub mod run;
+pub mod step;
 pub mod transcript;
 pub mod world;
 
