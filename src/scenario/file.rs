@@ -352,11 +352,11 @@ impl Checker<'_> {
         }
 
         let mut steps = Vec::new();
-        for s in raw.steps {
+        for (i, s) in raw.steps.into_iter().enumerate() {
             let span = s.span();
             let (line, column) = line_col(self.text, span.start);
             let refs = Refs { devices: &devices, brokers: &brokers, operators: &operators };
-            if let Some((role, action)) = self.step(s.into_inner(), &mut At::new(span, refs)) {
+            if let Some((role, action)) = self.step(s.into_inner(), &mut At::new(span, i + 1, refs)) {
                 steps.push(Step { line, column, role, action });
             }
         }

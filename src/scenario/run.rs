@@ -6,18 +6,69 @@ use std::time::Duration;
 
 use tasmota_core::BootReason;
 
-use super::file::{Action, Expect, Matcher, PublishPattern, RecordPattern, Scenario, Step};
+use super::file::{Action, Expect, Matcher, PublishPattern, RecordPattern, Role, Scenario, Step};
+use super::step::Since;
 use super::world::{EmbeddedBroker, EmbeddedNet, Net, World};
 use super::{operator, transcript, BrokerUrl, Options, Outcome, Verdict};
 use crate::broker::{self, Broker, Record, TlsListen};
 use crate::link::{Connector, TlsCompat, Trust};
 
-/// Where each expectation looks from: per device console, per operator, per broker.
+/// Read positions in every stream expectations read: per device console, per operator,
+/// per broker record.
+///
+/// An action step moves every position to the streams' ends at the instant it acts
+/// (what it sets off is read; what came before is not), and a match moves its own
+/// stream's position past the matched item. Advancing time moves nothing.
 #[derive(Default, Clone)]
 struct Cursors {
     console: Vec<usize>,
     received: Vec<usize>,
     records: Vec<usize>,
+}
+
+impl Cursors {
+    /// Every stream's end now.
+    fn ends(world: &World, brokers: &[Broker]) -> Cursors {
+        Cursors {
+            console: world.devices.iter().map(|d| d.console.len()).collect(),
+            received: world.operators.iter().map(|o| o.received.len()).collect(),
+            records: brokers.iter().map(Broker::record_count).collect(),
+        }
+    }
+
+    /// Each stream's later position.
+    fn max(&self, other: &Cursors) -> Cursors {
+        let later = |a: &[usize], b: &[usize]| a.iter().zip(b).map(|(x, y)| *x.max(y)).collect();
+        Cursors {
+            console: later(&self.console, &other.console),
+            received: later(&self.received, &other.received),
+            records: later(&self.records, &other.records),
+        }
+    }
+}
+
+/// The read positions a run keeps: the current ones, and those at each step's start
+/// (for `since = "step N"`).
+struct Reading {
+    now: Cursors,
+    start: Cursors,
+    steps: Vec<Cursors>,
+}
+
+impl Reading {
+    /// Where `e` starts reading.
+    fn from(&self, e: &Expect) -> &Cursors {
+        match e.since {
+            Since::LastAction => &self.now,
+            Since::Start => &self.start,
+            Since::Step(n) => self.steps.get(n - 1).unwrap_or(&self.start),
+        }
+    }
+
+    /// After `e` matched with `next`: a look-back match never moves a position back.
+    fn matched(&mut self, next: &Cursors) {
+        self.now = self.now.max(next);
+    }
 }
 
 /// Runs `s` on a fresh runtime (paused unless `opts.real_time`), to the end.
@@ -69,16 +120,26 @@ async fn run_steps(s: &Scenario, opts: &Options, virtual_clock: bool) -> Outcome
         Err(e) => return Outcome::failed(s, None, format!("before the first step: {e}")),
     };
     world.boot_devices();
-    let mut cursors = Cursors {
+    let start = Cursors {
         console: vec![0; s.devices.len()],
         received: vec![0; s.operators.len()],
         records: vec![0; brokers.len()],
     };
+    let mut reading = Reading { now: start.clone(), start, steps: Vec::new() };
     let mut verdict = Verdict::Passed;
     let mut steps_run = 0;
     for (index, step) in s.steps.iter().enumerate() {
         steps_run += 1;
-        if let Err(message) = run_step(&mut world, &brokers, &mut cursors, step).await {
+        if step.role == Role::Act {
+            // What was sent before the action arrives first, and stays behind the cursors.
+            world.settle().await;
+        }
+        let ends = Cursors::ends(&world, &brokers);
+        if step.role == Role::Act {
+            reading.now = ends.clone();
+        }
+        reading.steps.push(ends);
+        if let Err(message) = run_step(&mut world, &brokers, &mut reading, step).await {
             verdict = Verdict::Failed { step: Some((index + 1, step.line, step.column)), message };
             break;
         }
@@ -208,7 +269,7 @@ async fn settle_now(world: &mut World) {
     world.run_until(now, |_| false).await;
 }
 
-async fn run_step(world: &mut World, brokers: &[Broker], cursors: &mut Cursors, step: &Step) -> Result<(), String> {
+async fn run_step(world: &mut World, brokers: &[Broker], reading: &mut Reading, step: &Step) -> Result<(), String> {
     match &step.action {
         Action::Console { device, line } => {
             let (core, now) = world.core_mut(*device).map_err(|e| format!("{e}: nothing can be typed"))?;
@@ -260,18 +321,17 @@ async fn run_step(world: &mut World, brokers: &[Broker], cursors: &mut Cursors, 
             }
         }
         Action::Expect(e) => {
-            let found = wait_for(world, brokers, cursors, e, e.within).await;
-            match found {
-                Some(next) => *cursors = next,
-                None => return Err(not_seen(world, brokers, cursors, e)),
+            let from = reading.from(e).clone();
+            match wait_for(world, brokers, &from, e, e.within).await {
+                Some(next) => reading.matched(&next),
+                None => return Err(not_seen(world, brokers, &from, e)),
             }
         }
         Action::ExpectNot(e) => {
-            // Only what happens from now on counts.
-            let from = Cursors {
-                console: world.devices.iter().map(|d| d.console.len()).collect(),
-                received: world.operators.iter().map(|o| o.received.len()).collect(),
-                records: brokers.iter().map(Broker::record_count).collect(),
+            // Only what happens from now on counts, unless it looks back.
+            let from = match e.since {
+                Since::LastAction => Cursors::ends(world, brokers),
+                _ => reading.from(e).clone(),
             };
             let start_ms = world.now_ms();
             if let Some(seen) = wait_for(world, brokers, &from, e, e.within).await {
@@ -287,17 +347,23 @@ async fn run_step(world: &mut World, brokers: &[Broker], cursors: &mut Cursors, 
         }
         Action::ExpectOrder { items, within } => {
             let deadline = world.now_plus(*within);
+            let mut previous: Option<Cursors> = None;
             for (n, e) in items.iter().enumerate() {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                // Each item is looked for after the previous one in every stream it shares.
-                match wait_for(world, brokers, cursors, e, left).await {
-                    Some(next) => *cursors = next,
+                // Each item is looked for after the previous one; the first item's `since`
+                // is where the whole list starts reading.
+                let from = previous.clone().unwrap_or_else(|| reading.from(e).clone());
+                match wait_for(world, brokers, &from, e, left).await {
+                    Some(next) => {
+                        reading.matched(&next);
+                        previous = Some(next);
+                    }
                     None => {
                         return Err(format!(
                             "expect_order item {} of {}: {}",
                             n + 1,
                             items.len(),
-                            not_seen(world, brokers, cursors, &Expect { within: *within, ..e.clone() })
+                            not_seen(world, brokers, &from, &Expect { within: *within, ..e.clone() })
                         ))
                     }
                 }
@@ -435,10 +501,10 @@ fn not_seen(w: &World, brokers: &[Broker], from: &Cursors, e: &Expect) -> String
     let mut msg = format!("expected {} within {}; not seen", e.text, show(e.within));
     let tail = |items: Vec<String>| -> String {
         if items.is_empty() {
-            return " (nothing since the previous match)".into();
+            return format!(" (nothing since {})", e.since);
         }
         let skip = items.len().saturating_sub(12);
-        let mut s = String::from(". Seen since the previous match:");
+        let mut s = format!(". Seen since {}:", e.since);
         if skip > 0 {
             s.push_str(&format!("\n    ... {skip} earlier"));
         }

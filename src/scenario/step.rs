@@ -101,6 +101,8 @@ fn one_of(names: &[&str]) -> String {
 /// A step's own keys besides its kind, and what it may refer to.
 pub(super) struct At<'a> {
     pub span: Span,
+    /// The step's number (1-based).
+    pub number: usize,
     device: Option<String>,
     broker: Option<String>,
     operator: Option<String>,
@@ -109,8 +111,8 @@ pub(super) struct At<'a> {
 }
 
 impl<'a> At<'a> {
-    pub fn new(span: Span, refs: Refs<'a>) -> At<'a> {
-        At { span, device: None, broker: None, operator: None, within: None, refs }
+    pub fn new(span: Span, number: usize, refs: Refs<'a>) -> At<'a> {
+        At { span, number, device: None, broker: None, operator: None, within: None, refs }
     }
 }
 
@@ -180,11 +182,13 @@ struct RawExpect {
     operator: Option<String>,
     broker: Option<String>,
     console: Option<String>,
-    console_regex: Option<String>,
+    console_regex: Option<Spanned<String>>,
     publish: Option<RawSeenPublish>,
     record: Option<RawRecord>,
     setting: Option<RawSetting>,
     within: Option<Spanned<String>>,
+    /// Where to read from: the last action (default), `start` or `step N`.
+    since: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -192,7 +196,7 @@ struct RawExpect {
 struct RawSeenPublish {
     topic: Option<String>,
     payload: Option<String>,
-    payload_regex: Option<String>,
+    payload_regex: Option<Spanned<String>>,
     json: Option<toml::Value>,
     retain: Option<bool>,
 }
@@ -206,7 +210,7 @@ struct RawRecord {
     payload: Option<String>,
     retain: Option<bool>,
     codes: Option<Vec<u8>>,
-    detail_regex: Option<String>,
+    detail_regex: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -322,11 +326,37 @@ impl std::str::FromStr for DeviceFault {
     }
 }
 
+/// Where an expectation starts reading the streams it looks at (device consoles,
+/// operators' messages, broker records).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Since {
+    /// After the last action step, or after the previous match in the same stream if
+    /// that came later (the default).
+    #[default]
+    LastAction,
+    /// From the scenario's start (`since = "start"`).
+    Start,
+    /// From the instant step N (1-based) began (`since = "step N"`).
+    Step(usize),
+}
+
+impl std::fmt::Display for Since {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Since::LastAction => f.write_str("the last action or match"),
+            Since::Start => f.write_str("the start"),
+            Since::Step(n) => write!(f, "step {n}"),
+        }
+    }
+}
+
 /// What must (or must not) be seen.
 #[derive(Debug, Clone)]
 pub struct Expect {
     pub what: Matcher,
     pub within: Duration,
+    /// Where in each stream it starts reading.
+    pub since: Since,
     /// How the step reads in reports.
     pub text: String,
 }
@@ -547,6 +577,10 @@ impl Checker<'_> {
             self.fail(at.span.clone(), "expect_order: an empty list");
             return None;
         }
+        if let Some(since) = items.iter().skip(1).find_map(|e| e.since.as_ref()) {
+            self.fail(since.span(), "since: in expect_order only the first item looks back (the others read after it)");
+            return None;
+        }
         let items: Vec<Expect> = items.into_iter().filter_map(|e| self.expect(e, at)).collect();
         Some(Action::ExpectOrder { items, within })
     }
@@ -571,28 +605,23 @@ impl Checker<'_> {
             Some(w) => self.duration(w, "within"),
             None => DEFAULT_WITHIN,
         };
-        let (what, text) = if let Some(text) = e.console {
+        let since = match &e.since {
+            Some(v) => self.since(v, at.number)?,
+            None => Since::LastAction,
+        };
+        let (what, mut text) = if let Some(text) = e.console {
             let device = self.device_ref(r.devices, e.device.as_deref(), span)?;
             let shown = format!("console {text:?}");
             (Matcher::Console { device, text }, shown)
         } else if let Some(re) = e.console_regex {
             let device = self.device_ref(r.devices, e.device.as_deref(), span.clone())?;
-            let shown = format!("console matching /{re}/");
-            match regex::Regex::new(&re) {
-                Ok(re) => (Matcher::ConsoleRegex { device, re }, shown),
-                Err(err) => {
-                    self.fail(span, format!("console_regex: {err}"));
-                    return None;
-                }
-            }
+            let shown = format!("console matching /{}/", re.get_ref());
+            (Matcher::ConsoleRegex { device, re: self.regex(&re, "console_regex")? }, shown)
         } else if let Some(p) = e.publish {
             let operator = self.operator_ref(r.operators, e.operator.as_deref(), span.clone())?;
-            let payload_regex = match p.payload_regex.as_deref().map(regex::Regex::new) {
-                Some(Err(err)) => {
-                    self.fail(span, format!("payload_regex: {err}"));
-                    return None;
-                }
-                other => other.and_then(Result::ok),
+            let payload_regex = match &p.payload_regex {
+                Some(re) => Some(self.regex(re, "payload_regex")?),
+                None => None,
             };
             let json = p.json.map(|v| serde_json::to_value(v).unwrap_or(serde_json::Value::Null));
             let shown = describe_publish(&p.topic, &p.payload, &payload_regex, &json, p.retain);
@@ -603,12 +632,9 @@ impl Checker<'_> {
             )
         } else if let Some(rec) = e.record {
             let broker = self.broker_ref(r.brokers, e.broker.as_deref(), span.clone())?;
-            let detail_regex = match rec.detail_regex.as_deref().map(regex::Regex::new) {
-                Some(Err(err)) => {
-                    self.fail(span, format!("detail_regex: {err}"));
-                    return None;
-                }
-                other => other.and_then(Result::ok),
+            let detail_regex = match &rec.detail_regex {
+                Some(re) => Some(self.regex(re, "detail_regex")?),
+                None => None,
             };
             let mut parts = BTreeMap::new();
             for (k, v) in
@@ -638,8 +664,13 @@ impl Checker<'_> {
         } else if let Some(s) = e.setting {
             let device = self.device_ref(r.devices, e.device.as_deref(), span.clone())?;
             let known = serde_json::to_value(Settings::default()).unwrap_or_default();
-            if known.get(&s.name).is_none() {
-                self.fail(span, format!("setting: '{}' is not a settings field (see Settings in the core)", s.name));
+            let fields: Vec<&str> =
+                known.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
+            if !fields.contains(&s.name.as_str()) {
+                self.fail(
+                    span,
+                    format!("setting: '{}' is not a settings field; {}", s.name, closest(&s.name, &fields)),
+                );
                 return None;
             }
             let value = serde_json::to_value(&s.value).unwrap_or(serde_json::Value::Null);
@@ -648,8 +679,74 @@ impl Checker<'_> {
         } else {
             return None;
         };
-        Some(Expect { what, within, text })
+        if since != Since::LastAction {
+            text.push_str(&format!(" (since {since})"));
+        }
+        Some(Expect { what, within, since, text })
     }
+
+    /// A regex, or an error at the regex's own line and column.
+    fn regex(&mut self, re: &Spanned<String>, what: &str) -> Option<regex::Regex> {
+        match regex::Regex::new(re.get_ref()) {
+            Ok(r) => Some(r),
+            Err(err) => {
+                self.fail(re.span(), format!("{what}: {err}"));
+                None
+            }
+        }
+    }
+
+    /// `since = "start"` or `since = "step N"` with N before step `number`.
+    fn since(&mut self, v: &Spanned<String>, number: usize) -> Option<Since> {
+        let text = v.get_ref().trim();
+        let n = match text.strip_prefix("step") {
+            None if text == "start" => return Some(Since::Start),
+            None => None,
+            Some(n) => n.trim().parse::<usize>().ok(),
+        };
+        match n {
+            Some(n) if n >= 1 && n < number => Some(Since::Step(n)),
+            Some(n) => {
+                self.fail(v.span(), format!("since: step {n} is not before this step (step {number})"));
+                None
+            }
+            None => {
+                self.fail(
+                    v.span(),
+                    format!("since: '{text}': expected \"start\" or \"step N\" (an earlier step's number)"),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// "did you mean ...?" from the names nearest to `wanted` (by edit distance), or the
+/// whole list when none is near.
+pub(super) fn closest(wanted: &str, names: &[&str]) -> String {
+    let mut near: Vec<(usize, &str)> =
+        names.iter().map(|n| (edit_distance(wanted, n), *n)).filter(|(d, _)| *d <= 3).collect();
+    near.sort();
+    match near.len() {
+        0 => format!("the fields are {}", names.join(", ")),
+        _ => format!("did you mean {}?", one_of(&near.iter().take(3).map(|(_, n)| *n).collect::<Vec<_>>())),
+    }
+}
+
+/// Levenshtein distance, in characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (diag + usize::from(ca != *cb)).min(row[j] + 1).min(row[j + 1] + 1);
+            diag = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
 }
 
 fn describe_publish(

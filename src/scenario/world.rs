@@ -297,6 +297,27 @@ impl World {
         }
     }
 
+    /// Lets what is already under way at this instant arrive (bytes between the tasks,
+    /// messages on their way to an operator) without letting time pass, so that an
+    /// action's read positions start after everything sent before it.
+    pub async fn settle(&mut self) {
+        loop {
+            self.pump().await;
+            // Each round lets every ready task (brokers, links, operators) run a little.
+            for _ in 0..8 {
+                tokio::task::yield_now().await;
+            }
+            let mut any = false;
+            while let Ok(ev) = self.rx.try_recv() {
+                self.on_event(ev);
+                any = true;
+            }
+            if !any {
+                return;
+            }
+        }
+    }
+
     fn next_device_timer(&self) -> Option<Instant> {
         self.devices
             .iter()
