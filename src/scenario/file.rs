@@ -24,12 +24,20 @@ use crate::profile::Profile;
 
 /// A scenario file that cannot be run, with where and why.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}:{line}:{column}: {message}")]
 pub struct FileError {
     pub file: PathBuf,
-    pub line: usize,
-    pub column: usize,
+    /// 1-based line and column, when the mistake has a place in the file.
+    pub at: Option<(usize, usize)>,
     pub message: String,
+}
+
+impl std::fmt::Display for FileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.at {
+            Some((line, column)) => write!(f, "{}:{line}:{column}: {}", self.file.display(), self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
 }
 
 /// How long an `expect` waits when the step does not say.
@@ -48,7 +56,7 @@ struct RawScenario {
     description: Option<String>,
     #[serde(default)]
     tags: Vec<String>,
-    /// Compare the console transcript with `fixtures/transcripts/<name>.log`.
+    /// Compare the console with a golden transcript (see [`Scenario::transcript`]).
     transcript: Option<bool>,
     #[serde(default, rename = "device")]
     devices: Vec<Spanned<RawDevice>>,
@@ -119,7 +127,9 @@ pub struct Scenario {
     pub name: String,
     pub description: String,
     pub tags: Vec<String>,
-    pub transcript: bool,
+    /// `transcript = true/false`; unset: compared in the library, or when a golden file
+    /// exists (see [`super::transcript::golden_dir`]).
+    pub transcript: Option<bool>,
     pub devices: Vec<DeviceSpec>,
     pub brokers: Vec<BrokerSpec>,
     pub operators: Vec<OperatorSpec>,
@@ -170,11 +180,11 @@ pub struct OperatorSpec {
 impl Scenario {
     /// Reads and checks a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, FileError> {
-        let text = std::fs::read_to_string(path).map_err(|e| FileError {
-            file: path.to_path_buf(),
-            line: 0,
-            column: 0,
-            message: format!("cannot read: {e}"),
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            // "No such file or directory", without the "(os error 2)" tail.
+            let why = e.to_string();
+            let why = why.split(" (os error").next().unwrap_or_default().to_string();
+            FileError { file: path.to_path_buf(), at: None, message: format!("cannot read: {why}") }
         })?;
         Scenario::parse(path, &text)
     }
@@ -183,7 +193,7 @@ impl Scenario {
     pub fn parse(path: &Path, text: &str) -> Result<Scenario, FileError> {
         let err = |span: std::ops::Range<usize>, message: String| {
             let (line, column) = line_col(text, span.start);
-            FileError { file: path.to_path_buf(), line, column, message }
+            FileError { file: path.to_path_buf(), at: Some((line, column)), message }
         };
         let raw: RawScenario = toml::from_str(text).map_err(|e| {
             let message = e.message().to_string();
@@ -193,7 +203,14 @@ impl Scenario {
         let s = c.scenario(raw);
         match c.errors.into_iter().next() {
             Some((span, message)) => Err(err(span, message)),
-            None => Ok(s.expect("a scenario without errors was built")),
+            None => {
+                let s = s.expect("a scenario without errors was built");
+                if s.steps.is_empty() {
+                    let message = "no [[step]]: a scenario without steps checks nothing".to_string();
+                    return Err(FileError { file: path.to_path_buf(), at: None, message });
+                }
+                Ok(s)
+            }
         }
     }
 
@@ -365,7 +382,7 @@ impl Checker<'_> {
             name,
             description: raw.description.unwrap_or_default(),
             tags: raw.tags,
-            transcript: raw.transcript.unwrap_or(true),
+            transcript: raw.transcript,
             devices,
             brokers,
             operators,
@@ -504,15 +521,15 @@ mod tests {
     #[test]
     fn errors_have_line_column_and_what_was_expected() {
         let e = parse("name = \"x\"\n[[step]]\nconsole = \"Power\"\nadvance = \"1s\"\n").unwrap_err();
-        assert_eq!((e.line, e.column), (2, 1));
+        assert_eq!(e.at.unwrap(), (2, 1));
         assert!(e.message.contains("console and advance"), "{e}");
 
         let e = parse("[[step]]\nadvance = \"ten seconds\"\n").unwrap_err();
-        assert_eq!((e.line, e.column), (2, 11), "{e}");
+        assert_eq!(e.at.unwrap(), (2, 11), "{e}");
         assert!(e.to_string().starts_with("s.toml:2:11: advance:"), "{e}");
 
         let e = parse("[[step]]\nconsol = \"Power\"\n").unwrap_err();
-        assert_eq!(e.line, 2, "{e}");
+        assert_eq!(e.at.unwrap().0, 2, "{e}");
         assert!(e.message.contains("unknown field `consol`"), "{e}");
 
         let e = parse("[[step]]\nexpect = { console_regex = \"(\" }\n").unwrap_err();
@@ -520,16 +537,26 @@ mod tests {
 
         let e = parse("[[step]]\nmqtt_publish = { topic = \"t\" }\n").unwrap_err();
         assert!(e.message.contains("no broker for one"), "{e}");
-        assert_eq!(e.line, 1, "{e}");
+        assert_eq!(e.at.unwrap().0, 1, "{e}");
 
         let e = parse("[[broker]]\nhost = \"h\"\nfaults = [\"drop-after=x\"]\n").unwrap_err();
-        assert_eq!((e.line, e.column), (3, 11), "{e}");
+        assert_eq!(e.at.unwrap(), (3, 11), "{e}");
 
         let e = parse("[[device]]\nsettings = { mqtt_hots = \"x\" }\n").unwrap_err();
         assert!(e.message.contains("mqtt_hots"), "{e}");
 
         let e = parse("[[step]]\nexpect = { setting = { name = \"nope\", value = 1 } }\n").unwrap_err();
         assert!(e.message.contains("'nope' is not a settings field"), "{e}");
+
+        let e = parse("[[step]]\nexpect = { setting = { name = \"mqtt_prot\", value = 1 } }\n").unwrap_err();
+        assert!(e.message.starts_with("setting: 'mqtt_prot' is not a settings field; did you mean mqtt_port"), "{e}");
+
+        let e = parse("[[step]]\nexpect = { console_regex = \"(\" }\n").unwrap_err();
+        assert_eq!(e.at, Some((2, 28)), "{e}");
+
+        let e = parse("[[step]]\nconsole = \"x\"\n[[step]]\nexpect = { console = \"y\", since = \"step 2\" }\n")
+            .unwrap_err();
+        assert_eq!(e.message, "since: step 2 is not before this step (step 2)");
     }
 
     #[test]

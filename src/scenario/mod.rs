@@ -36,8 +36,8 @@ pub struct Options {
     pub ca_file: Option<PathBuf>,
     pub insecure: bool,
     pub resolve: Vec<Resolve>,
-    /// Where golden transcripts live (default: `fixtures/transcripts` next to the
-    /// scenario's folder).
+    /// Where golden transcripts live (default: `fixtures/transcripts` next to a library
+    /// scenario's folder, else beside the scenario; see [`transcript::golden_dir`]).
     pub transcripts: Option<PathBuf>,
     /// Write transcripts instead of comparing.
     pub bless: bool,

@@ -93,8 +93,8 @@ pub fn run(s: &Scenario, opts: &Options) -> Outcome {
     };
     let mut outcome = runtime.block_on(run_steps(s, opts, virtual_clock));
     outcome.wall = started.elapsed();
-    if s.transcript && virtual_clock && matches!(outcome.verdict, Verdict::Passed) {
-        let dir = opts.transcripts.clone().unwrap_or_else(|| transcript::default_dir(&s.file));
+    let golden = transcript::golden_dir(&s.file, &s.name, s.transcript, opts.transcripts.as_deref(), opts.bless);
+    if let (Some(dir), true, Verdict::Passed) = (golden, virtual_clock, &outcome.verdict) {
         match transcript::check(&dir, &s.name, &outcome.transcript, opts.bless) {
             Ok(transcript::Checked::Same) => {}
             Ok(transcript::Checked::Written(path)) => {
@@ -128,25 +128,42 @@ async fn run_steps(s: &Scenario, opts: &Options, virtual_clock: bool) -> Outcome
     let mut reading = Reading { now: start.clone(), start, steps: Vec::new() };
     let mut verdict = Verdict::Passed;
     let mut steps_run = 0;
+    let mut troubles = Troubles::default();
+    troubles.take(&mut world, None);
     for (index, step) in s.steps.iter().enumerate() {
         steps_run += 1;
         if step.role == Role::Act {
             // What was sent before the action arrives first, and stays behind the cursors.
             world.settle().await;
+            troubles.take(&mut world, index.checked_sub(1));
+            if let Some(v) = troubles.verdict(s) {
+                verdict = v;
+                break;
+            }
         }
         let ends = Cursors::ends(&world, &brokers);
         if step.role == Role::Act {
             reading.now = ends.clone();
         }
         reading.steps.push(ends);
-        if let Err(message) = run_step(&mut world, &brokers, &mut reading, step).await {
+        let result = run_step(&mut world, &brokers, &mut reading, step).await;
+        troubles.take(&mut world, Some(index));
+        if let Err(message) = result {
+            let message = format!("{message}{}", troubles.meanwhile(s));
             verdict = Verdict::Failed { step: Some((index + 1, step.line, step.column)), message };
             break;
         }
+        troubles.acknowledge(&step.action, s);
     }
     // Let what the last step set off finish printing (a few ms of the device's time).
     let settle = world.now_plus(Duration::from_millis(1));
     world.run_until(settle, |_| false).await;
+    if verdict == Verdict::Passed {
+        troubles.take(&mut world, s.steps.len().checked_sub(1));
+        if let Some(v) = troubles.verdict(s) {
+            verdict = v;
+        }
+    }
     let transcript: Vec<String> = if s.devices.len() == 1 {
         world.devices[0].console.iter().map(|l| l.line.clone()).collect()
     } else {
@@ -166,6 +183,61 @@ async fn run_steps(s: &Scenario, opts: &Options, virtual_clock: bool) -> Outcome
         steps_total: s.steps.len(),
         records,
         notes: Vec::new(),
+    }
+}
+
+/// What went wrong for the operators and the scenario has not (yet) expected.
+#[derive(Default)]
+struct Troubles {
+    /// (operator, the step during or after which it was noticed (0-based; `None`:
+    /// before the first), what happened)
+    pending: Vec<(usize, Option<usize>, String)>,
+}
+
+impl Troubles {
+    fn take(&mut self, world: &mut World, step: Option<usize>) {
+        for (i, op) in world.operators.iter_mut().enumerate() {
+            self.pending.extend(op.troubles.drain(..).map(|t| (i, step, t)));
+        }
+    }
+
+    /// A passed expectation on a broker's record means the scenario saw what happened
+    /// there: its operators' troubles so far were expected.
+    fn acknowledge(&mut self, action: &Action, s: &Scenario) {
+        let expects: Vec<&Expect> = match action {
+            Action::Expect(e) => vec![e],
+            Action::ExpectOrder { items, .. } => items.iter().collect(),
+            _ => Vec::new(),
+        };
+        for e in expects {
+            if let Matcher::Record { broker, .. } = &e.what {
+                self.pending.retain(|(op, _, _)| s.operators[*op].broker != *broker);
+            }
+        }
+    }
+
+    fn describe(s: &Scenario, op: usize, what: &str) -> String {
+        format!("operator '{}' {what}", s.operators[op].name)
+    }
+
+    /// The failure for the first trouble not expected.
+    fn verdict(&self, s: &Scenario) -> Option<Verdict> {
+        let (op, step, what) = self.pending.first()?;
+        let spec = &s.operators[*op];
+        let before = if step.is_none() { "before the first step: " } else { "" };
+        let message = format!(
+            "{before}{}\n  if the scenario means it, expect it on the broker's record, e.g. \
+             expect = {{ record = {{ kind = \"close\", client = \"{}\" }} }}",
+            Troubles::describe(s, *op, what),
+            spec.client_id
+        );
+        let step = step.map(|i| (i + 1, s.steps[i].line, s.steps[i].column));
+        Some(Verdict::Failed { step, message })
+    }
+
+    /// What went wrong for the operators, as a note under another failure.
+    fn meanwhile(&self, s: &Scenario) -> String {
+        self.pending.iter().map(|(op, _, what)| format!("\n(meanwhile {})", Troubles::describe(s, *op, what))).collect()
     }
 }
 
@@ -280,7 +352,8 @@ async fn run_step(world: &mut World, brokers: &[Broker], reading: &mut Reading, 
         Action::MqttPublish { operator, topic, payload, retain, qos } => {
             let cmd = operator::Command { topic: topic.clone(), payload: payload.clone(), retain: *retain, qos: *qos };
             world.operator_publish(*operator, cmd)?;
-            settle_now(world).await;
+            // What the broker does with it (including closing the link) belongs to this step.
+            world.settle().await;
         }
         Action::Advance(d) => {
             let until = world.now_plus(*d);

@@ -105,6 +105,9 @@ pub struct OperatorSlot {
     pub ready: bool,
     pub down: Option<String>,
     pub received: Vec<Message>,
+    /// What went wrong for the operator (a lost link, a refused subscription) that the
+    /// runner has not yet taken.
+    pub troubles: Vec<String>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -186,6 +189,7 @@ impl World {
                 ready: false,
                 down: None,
                 received: Vec::new(),
+                troubles: Vec::new(),
                 task: Some(task),
             });
         }
@@ -399,8 +403,12 @@ impl World {
                         op.down = None;
                     }
                     OperatorEvent::Message(msg) => op.received.push(Message { at_ms, msg }),
+                    OperatorEvent::Refused(what) => op.troubles.push(what),
                     OperatorEvent::Down(why) => {
                         tracing::debug!(operator = %op.name, %why, "operator link ended");
+                        if op.ready {
+                            op.troubles.push(format!("lost its link: {why}"));
+                        }
                         op.ready = false;
                         op.down = Some(why);
                     }
