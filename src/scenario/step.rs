@@ -485,26 +485,25 @@ impl Checker<'_> {
         Some(Action::PowerOn { device: self.power_flag(on, at)? })
     }
 
-    fn step_fault(&mut self, f: Spanned<String>, at: &mut At) -> Option<Action> {
-        let broker = self.at_broker(at)?;
-        match f.get_ref().parse::<FaultRule>() {
-            Ok(rule) => Some(Action::Fault { broker, rule }),
+    /// `v` parsed as a `T`, or an error at `v` named `what`.
+    fn parsed<T: std::str::FromStr<Err: std::fmt::Display>>(&mut self, v: &Spanned<String>, what: &str) -> Option<T> {
+        match v.get_ref().parse::<T>() {
+            Ok(t) => Some(t),
             Err(e) => {
-                self.fail(f.span(), format!("fault: {e}"));
+                self.fail(v.span(), format!("{what}: {e}"));
                 None
             }
         }
     }
 
+    fn step_fault(&mut self, f: Spanned<String>, at: &mut At) -> Option<Action> {
+        let broker = self.at_broker(at)?;
+        Some(Action::Fault { broker, rule: self.parsed(&f, "fault")? })
+    }
+
     fn step_device_fault(&mut self, f: Spanned<String>, at: &mut At) -> Option<Action> {
         let device = self.at_device(at)?;
-        match f.get_ref().parse::<DeviceFault>() {
-            Ok(fault) => Some(Action::DeviceFault { device, fault }),
-            Err(e) => {
-                self.fail(f.span(), format!("device_fault: {e}"));
-                None
-            }
-        }
+        Some(Action::DeviceFault { device, fault: self.parsed(&f, "device_fault")? })
     }
 
     fn step_broker_restart(&mut self, d: Spanned<String>, at: &mut At) -> Option<Action> {
@@ -687,13 +686,7 @@ impl Checker<'_> {
 
     /// A regex, or an error at the regex's own line and column.
     fn regex(&mut self, re: &Spanned<String>, what: &str) -> Option<regex::Regex> {
-        match regex::Regex::new(re.get_ref()) {
-            Ok(r) => Some(r),
-            Err(err) => {
-                self.fail(re.span(), format!("{what}: {err}"));
-                None
-            }
-        }
+        self.parsed(re, what)
     }
 
     /// `since = "start"` or `since = "step N"` with N before step `number`.
