@@ -57,7 +57,8 @@ pub struct ScenarioArgs {
     /// With --broker: connect to ADDR for HOST:PORT (curl's --resolve).
     #[arg(long, value_name = "HOST:PORT:ADDR")]
     resolve: Vec<Resolve>,
-    /// Golden transcripts folder (default: fixtures/transcripts beside the scenario's folder).
+    /// Golden transcripts folder (default: fixtures/transcripts beside the scenario's folder
+    /// when that exists, else the scenario's own folder).
     #[arg(long, value_name = "DIR")]
     transcripts: Option<PathBuf>,
     /// Where the embedded brokers' self-signed CA is kept (default ~/.cache/tasmota-sim/tls).

@@ -68,7 +68,7 @@ fn the_main_job_prints_the_aws_guide_transcript_and_a_verdict() {
     ] {
         assert!(out.lines().any(|l| l == line), "missing {line:?} in:\n{out}");
     }
-    assert!(out.lines().any(|l| l.starts_with("PASS aws-iot-light (9 steps, 10701ms of device time in ")), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("PASS aws-iot-light (9 steps, 10.701s of device time in ")), "{out}");
 }
 
 #[test]
@@ -215,4 +215,138 @@ within = "30s"
     let out = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}");
     assert!(out.contains("PASS restart-at-step"), "{out}");
+}
+
+/// Writes `name` in `dir` with the text and runs it (quiet); (exit code, output).
+fn run_text(dir: &Path, name: &str, toml: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let f = dir.join(name);
+    std::fs::write(&f, toml).unwrap();
+    let mut args = vec![f.to_str().unwrap(), "-q"];
+    args.extend_from_slice(extra);
+    let o = sim(&args, dir);
+    (o.status.code(), text(&o))
+}
+
+/// A device on a plain broker, connected, with an operator on `stat/+/RESULT`.
+const CONNECTED: &str = "transcript = false
+[[device]]
+settings = { mqtt_host = \"mqtt.lan\" }
+[[broker]]
+host = \"mqtt.lan\"
+[[operator]]
+subscribe = [\"stat/+/RESULT\"]
+[[step]]
+expect = { console = \"MQT: Connected\" }
+";
+
+#[test]
+fn an_expectation_does_not_match_what_came_before_the_action() {
+    // Issue 16's false PASS: the boot-time {"POWER":"OFF"} must not answer the TOGGLE.
+    let dir = tempfile::tempdir().unwrap();
+    let steps = "[[step]]\nmqtt_publish = { topic = \"cmnd/tasmota_4B3316/Power\", payload = \"TOGGLE\" }\n\
+                 [[step]]\nexpect = { publish = { topic = \"stat/tasmota_4B3316/RESULT\", json = { POWER = \"OFF\" } }, within = \"2s\" }\n";
+    let (code, out) = run_text(dir.path(), "toggle.toml", &format!("{CONNECTED}{steps}"), &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("FAIL toggle at step 3"), "{out}");
+    assert!(
+        out.contains(
+            "not seen. Seen since the last action or match:\n      stat/tasmota_4B3316/RESULT = {\"POWER\":\"ON\"}\n"
+        ),
+        "{out}"
+    );
+    // Looking back on purpose finds the boot-time message.
+    let back = steps.replace("within = \"2s\" }", "within = \"2s\", since = \"start\" }");
+    let (code, out) = run_text(dir.path(), "back.toml", &format!("{CONNECTED}{back}"), &[]);
+    assert_eq!(code, Some(0), "{out}");
+    // Advancing time is not an action: what the press set off stays visible.
+    let press = "[[step]]\nbutton_press = 1\n[[step]]\nadvance = \"2s\"\n\
+                 [[step]]\nexpect = { publish = { topic = \"stat/tasmota_4B3316/RESULT\", json = { POWER = \"ON\" } } }\n";
+    let (code, out) = run_text(dir.path(), "press.toml", &format!("{CONNECTED}{press}"), &[]);
+    assert_eq!(code, Some(0), "{out}");
+}
+
+#[test]
+fn an_operator_publish_the_broker_refuses_fails_its_step_unless_expected() {
+    let dir = tempfile::tempdir().unwrap();
+    for topic in ["a/#", ""] {
+        let steps = format!("[[step]]\nmqtt_publish = {{ topic = \"{topic}\" }}\n[[step]]\nconsole = \"Power ON\"\n");
+        let (code, out) = run_text(dir.path(), "refused.toml", &format!("{CONNECTED}{steps}"), &[]);
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains("FAIL refused at step 2"), "{out}");
+        assert!(
+            out.contains(&format!(
+                "operator 'operator' lost its link: the broker closed the link after its PUBLISH to '{topic}'"
+            )),
+            "{out}"
+        );
+    }
+    let steps = "[[step]]\nmqtt_publish = { topic = \"a/#\" }\n\
+                 [[step]]\nexpect = { record = { kind = \"close\", client = \"tasmota-sim-operator\" } }\n\
+                 [[step]]\nconsole = \"Power ON\"\n";
+    let (code, out) = run_text(dir.path(), "expected.toml", &format!("{CONNECTED}{steps}"), &[]);
+    assert_eq!(code, Some(0), "{out}");
+}
+
+#[test]
+fn a_lost_operator_link_and_a_refused_subscription_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let dropped = CONNECTED.replace(
+        "host = \"mqtt.lan\"\n",
+        "host = \"mqtt.lan\"\nfaults = [\"drop-at=10s,client=tasmota-sim-operator\"]\n",
+    ) + "[[step]]\nadvance = \"10s\"\n";
+    let (code, out) = run_text(dir.path(), "dropped.toml", &dropped, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("operator 'operator' lost its link: the broker closed the link"), "{out}");
+
+    let refused = "transcript = false\n[[broker]]\nprofile = \"aws-iot\"\nlimits = [\"subscriptions=1\"]\n\
+                   [[operator]]\nsubscribe = [\"stat/#\", \"tele/#\"]\n[[step]]\nadvance = \"5s\"\n";
+    let (code, out) = run_text(dir.path(), "suback.toml", refused, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(
+            "before the first step: operator 'operator' had its subscription to 'tele/#' refused (SUBACK 0x80)"
+        ),
+        "{out}"
+    );
+    let seen = refused.replace("advance = \"5s\"", "expect = { record = { kind = \"SUBACK\", codes = [0, 0x80] } }");
+    let (code, out) = run_text(dir.path(), "suback-expected.toml", &seen, &[]);
+    assert_eq!(code, Some(0), "{out}");
+}
+
+#[test]
+fn a_new_scenario_outside_the_library_needs_no_transcript_and_blesses_beside_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = "[[step]]\nconsole = \"Power ON\"\n";
+    let (code, out) = run_text(dir.path(), "my-toggle.toml", toml, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = run_text(dir.path(), "my-toggle.toml", toml, &["--bless"]);
+    assert_eq!(code, Some(0), "{out}");
+    let beside = dir.path().join("my-toggle.log");
+    let written = std::fs::read_to_string(&beside).unwrap();
+    assert!(written.contains("00:00:00.000 RSL: RESULT = {\"POWER\":\"ON\"}\n"), "{written}");
+    // Once it exists it is compared.
+    std::fs::write(&beside, written.replace("\"ON\"", "\"OFF\"")).unwrap();
+    let (code, out) = run_text(dir.path(), "my-toggle.toml", toml, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("the console differs from"), "{out}");
+    // `transcript = true` asks for one.
+    let (code, out) = run_text(dir.path(), "wants.toml", &format!("transcript = true\n{toml}"), &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("no golden transcript"), "{out}");
+}
+
+#[test]
+fn empty_and_missing_scenarios_are_invalid_without_a_made_up_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = run_text(dir.path(), "empty.toml", "name = \"empty\"\n", &[]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("INVALID empty: "), "{out}");
+    assert!(out.contains("empty.toml: no [[step]]"), "{out}");
+    let o = sim(&["nonexist.toml"], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).contains("INVALID nonexist: nonexist.toml: cannot read: No such file or directory\n"),
+        "{}",
+        text(&o)
+    );
 }

@@ -557,6 +557,10 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
                     touch!(i);
                 }
                 Some(Event::Operator(OperatorEvent::Ready)) => operator_ready = true,
+                Some(Event::Operator(OperatorEvent::Refused(what))) => {
+                    // Without its subscriptions the operator sees no answer: nothing to measure.
+                    return Err(FleetError::Run(format!("the fleet's operator client {what}")));
+                }
                 Some(Event::Operator(OperatorEvent::Down(why))) => {
                     tracing::info!(%why, "the fleet's operator lost its link; it connects again in 1 s");
                     operator_down += 1;

@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tasmota_core::sensors::Quantity;
 use tasmota_core::{Hardware, Mac, Settings};
 use toml::Spanned;
 
+pub use super::step::{Action, DeviceFault, Expect, Matcher, PublishPattern, RecordPattern, Role, Step, STEP_KINDS};
+use super::step::{At, RawStep, Refs};
 use crate::broker::auth::{Authorizer, PasswordList};
 use crate::broker::fault::FaultRule;
 use crate::broker::profile::{Limits, ProfileName};
@@ -23,12 +24,20 @@ use crate::profile::Profile;
 
 /// A scenario file that cannot be run, with where and why.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}:{line}:{column}: {message}")]
 pub struct FileError {
     pub file: PathBuf,
-    pub line: usize,
-    pub column: usize,
+    /// 1-based line and column, when the mistake has a place in the file.
+    pub at: Option<(usize, usize)>,
     pub message: String,
+}
+
+impl std::fmt::Display for FileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.at {
+            Some((line, column)) => write!(f, "{}:{line}:{column}: {}", self.file.display(), self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
 }
 
 /// How long an `expect` waits when the step does not say.
@@ -47,7 +56,7 @@ struct RawScenario {
     description: Option<String>,
     #[serde(default)]
     tags: Vec<String>,
-    /// Compare the console transcript with `fixtures/transcripts/<name>.log`.
+    /// Compare the console with a golden transcript (see [`Scenario::transcript`]).
     transcript: Option<bool>,
     #[serde(default, rename = "device")]
     devices: Vec<Spanned<RawDevice>>,
@@ -109,127 +118,6 @@ struct RawOperator {
     subscribe: Vec<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStep {
-    device: Option<String>,
-    broker: Option<String>,
-    operator: Option<String>,
-    // Actions: exactly one per step.
-    console: Option<String>,
-    mqtt_publish: Option<RawPublish>,
-    advance: Option<Spanned<String>>,
-    restart: Option<bool>,
-    power_off: Option<bool>,
-    power_on: Option<bool>,
-    fault: Option<Spanned<String>>,
-    device_fault: Option<Spanned<String>>,
-    broker_restart: Option<Spanned<String>>,
-    expect: Option<RawExpect>,
-    expect_not: Option<RawExpect>,
-    expect_order: Option<Vec<RawExpect>>,
-    button_press: Option<Spanned<u8>>,
-    switch: Option<Spanned<RawSwitch>>,
-    sensor: Option<Spanned<RawSensorSet>>,
-    http: Option<Spanned<RawHttp>>,
-    /// For `expect_order`.
-    within: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize, Clone, Copy)]
-#[serde(deny_unknown_fields)]
-struct RawSwitch {
-    index: u8,
-    on: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSensorSet {
-    #[serde(default = "first")]
-    index: u8,
-    temperature: Option<f64>,
-    humidity: Option<f64>,
-    voltage: Option<f64>,
-    power: Option<f64>,
-}
-
-fn first() -> u8 {
-    1
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHttp {
-    cmnd: Option<String>,
-    user: Option<String>,
-    password: Option<String>,
-    /// The exact body expected.
-    body: Option<String>,
-    #[serde(default = "ok_status")]
-    status: u16,
-}
-
-fn ok_status() -> u16 {
-    200
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPublish {
-    operator: Option<String>,
-    topic: String,
-    #[serde(default)]
-    payload: String,
-    #[serde(default)]
-    retain: bool,
-    #[serde(default)]
-    qos: u8,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawExpect {
-    device: Option<String>,
-    operator: Option<String>,
-    broker: Option<String>,
-    console: Option<String>,
-    console_regex: Option<String>,
-    publish: Option<RawSeenPublish>,
-    record: Option<RawRecord>,
-    setting: Option<RawSetting>,
-    within: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSeenPublish {
-    topic: Option<String>,
-    payload: Option<String>,
-    payload_regex: Option<String>,
-    json: Option<toml::Value>,
-    retain: Option<bool>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRecord {
-    kind: Option<String>,
-    client: Option<String>,
-    topic: Option<String>,
-    payload: Option<String>,
-    retain: Option<bool>,
-    codes: Option<Vec<u8>>,
-    detail_regex: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSetting {
-    name: String,
-    value: toml::Value,
-}
-
 // ---- the checked scenario ---------------------------------------------------------------
 
 /// A scenario ready to run.
@@ -239,7 +127,9 @@ pub struct Scenario {
     pub name: String,
     pub description: String,
     pub tags: Vec<String>,
-    pub transcript: bool,
+    /// `transcript = true/false`; unset: compared in the library, or when a golden file
+    /// exists (see [`super::transcript::golden_dir`]).
+    pub transcript: Option<bool>,
     pub devices: Vec<DeviceSpec>,
     pub brokers: Vec<BrokerSpec>,
     pub operators: Vec<OperatorSpec>,
@@ -287,174 +177,14 @@ pub struct OperatorSpec {
     pub subscribe: Vec<String>,
 }
 
-/// One step, where it is in the file, and what it does.
-#[derive(Debug, Clone)]
-pub struct Step {
-    pub line: usize,
-    pub column: usize,
-    pub action: Action,
-}
-
-#[derive(Debug, Clone)]
-pub enum Action {
-    Console {
-        device: usize,
-        line: String,
-    },
-    MqttPublish {
-        operator: usize,
-        topic: String,
-        payload: String,
-        retain: bool,
-        qos: u8,
-    },
-    Advance(Duration),
-    Restart {
-        device: usize,
-    },
-    PowerOff {
-        device: usize,
-    },
-    PowerOn {
-        device: usize,
-    },
-    Fault {
-        broker: usize,
-        rule: FaultRule,
-    },
-    DeviceFault {
-        device: usize,
-        fault: DeviceFault,
-    },
-    BrokerRestart {
-        broker: usize,
-        down: Duration,
-    },
-    ButtonPress {
-        device: usize,
-        button: u8,
-    },
-    Switch {
-        device: usize,
-        index: u8,
-        on: bool,
-    },
-    Sensor {
-        device: usize,
-        index: u8,
-        quantity: Quantity,
-        milli: i32,
-    },
-    /// A `/cm` request answered in-process; `body` `None` accepts any body.
-    Http {
-        device: usize,
-        cmnd: Option<String>,
-        user: Option<String>,
-        password: Option<String>,
-        status: u16,
-        body: Option<String>,
-    },
-    Expect(Expect),
-    ExpectNot(Expect),
-    ExpectOrder {
-        items: Vec<Expect>,
-        within: Duration,
-    },
-}
-
-/// Something wrong on the device's side of the link, from now on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeviceFault {
-    /// Offer this ALPN protocol instead of the one the firmware chose (`None`: none).
-    Alpn(Option<&'static str>),
-    /// Every lookup of the broker's name fails.
-    DnsFail,
-    /// Back to normal.
-    Clear,
-}
-
-impl std::str::FromStr for DeviceFault {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.split_once('=') {
-            Some(("alpn", "none")) => Ok(DeviceFault::Alpn(None)),
-            Some(("alpn", p)) => match ["mqtt", "x-amzn-mqtt-ca", "h2", "http/1.1"].into_iter().find(|k| *k == p) {
-                Some(known) => Ok(DeviceFault::Alpn(Some(known))),
-                None => Err(format!("'{s}': the ALPN protocols are mqtt, x-amzn-mqtt-ca, h2, http/1.1 and none")),
-            },
-            None if s == "dns-fail" => Ok(DeviceFault::DnsFail),
-            None if s == "clear" => Ok(DeviceFault::Clear),
-            _ => Err(format!("'{s}': expected alpn=PROTOCOL, alpn=none, dns-fail or clear")),
-        }
-    }
-}
-
-/// What must (or must not) be seen.
-#[derive(Debug, Clone)]
-pub struct Expect {
-    pub what: Matcher,
-    pub within: Duration,
-    /// How the step reads in reports.
-    pub text: String,
-}
-
-#[derive(Debug, Clone)]
-pub enum Matcher {
-    /// A console line, exact (with or without its timestamp).
-    Console {
-        device: usize,
-        text: String,
-    },
-    ConsoleRegex {
-        device: usize,
-        re: regex::Regex,
-    },
-    /// A message an operator received.
-    Publish {
-        operator: usize,
-        pattern: PublishPattern,
-    },
-    /// A line in a broker's record.
-    Record {
-        broker: usize,
-        pattern: RecordPattern,
-    },
-    /// A settings value now.
-    Setting {
-        device: usize,
-        name: String,
-        value: serde_json::Value,
-    },
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct PublishPattern {
-    pub topic: Option<String>,
-    pub payload: Option<String>,
-    pub payload_regex: Option<regex::Regex>,
-    pub json: Option<serde_json::Value>,
-    pub retain: Option<bool>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct RecordPattern {
-    pub kind: Option<String>,
-    pub client: Option<String>,
-    pub topic: Option<String>,
-    pub payload: Option<String>,
-    pub retain: Option<bool>,
-    pub codes: Option<Vec<u8>>,
-    pub detail_regex: Option<regex::Regex>,
-}
-
 impl Scenario {
     /// Reads and checks a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, FileError> {
-        let text = std::fs::read_to_string(path).map_err(|e| FileError {
-            file: path.to_path_buf(),
-            line: 0,
-            column: 0,
-            message: format!("cannot read: {e}"),
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            // "No such file or directory", without the "(os error 2)" tail.
+            let why = e.to_string();
+            let why = why.split(" (os error").next().unwrap_or_default().to_string();
+            FileError { file: path.to_path_buf(), at: None, message: format!("cannot read: {why}") }
         })?;
         Scenario::parse(path, &text)
     }
@@ -463,7 +193,7 @@ impl Scenario {
     pub fn parse(path: &Path, text: &str) -> Result<Scenario, FileError> {
         let err = |span: std::ops::Range<usize>, message: String| {
             let (line, column) = line_col(text, span.start);
-            FileError { file: path.to_path_buf(), line, column, message }
+            FileError { file: path.to_path_buf(), at: Some((line, column)), message }
         };
         let raw: RawScenario = toml::from_str(text).map_err(|e| {
             let message = e.message().to_string();
@@ -473,7 +203,14 @@ impl Scenario {
         let s = c.scenario(raw);
         match c.errors.into_iter().next() {
             Some((span, message)) => Err(err(span, message)),
-            None => Ok(s.expect("a scenario without errors was built")),
+            None => {
+                let s = s.expect("a scenario without errors was built");
+                if s.steps.is_empty() {
+                    let message = "no [[step]]: a scenario without steps checks nothing".to_string();
+                    return Err(FileError { file: path.to_path_buf(), at: None, message });
+                }
+                Ok(s)
+            }
         }
     }
 
@@ -490,20 +227,21 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-type Span = std::ops::Range<usize>;
+pub(super) type Span = std::ops::Range<usize>;
 
-struct Checker<'a> {
+/// The second pass: checks the raw tables and collects every mistake with its span.
+pub(super) struct Checker<'a> {
     text: &'a str,
     path: &'a Path,
     errors: Vec<(Span, String)>,
 }
 
 impl Checker<'_> {
-    fn fail(&mut self, span: Span, message: impl Into<String>) {
+    pub(super) fn fail(&mut self, span: Span, message: impl Into<String>) {
         self.errors.push((span, message.into()));
     }
 
-    fn duration(&mut self, s: &Spanned<String>, what: &str) -> Duration {
+    pub(super) fn duration(&mut self, s: &Spanned<String>, what: &str) -> Duration {
         match parse_duration(s.get_ref()) {
             Ok(d) => d,
             Err(e) => {
@@ -631,11 +369,12 @@ impl Checker<'_> {
         }
 
         let mut steps = Vec::new();
-        for s in raw.steps {
+        for (i, s) in raw.steps.into_iter().enumerate() {
             let span = s.span();
             let (line, column) = line_col(self.text, span.start);
-            if let Some(action) = self.step(s.into_inner(), span, &devices, &brokers, &operators) {
-                steps.push(Step { line, column, action });
+            let refs = Refs { devices: &devices, brokers: &brokers, operators: &operators };
+            if let Some((role, action)) = self.step(s.into_inner(), &mut At::new(span, i + 1, refs)) {
+                steps.push(Step { line, column, role, action });
             }
         }
         Some(Scenario {
@@ -643,7 +382,7 @@ impl Checker<'_> {
             name,
             description: raw.description.unwrap_or_default(),
             tags: raw.tags,
-            transcript: raw.transcript.unwrap_or(true),
+            transcript: raw.transcript,
             devices,
             brokers,
             operators,
@@ -728,18 +467,18 @@ impl Checker<'_> {
         })
     }
 
-    fn broker_ref(&mut self, brokers: &[BrokerSpec], name: Option<&str>, span: Span) -> Option<usize> {
+    pub(super) fn broker_ref(&mut self, brokers: &[BrokerSpec], name: Option<&str>, span: Span) -> Option<usize> {
         let names: Vec<&str> = brokers.iter().map(|b| b.name.as_str()).collect();
         self.pick("broker", &names, name, span, "this needs a broker, and the scenario has no [[broker]]")
     }
 
-    fn device_ref(&mut self, devices: &[DeviceSpec], name: Option<&str>, span: Span) -> Option<usize> {
+    pub(super) fn device_ref(&mut self, devices: &[DeviceSpec], name: Option<&str>, span: Span) -> Option<usize> {
         // There is always a device: without [[device]] the scenario gets a default one.
         let names: Vec<&str> = devices.iter().map(|d| d.name.as_str()).collect();
         self.pick("device", &names, name, span, "")
     }
 
-    fn operator_ref(&mut self, operators: &[OperatorSpec], name: Option<&str>, span: Span) -> Option<usize> {
+    pub(super) fn operator_ref(&mut self, operators: &[OperatorSpec], name: Option<&str>, span: Span) -> Option<usize> {
         let names: Vec<&str> = operators.iter().map(|o| o.name.as_str()).collect();
         self.pick("operator", &names, name, span, "this needs an operator, and the scenario has no broker for one")
     }
@@ -769,316 +508,6 @@ impl Checker<'_> {
             }
         }
     }
-
-    fn step(
-        &mut self,
-        s: RawStep,
-        span: Span,
-        devices: &[DeviceSpec],
-        brokers: &[BrokerSpec],
-        operators: &[OperatorSpec],
-    ) -> Option<Action> {
-        let kinds: Vec<&str> = [
-            ("console", s.console.is_some()),
-            ("mqtt_publish", s.mqtt_publish.is_some()),
-            ("advance", s.advance.is_some()),
-            ("restart", s.restart.is_some()),
-            ("power_off", s.power_off.is_some()),
-            ("power_on", s.power_on.is_some()),
-            ("fault", s.fault.is_some()),
-            ("device_fault", s.device_fault.is_some()),
-            ("broker_restart", s.broker_restart.is_some()),
-            ("expect", s.expect.is_some()),
-            ("expect_not", s.expect_not.is_some()),
-            ("expect_order", s.expect_order.is_some()),
-            ("button_press", s.button_press.is_some()),
-            ("switch", s.switch.is_some()),
-            ("sensor", s.sensor.is_some()),
-            ("http", s.http.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(k, set)| set.then_some(k))
-        .collect();
-        match kinds.len() {
-            0 => {
-                self.fail(
-                    span,
-                    "a step needs one action: console, mqtt_publish, advance, restart, power_off, power_on, fault, \
-                     device_fault, broker_restart, button_press, switch, sensor, http, expect, expect_not or \
-                     expect_order",
-                );
-                return None;
-            }
-            1 => {}
-            _ => {
-                self.fail(span, format!("a step has one action, this one has {}", kinds.join(" and ")));
-                return None;
-            }
-        }
-        if s.within.is_some() && s.expect_order.is_none() {
-            self.fail(span.clone(), "within: at step level only for expect_order (put it inside expect = { ... })");
-        }
-        let device = || s.device.as_deref();
-        if let Some(line) = s.console {
-            return Some(Action::Console { device: self.device_ref(devices, device(), span)?, line });
-        }
-        if let Some(p) = s.mqtt_publish {
-            let name = p.operator.as_deref().or(s.operator.as_deref());
-            let operator = self.operator_ref(operators, name, span.clone())?;
-            if p.qos > 1 {
-                self.fail(span, "mqtt_publish: qos is 0 or 1");
-                return None;
-            }
-            return Some(Action::MqttPublish {
-                operator,
-                topic: p.topic,
-                payload: p.payload,
-                retain: p.retain,
-                qos: p.qos,
-            });
-        }
-        if let Some(d) = &s.advance {
-            return Some(Action::Advance(self.duration(d, "advance")));
-        }
-        if s.restart == Some(true) {
-            return Some(Action::Restart { device: self.device_ref(devices, device(), span)? });
-        }
-        if s.power_off == Some(true) {
-            return Some(Action::PowerOff { device: self.device_ref(devices, device(), span)? });
-        }
-        if s.power_on == Some(true) {
-            return Some(Action::PowerOn { device: self.device_ref(devices, device(), span)? });
-        }
-        if s.restart.is_some() || s.power_off.is_some() || s.power_on.is_some() {
-            self.fail(span, "restart, power_off and power_on take 'true'");
-            return None;
-        }
-        if let Some(f) = &s.fault {
-            let broker = self.broker_ref(brokers, s.broker.as_deref(), span)?;
-            return match f.get_ref().parse::<FaultRule>() {
-                Ok(rule) => Some(Action::Fault { broker, rule }),
-                Err(e) => {
-                    self.fail(f.span(), format!("fault: {e}"));
-                    None
-                }
-            };
-        }
-        if let Some(f) = &s.device_fault {
-            let device = self.device_ref(devices, device(), span)?;
-            return match f.get_ref().parse::<DeviceFault>() {
-                Ok(fault) => Some(Action::DeviceFault { device, fault }),
-                Err(e) => {
-                    self.fail(f.span(), format!("device_fault: {e}"));
-                    None
-                }
-            };
-        }
-        if let Some(d) = &s.broker_restart {
-            let broker = self.broker_ref(brokers, s.broker.as_deref(), span)?;
-            let down = self.duration(d, "broker_restart (the downtime)");
-            return Some(Action::BrokerRestart { broker, down });
-        }
-        if let Some(b) = &s.button_press {
-            let device = self.device_ref(devices, device(), span)?;
-            let have = devices[device].hardware.buttons;
-            if *b.get_ref() == 0 || *b.get_ref() > have {
-                self.fail(b.span(), format!("button_press: the device has buttons 1..={have}"));
-                return None;
-            }
-            return Some(Action::ButtonPress { device, button: *b.get_ref() });
-        }
-        if let Some(sw) = &s.switch {
-            let device = self.device_ref(devices, device(), span)?;
-            let have = devices[device].hardware.switches;
-            let RawSwitch { index, on } = *sw.get_ref();
-            if index == 0 || index > have {
-                self.fail(sw.span(), format!("switch: the device has switches 1..={have}"));
-                return None;
-            }
-            return Some(Action::Switch { device, index, on });
-        }
-        if let Some(set) = &s.sensor {
-            let device = self.device_ref(devices, device(), span)?;
-            let r = set.get_ref();
-            let given: Vec<(Quantity, f64)> = [
-                (Quantity::Temperature, r.temperature),
-                (Quantity::Humidity, r.humidity),
-                (Quantity::Voltage, r.voltage),
-                (Quantity::Power, r.power),
-            ]
-            .into_iter()
-            .filter_map(|(q, v)| v.map(|v| (q, v)))
-            .collect();
-            let [(quantity, value)] = given[..] else {
-                self.fail(set.span(), "sensor: give exactly one of temperature, humidity, voltage, power");
-                return None;
-            };
-            let milli = (value * 1000.0).round() as i32;
-            return Some(Action::Sensor { device, index: r.index, quantity, milli });
-        }
-        if let Some(h) = s.http {
-            let device = self.device_ref(devices, device(), span)?;
-            let h = h.into_inner();
-            return Some(Action::Http {
-                device,
-                cmnd: h.cmnd,
-                user: h.user,
-                password: h.password,
-                status: h.status,
-                body: h.body,
-            });
-        }
-        let ctx = Refs { devices, brokers, operators };
-        if let Some(e) = s.expect {
-            return self.expect(e, span, &ctx).map(Action::Expect);
-        }
-        if let Some(e) = s.expect_not {
-            return self.expect(e, span, &ctx).map(Action::ExpectNot);
-        }
-        if let Some(items) = s.expect_order {
-            let within = match &s.within {
-                Some(w) => self.duration(w, "within"),
-                None => DEFAULT_WITHIN,
-            };
-            if items.is_empty() {
-                self.fail(span, "expect_order: an empty list");
-                return None;
-            }
-            let items: Vec<Expect> = items.into_iter().filter_map(|e| self.expect(e, span.clone(), &ctx)).collect();
-            return Some(Action::ExpectOrder { items, within });
-        }
-        None
-    }
-
-    fn expect(&mut self, e: RawExpect, span: Span, r: &Refs) -> Option<Expect> {
-        let set = [
-            e.console.is_some(),
-            e.console_regex.is_some(),
-            e.publish.is_some(),
-            e.record.is_some(),
-            e.setting.is_some(),
-        ]
-        .iter()
-        .filter(|b| **b)
-        .count();
-        if set != 1 {
-            self.fail(span, "an expectation names one of: console, console_regex, publish, record, setting");
-            return None;
-        }
-        let within = match &e.within {
-            Some(w) => self.duration(w, "within"),
-            None => DEFAULT_WITHIN,
-        };
-        let (what, text) = if let Some(text) = e.console {
-            let device = self.device_ref(r.devices, e.device.as_deref(), span)?;
-            let shown = format!("console {text:?}");
-            (Matcher::Console { device, text }, shown)
-        } else if let Some(re) = e.console_regex {
-            let device = self.device_ref(r.devices, e.device.as_deref(), span.clone())?;
-            let shown = format!("console matching /{re}/");
-            match regex::Regex::new(&re) {
-                Ok(re) => (Matcher::ConsoleRegex { device, re }, shown),
-                Err(err) => {
-                    self.fail(span, format!("console_regex: {err}"));
-                    return None;
-                }
-            }
-        } else if let Some(p) = e.publish {
-            let operator = self.operator_ref(r.operators, e.operator.as_deref(), span.clone())?;
-            let payload_regex = match p.payload_regex.as_deref().map(regex::Regex::new) {
-                Some(Err(err)) => {
-                    self.fail(span, format!("payload_regex: {err}"));
-                    return None;
-                }
-                other => other.and_then(Result::ok),
-            };
-            let json = p.json.map(|v| serde_json::to_value(v).unwrap_or(serde_json::Value::Null));
-            let shown = describe_publish(&p.topic, &p.payload, &payload_regex, &json, p.retain);
-            let pattern = PublishPattern { topic: p.topic, payload: p.payload, payload_regex, json, retain: p.retain };
-            (
-                Matcher::Publish { operator, pattern },
-                format!("operator '{}' receives {shown}", r.operators[operator].name),
-            )
-        } else if let Some(rec) = e.record {
-            let broker = self.broker_ref(r.brokers, e.broker.as_deref(), span.clone())?;
-            let detail_regex = match rec.detail_regex.as_deref().map(regex::Regex::new) {
-                Some(Err(err)) => {
-                    self.fail(span, format!("detail_regex: {err}"));
-                    return None;
-                }
-                other => other.and_then(Result::ok),
-            };
-            let mut parts = BTreeMap::new();
-            for (k, v) in
-                [("kind", &rec.kind), ("client", &rec.client), ("topic", &rec.topic), ("payload", &rec.payload)]
-            {
-                if let Some(v) = v {
-                    parts.insert(k, format!("{v:?}"));
-                }
-            }
-            if let Some(re) = &detail_regex {
-                parts.insert("detail", format!("/{re}/"));
-            }
-            let shown: Vec<String> = parts.into_iter().map(|(k, v)| format!("{k} {v}")).collect();
-            let pattern = RecordPattern {
-                kind: rec.kind,
-                client: rec.client,
-                topic: rec.topic,
-                payload: rec.payload,
-                retain: rec.retain,
-                codes: rec.codes,
-                detail_regex,
-            };
-            (
-                Matcher::Record { broker, pattern },
-                format!("broker '{}' records {}", r.brokers[broker].name, shown.join(", ")),
-            )
-        } else if let Some(s) = e.setting {
-            let device = self.device_ref(r.devices, e.device.as_deref(), span.clone())?;
-            let known = serde_json::to_value(Settings::default()).unwrap_or_default();
-            if known.get(&s.name).is_none() {
-                self.fail(span, format!("setting: '{}' is not a settings field (see Settings in the core)", s.name));
-                return None;
-            }
-            let value = serde_json::to_value(&s.value).unwrap_or(serde_json::Value::Null);
-            let shown = format!("setting {} = {value}", s.name);
-            (Matcher::Setting { device, name: s.name, value }, shown)
-        } else {
-            return None;
-        };
-        Some(Expect { what, within, text })
-    }
-}
-
-struct Refs<'a> {
-    devices: &'a [DeviceSpec],
-    brokers: &'a [BrokerSpec],
-    operators: &'a [OperatorSpec],
-}
-
-fn describe_publish(
-    topic: &Option<String>,
-    payload: &Option<String>,
-    re: &Option<regex::Regex>,
-    json: &Option<serde_json::Value>,
-    retain: Option<bool>,
-) -> String {
-    let mut s = topic.clone().unwrap_or_else(|| "any topic".into());
-    if let Some(p) = payload {
-        s.push_str(&format!(" = {p}"));
-    }
-    if let Some(re) = re {
-        s.push_str(&format!(" =~ /{re}/"));
-    }
-    if let Some(j) = json {
-        s.push_str(&format!(" ⊇ {j}"));
-    }
-    match retain {
-        Some(true) => s.push_str(" (retained)"),
-        Some(false) => s.push_str(" (not retained)"),
-        None => {}
-    }
-    s
 }
 
 #[cfg(test)]
@@ -1092,15 +521,15 @@ mod tests {
     #[test]
     fn errors_have_line_column_and_what_was_expected() {
         let e = parse("name = \"x\"\n[[step]]\nconsole = \"Power\"\nadvance = \"1s\"\n").unwrap_err();
-        assert_eq!((e.line, e.column), (2, 1));
+        assert_eq!(e.at.unwrap(), (2, 1));
         assert!(e.message.contains("console and advance"), "{e}");
 
         let e = parse("[[step]]\nadvance = \"ten seconds\"\n").unwrap_err();
-        assert_eq!((e.line, e.column), (2, 11), "{e}");
+        assert_eq!(e.at.unwrap(), (2, 11), "{e}");
         assert!(e.to_string().starts_with("s.toml:2:11: advance:"), "{e}");
 
         let e = parse("[[step]]\nconsol = \"Power\"\n").unwrap_err();
-        assert_eq!(e.line, 2, "{e}");
+        assert_eq!(e.at.unwrap().0, 2, "{e}");
         assert!(e.message.contains("unknown field `consol`"), "{e}");
 
         let e = parse("[[step]]\nexpect = { console_regex = \"(\" }\n").unwrap_err();
@@ -1108,16 +537,41 @@ mod tests {
 
         let e = parse("[[step]]\nmqtt_publish = { topic = \"t\" }\n").unwrap_err();
         assert!(e.message.contains("no broker for one"), "{e}");
-        assert_eq!(e.line, 1, "{e}");
+        assert_eq!(e.at.unwrap().0, 1, "{e}");
 
         let e = parse("[[broker]]\nhost = \"h\"\nfaults = [\"drop-after=x\"]\n").unwrap_err();
-        assert_eq!((e.line, e.column), (3, 11), "{e}");
+        assert_eq!(e.at.unwrap(), (3, 11), "{e}");
 
         let e = parse("[[device]]\nsettings = { mqtt_hots = \"x\" }\n").unwrap_err();
         assert!(e.message.contains("mqtt_hots"), "{e}");
 
         let e = parse("[[step]]\nexpect = { setting = { name = \"nope\", value = 1 } }\n").unwrap_err();
         assert!(e.message.contains("'nope' is not a settings field"), "{e}");
+
+        let e = parse("[[step]]\nexpect = { setting = { name = \"mqtt_prot\", value = 1 } }\n").unwrap_err();
+        assert!(e.message.starts_with("setting: 'mqtt_prot' is not a settings field; did you mean mqtt_port"), "{e}");
+
+        let e = parse("[[step]]\nexpect = { console_regex = \"(\" }\n").unwrap_err();
+        assert_eq!(e.at, Some((2, 28)), "{e}");
+
+        let e = parse("[[step]]\nconsole = \"x\"\n[[step]]\nexpect = { console = \"y\", since = \"step 2\" }\n")
+            .unwrap_err();
+        assert_eq!(e.message, "since: step 2 is not before this step (step 2)");
+    }
+
+    #[test]
+    fn step_kind_errors_come_from_the_table() {
+        let e = parse("[[step]]\ndevice = \"device\"\n").unwrap_err();
+        assert_eq!(
+            e.message,
+            "a step needs one action: console, mqtt_publish, advance, restart, power_off, power_on, fault, \
+             device_fault, broker_restart, button_press, switch, sensor, http, expect, expect_not or expect_order"
+        );
+        let e = parse("[[step]]\nhttp = { cmnd = \"Power\" }\nexpect = { console = \"x\" }\n").unwrap_err();
+        assert_eq!(e.message, "a step has one action, this one has expect and http");
+        let e = parse("[[step]]\nrestart = false\n").unwrap_err();
+        assert_eq!(e.message, "restart, power_off and power_on take 'true'");
+        assert_eq!(STEP_KINDS.len(), 16);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! console with its golden transcript and reports a verdict (human, JSON, JUnit).
 //!
 //! - [`file`]: the language, checked with file:line:column errors.
+//! - [`step`]: the one table of step kinds and what each is checked into.
 //! - [`world`]: devices, brokers and operators on one event loop.
 //! - [`run`]: steps and expectations.
 //! - [`transcript`]: golden transcripts and `--bless`.
@@ -13,6 +14,7 @@ pub mod file;
 pub mod operator;
 pub mod report;
 pub mod run;
+pub mod step;
 pub mod transcript;
 pub mod world;
 
@@ -34,8 +36,8 @@ pub struct Options {
     pub ca_file: Option<PathBuf>,
     pub insecure: bool,
     pub resolve: Vec<Resolve>,
-    /// Where golden transcripts live (default: `fixtures/transcripts` next to the
-    /// scenario's folder).
+    /// Where golden transcripts live (default: `fixtures/transcripts` next to a library
+    /// scenario's folder, else beside the scenario; see [`transcript::golden_dir`]).
     pub transcripts: Option<PathBuf>,
     /// Write transcripts instead of comparing.
     pub bless: bool,

@@ -35,6 +35,8 @@ pub enum OperatorEvent {
     Message(Received),
     /// The link ended; why.
     Down(String),
+    /// The broker refused something without ending the link (a subscription).
+    Refused(String),
 }
 
 /// What the runner asks of the operator.
@@ -70,6 +72,8 @@ pub async fn run(
         return events(OperatorEvent::Down(format!("cannot encode CONNECT: {e}")));
     }
     let mut subscribed = filters.is_empty();
+    // The topic of the last PUBLISH sent, to say what the broker may have closed the link for.
+    let mut last_publish: Option<String> = None;
     let mut connected = false;
     let mut ping = tokio::time::interval_at(
         tokio::time::Instant::now() + Duration::from_secs(u64::from(KEEPALIVE_S)),
@@ -85,7 +89,10 @@ pub async fn run(
         tokio::select! {
             n = stream.read_buf(&mut rbuf) => {
                 match n {
-                    Ok(0) => return events(OperatorEvent::Down("the broker closed the link".into())),
+                    Ok(0) => {
+                        let after = last_publish.as_ref().map(|t| format!(" after its PUBLISH to '{t}'")).unwrap_or_default();
+                        return events(OperatorEvent::Down(format!("the broker closed the link{after}")));
+                    }
                     Err(e) => return events(OperatorEvent::Down(format!("read: {e}"))),
                     Ok(_) => {}
                 }
@@ -112,8 +119,13 @@ pub async fn run(
                                 }
                             }
                         }
-                        Packet::SubAck(_) if !subscribed => {
+                        Packet::SubAck(ack) if !subscribed => {
                             subscribed = true;
+                            for (filter, code) in filters.iter().zip(&ack.return_codes) {
+                                if *code == rumqttc::mqttbytes::v4::SubscribeReasonCode::Failure {
+                                    events(OperatorEvent::Refused(format!("had its subscription to '{filter}' refused (SUBACK 0x80)")));
+                                }
+                            }
                             events(OperatorEvent::Ready);
                         }
                         Packet::Publish(p) => {
@@ -133,6 +145,7 @@ pub async fn run(
             cmd = commands.recv(), if connected => {
                 let Some(cmd) = cmd else { return };
                 let qos = if cmd.qos == 1 { QoS::AtLeastOnce } else { QoS::AtMostOnce };
+                last_publish = Some(cmd.topic.clone());
                 let mut p = Publish::new(cmd.topic, qos, cmd.payload.into_bytes());
                 p.retain = cmd.retain;
                 if qos == QoS::AtLeastOnce {

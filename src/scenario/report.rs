@@ -20,7 +20,7 @@ pub fn human(o: &Outcome, with_transcript: bool) -> String {
     let timing = format!(
         "{} steps, {} of device time in {:.0} ms",
         o.steps_total,
-        super::run::show(std::time::Duration::from_millis(o.virtual_ms)),
+        device_time(o.virtual_ms),
         o.wall.as_secs_f64() * 1000.0
     );
     match &o.verdict {
@@ -55,6 +55,22 @@ pub fn human(o: &Outcome, with_transcript: bool) -> String {
         let _ = writeln!(s, "  note: {n}");
     }
     s
+}
+
+/// A span of device time as Go prints durations: `500ms`, `10.701s`, `5m0s`,
+/// `2h11m14.501s`.
+pub fn device_time(ms: u64) -> String {
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (h, m, sec, milli) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
+    let seconds =
+        if milli == 0 { format!("{sec}s") } else { format!("{sec}.{}s", format!("{milli:03}").trim_end_matches('0')) };
+    match (h, m) {
+        (0, 0) => seconds,
+        (0, m) => format!("{m}m{seconds}"),
+        (h, m) => format!("{h}h{m}m{seconds}"),
+    }
 }
 
 /// The JSON report: one object per scenario.
@@ -163,6 +179,15 @@ fn esc(s: &str) -> String {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn device_time_reads_like_a_duration() {
+        assert_eq!(device_time(7_874_501), "2h11m14.501s");
+        assert_eq!(device_time(10_701), "10.701s");
+        assert_eq!(device_time(3_608_000), "1h0m8s");
+        assert_eq!(device_time(300_500), "5m0.5s");
+        assert_eq!(device_time(999), "999ms");
+    }
 
     #[test]
     fn junit_has_one_testcase_per_scenario_and_escapes() {

@@ -6,18 +6,69 @@ use std::time::Duration;
 
 use tasmota_core::BootReason;
 
-use super::file::{Action, Expect, Matcher, PublishPattern, RecordPattern, Scenario, Step};
+use super::file::{Action, Expect, Matcher, PublishPattern, RecordPattern, Role, Scenario, Step};
+use super::step::Since;
 use super::world::{EmbeddedBroker, EmbeddedNet, Net, World};
 use super::{operator, transcript, BrokerUrl, Options, Outcome, Verdict};
 use crate::broker::{self, Broker, Record, TlsListen};
 use crate::link::{Connector, TlsCompat, Trust};
 
-/// Where each expectation looks from: per device console, per operator, per broker.
+/// Read positions in every stream expectations read: per device console, per operator,
+/// per broker record.
+///
+/// An action step moves every position to the streams' ends at the instant it acts
+/// (what it sets off is read; what came before is not), and a match moves its own
+/// stream's position past the matched item. Advancing time moves nothing.
 #[derive(Default, Clone)]
 struct Cursors {
     console: Vec<usize>,
     received: Vec<usize>,
     records: Vec<usize>,
+}
+
+impl Cursors {
+    /// Every stream's end now.
+    fn ends(world: &World, brokers: &[Broker]) -> Cursors {
+        Cursors {
+            console: (0..world.devices.len()).map(|i| world.console(i).len()).collect(),
+            received: world.operators.iter().map(|o| o.received.len()).collect(),
+            records: brokers.iter().map(Broker::record_count).collect(),
+        }
+    }
+
+    /// Each stream's later position.
+    fn max(&self, other: &Cursors) -> Cursors {
+        let later = |a: &[usize], b: &[usize]| a.iter().zip(b).map(|(x, y)| *x.max(y)).collect();
+        Cursors {
+            console: later(&self.console, &other.console),
+            received: later(&self.received, &other.received),
+            records: later(&self.records, &other.records),
+        }
+    }
+}
+
+/// The read positions a run keeps: the current ones, and those at each step's start
+/// (for `since = "step N"`).
+struct Reading {
+    now: Cursors,
+    start: Cursors,
+    steps: Vec<Cursors>,
+}
+
+impl Reading {
+    /// Where `e` starts reading.
+    fn from(&self, e: &Expect) -> &Cursors {
+        match e.since {
+            Since::LastAction => &self.now,
+            Since::Start => &self.start,
+            Since::Step(n) => self.steps.get(n - 1).unwrap_or(&self.start),
+        }
+    }
+
+    /// After `e` matched with `next`: a look-back match never moves a position back.
+    fn matched(&mut self, next: &Cursors) {
+        self.now = self.now.max(next);
+    }
 }
 
 /// Runs `s` on a fresh runtime (paused unless `opts.real_time`), to the end.
@@ -42,8 +93,8 @@ pub fn run(s: &Scenario, opts: &Options) -> Outcome {
     };
     let mut outcome = runtime.block_on(run_steps(s, opts, virtual_clock));
     outcome.wall = started.elapsed();
-    if s.transcript && virtual_clock && matches!(outcome.verdict, Verdict::Passed) {
-        let dir = opts.transcripts.clone().unwrap_or_else(|| transcript::default_dir(&s.file));
+    let golden = transcript::golden_dir(&s.file, &s.name, s.transcript, opts.transcripts.as_deref(), opts.bless);
+    if let (Some(dir), true, Verdict::Passed) = (golden, virtual_clock, &outcome.verdict) {
         match transcript::check(&dir, &s.name, &outcome.transcript, opts.bless) {
             Ok(transcript::Checked::Same) => {}
             Ok(transcript::Checked::Written(path)) => {
@@ -69,23 +120,50 @@ async fn run_steps(s: &Scenario, opts: &Options, virtual_clock: bool) -> Outcome
         Err(e) => return Outcome::failed(s, None, format!("before the first step: {e}")),
     };
     world.boot_devices();
-    let mut cursors = Cursors {
+    let start = Cursors {
         console: vec![0; s.devices.len()],
         received: vec![0; s.operators.len()],
         records: vec![0; brokers.len()],
     };
+    let mut reading = Reading { now: start.clone(), start, steps: Vec::new() };
     let mut verdict = Verdict::Passed;
     let mut steps_run = 0;
+    let mut troubles = Troubles::default();
+    troubles.take(&mut world, None);
     for (index, step) in s.steps.iter().enumerate() {
         steps_run += 1;
-        if let Err(message) = run_step(&mut world, &brokers, &mut cursors, step).await {
+        if step.role == Role::Act {
+            // What was sent before the action arrives first, and stays behind the cursors.
+            world.settle().await;
+            troubles.take(&mut world, index.checked_sub(1));
+            if let Some(v) = troubles.verdict(s) {
+                verdict = v;
+                break;
+            }
+        }
+        let ends = Cursors::ends(&world, &brokers);
+        if step.role == Role::Act {
+            reading.now = ends.clone();
+        }
+        reading.steps.push(ends);
+        let result = run_step(&mut world, &brokers, &mut reading, step).await;
+        troubles.take(&mut world, Some(index));
+        if let Err(message) = result {
+            let message = format!("{message}{}", troubles.meanwhile(s));
             verdict = Verdict::Failed { step: Some((index + 1, step.line, step.column)), message };
             break;
         }
+        troubles.acknowledge(&step.action, s);
     }
     // Let what the last step set off finish printing (a few ms of the device's time).
     let settle = world.now_plus(Duration::from_millis(1));
     world.run_until(settle, |_| false).await;
+    if verdict == Verdict::Passed {
+        troubles.take(&mut world, s.steps.len().checked_sub(1));
+        if let Some(v) = troubles.verdict(s) {
+            verdict = v;
+        }
+    }
     let transcript: Vec<String> = if s.devices.len() == 1 {
         world.console(0).iter().map(|l| l.line.clone()).collect()
     } else {
@@ -105,6 +183,61 @@ async fn run_steps(s: &Scenario, opts: &Options, virtual_clock: bool) -> Outcome
         steps_total: s.steps.len(),
         records,
         notes: Vec::new(),
+    }
+}
+
+/// What went wrong for the operators and the scenario has not (yet) expected.
+#[derive(Default)]
+struct Troubles {
+    /// (operator, the step during or after which it was noticed (0-based; `None`:
+    /// before the first), what happened)
+    pending: Vec<(usize, Option<usize>, String)>,
+}
+
+impl Troubles {
+    fn take(&mut self, world: &mut World, step: Option<usize>) {
+        for (i, op) in world.operators.iter_mut().enumerate() {
+            self.pending.extend(op.troubles.drain(..).map(|t| (i, step, t)));
+        }
+    }
+
+    /// A passed expectation on a broker's record means the scenario saw what happened
+    /// there: its operators' troubles so far were expected.
+    fn acknowledge(&mut self, action: &Action, s: &Scenario) {
+        let expects: Vec<&Expect> = match action {
+            Action::Expect(e) => vec![e],
+            Action::ExpectOrder { items, .. } => items.iter().collect(),
+            _ => Vec::new(),
+        };
+        for e in expects {
+            if let Matcher::Record { broker, .. } = &e.what {
+                self.pending.retain(|(op, _, _)| s.operators[*op].broker != *broker);
+            }
+        }
+    }
+
+    fn describe(s: &Scenario, op: usize, what: &str) -> String {
+        format!("operator '{}' {what}", s.operators[op].name)
+    }
+
+    /// The failure for the first trouble not expected.
+    fn verdict(&self, s: &Scenario) -> Option<Verdict> {
+        let (op, step, what) = self.pending.first()?;
+        let spec = &s.operators[*op];
+        let before = if step.is_none() { "before the first step: " } else { "" };
+        let message = format!(
+            "{before}{}\n  if the scenario means it, expect it on the broker's record, e.g. \
+             expect = {{ record = {{ kind = \"close\", client = \"{}\" }} }}",
+            Troubles::describe(s, *op, what),
+            spec.client_id
+        );
+        let step = step.map(|i| (i + 1, s.steps[i].line, s.steps[i].column));
+        Some(Verdict::Failed { step, message })
+    }
+
+    /// What went wrong for the operators, as a note under another failure.
+    fn meanwhile(&self, s: &Scenario) -> String {
+        self.pending.iter().map(|(op, _, what)| format!("\n(meanwhile {})", Troubles::describe(s, *op, what))).collect()
     }
 }
 
@@ -208,7 +341,7 @@ async fn settle_now(world: &mut World) {
     world.run_until(now, |_| false).await;
 }
 
-async fn run_step(world: &mut World, brokers: &[Broker], cursors: &mut Cursors, step: &Step) -> Result<(), String> {
+async fn run_step(world: &mut World, brokers: &[Broker], reading: &mut Reading, step: &Step) -> Result<(), String> {
     match &step.action {
         Action::Console { device, line } => {
             let (core, now) = world.core_mut(*device).map_err(|e| format!("{e}: nothing can be typed"))?;
@@ -219,7 +352,8 @@ async fn run_step(world: &mut World, brokers: &[Broker], cursors: &mut Cursors, 
         Action::MqttPublish { operator, topic, payload, retain, qos } => {
             let cmd = operator::Command { topic: topic.clone(), payload: payload.clone(), retain: *retain, qos: *qos };
             world.operator_publish(*operator, cmd)?;
-            settle_now(world).await;
+            // What the broker does with it (including closing the link) belongs to this step.
+            world.settle().await;
         }
         Action::Advance(d) => {
             let until = world.now_plus(*d);
@@ -260,18 +394,17 @@ async fn run_step(world: &mut World, brokers: &[Broker], cursors: &mut Cursors, 
             }
         }
         Action::Expect(e) => {
-            let found = wait_for(world, brokers, cursors, e, e.within).await;
-            match found {
-                Some(next) => *cursors = next,
-                None => return Err(not_seen(world, brokers, cursors, e)),
+            let from = reading.from(e).clone();
+            match wait_for(world, brokers, &from, e, e.within).await {
+                Some(next) => reading.matched(&next),
+                None => return Err(not_seen(world, brokers, &from, e)),
             }
         }
         Action::ExpectNot(e) => {
-            // Only what happens from now on counts.
-            let from = Cursors {
-                console: (0..world.devices.len()).map(|i| world.console(i).len()).collect(),
-                received: world.operators.iter().map(|o| o.received.len()).collect(),
-                records: brokers.iter().map(Broker::record_count).collect(),
+            // Only what happens from now on counts, unless it looks back.
+            let from = match e.since {
+                Since::LastAction => Cursors::ends(world, brokers),
+                _ => reading.from(e).clone(),
             };
             let start_ms = world.now_ms();
             if let Some(seen) = wait_for(world, brokers, &from, e, e.within).await {
@@ -287,17 +420,23 @@ async fn run_step(world: &mut World, brokers: &[Broker], cursors: &mut Cursors, 
         }
         Action::ExpectOrder { items, within } => {
             let deadline = world.now_plus(*within);
+            let mut previous: Option<Cursors> = None;
             for (n, e) in items.iter().enumerate() {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                // Each item is looked for after the previous one in every stream it shares.
-                match wait_for(world, brokers, cursors, e, left).await {
-                    Some(next) => *cursors = next,
+                // Each item is looked for after the previous one; the first item's `since`
+                // is where the whole list starts reading.
+                let from = previous.clone().unwrap_or_else(|| reading.from(e).clone());
+                match wait_for(world, brokers, &from, e, left).await {
+                    Some(next) => {
+                        reading.matched(&next);
+                        previous = Some(next);
+                    }
                     None => {
                         return Err(format!(
                             "expect_order item {} of {}: {}",
                             n + 1,
                             items.len(),
-                            not_seen(world, brokers, cursors, &Expect { within: *within, ..e.clone() })
+                            not_seen(world, brokers, &from, &Expect { within: *within, ..e.clone() })
                         ))
                     }
                 }
@@ -434,10 +573,10 @@ fn not_seen(w: &World, brokers: &[Broker], from: &Cursors, e: &Expect) -> String
     let mut msg = format!("expected {} within {}; not seen", e.text, show(e.within));
     let tail = |items: Vec<String>| -> String {
         if items.is_empty() {
-            return " (nothing since the previous match)".into();
+            return format!(" (nothing since {})", e.since);
         }
         let skip = items.len().saturating_sub(12);
-        let mut s = String::from(". Seen since the previous match:");
+        let mut s = format!(". Seen since {}:", e.since);
         if skip > 0 {
             s.push_str(&format!("\n    ... {skip} earlier"));
         }

@@ -1,15 +1,49 @@
 //! Golden transcripts: `fixtures/transcripts/<name>.log` holds the device console of a
-//! scenario run on the virtual clock, one line per console line. A run compares line by
-//! line; `--bless` writes the file instead.
+//! library scenario run on the virtual clock, one line per console line (a scenario
+//! elsewhere keeps its `<name>.log` beside it, see [`golden_dir`]). A run compares line
+//! by line; `--bless` writes the file instead.
 
 use std::path::{Path, PathBuf};
 
 /// `fixtures/transcripts` beside the scenario's folder (`scenarios/x.toml` →
 /// `fixtures/transcripts`).
 pub fn default_dir(scenario: &Path) -> PathBuf {
-    let folder = scenario.parent().unwrap_or(Path::new("."));
-    let folder = if folder.as_os_str().is_empty() { Path::new(".") } else { folder };
-    folder.join("..").join("fixtures").join("transcripts")
+    folder(scenario).join("..").join("fixtures").join("transcripts")
+}
+
+/// Where a scenario's golden transcript lives, or `None` when it is not compared.
+///
+/// In the library (a scenario whose folder has `../fixtures/transcripts` beside it) every
+/// scenario has one unless it says `transcript = false`. Elsewhere a scenario is compared
+/// only when it says `transcript = true` or a `<name>.log` already exists beside it (or in
+/// `explicit`, from `--transcripts DIR`); `--bless` writes there.
+pub fn golden_dir(
+    scenario: &Path,
+    name: &str,
+    wanted: Option<bool>,
+    explicit: Option<&Path>,
+    bless: bool,
+) -> Option<PathBuf> {
+    if wanted == Some(false) {
+        return None;
+    }
+    let library = default_dir(scenario);
+    let in_library = library.is_dir();
+    let dir = match explicit {
+        Some(d) => d.to_path_buf(),
+        None if in_library => library,
+        None => folder(scenario).to_path_buf(),
+    };
+    let compare = bless || wanted == Some(true) || in_library || dir.join(format!("{name}.log")).is_file();
+    compare.then_some(dir)
+}
+
+/// The folder a scenario file is in (`.` for a bare file name).
+fn folder(scenario: &Path) -> &Path {
+    match scenario.parent() {
+        Some(f) if !f.as_os_str().is_empty() => f,
+        _ => Path::new("."),
+    }
 }
 
 pub enum Checked {

@@ -95,6 +95,9 @@ pub struct OperatorSlot {
     pub ready: bool,
     pub down: Option<String>,
     pub received: Vec<Message>,
+    /// What went wrong for the operator (a lost link, a refused subscription) that the
+    /// runner has not yet taken.
+    pub troubles: Vec<String>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -176,6 +179,7 @@ impl World {
                 ready: false,
                 down: None,
                 received: Vec::new(),
+                troubles: Vec::new(),
                 task: Some(task),
             });
         }
@@ -293,6 +297,27 @@ impl World {
         }
     }
 
+    /// Lets what is already under way at this instant arrive (bytes between the tasks,
+    /// messages on their way to an operator) without letting time pass, so that an
+    /// action's read positions start after everything sent before it.
+    pub async fn settle(&mut self) {
+        loop {
+            self.pump().await;
+            // Each round lets every ready task (brokers, links, operators) run a little.
+            for _ in 0..8 {
+                tokio::task::yield_now().await;
+            }
+            let mut any = false;
+            while let Ok(ev) = self.rx.try_recv() {
+                self.on_event(ev);
+                any = true;
+            }
+            if !any {
+                return;
+            }
+        }
+    }
+
     fn next_device_timer(&self) -> Option<Instant> {
         self.devices.iter().filter_map(HostDevice::poll_timeout).min()
     }
@@ -315,8 +340,12 @@ impl World {
                         op.down = None;
                     }
                     OperatorEvent::Message(msg) => op.received.push(Message { at_ms, msg }),
+                    OperatorEvent::Refused(what) => op.troubles.push(what),
                     OperatorEvent::Down(why) => {
                         tracing::debug!(operator = %op.name, %why, "operator link ended");
+                        if op.ready {
+                            op.troubles.push(format!("lost its link: {why}"));
+                        }
                         op.ready = false;
                         op.down = Some(why);
                     }
