@@ -66,9 +66,9 @@ pub struct DeviceArgs {
     tls: TlsArgs,
 }
 
-/// How the device reaches its broker.
+/// How a device reaches its broker (also flattened into `tasmota-sim fleet`).
 #[derive(clap::Args)]
-struct TlsArgs {
+pub struct TlsArgs {
     /// Trust only the certificates in this PEM file instead of the firmware's trust
     /// anchors (Amazon Root CA 1, ISRG Root X1).
     #[arg(long, value_name = "PEM")]
@@ -92,7 +92,7 @@ struct TlsArgs {
 }
 
 impl TlsArgs {
-    fn connector(self) -> Result<link::Connector, String> {
+    pub fn connector(self) -> Result<link::Connector, String> {
         let trust = if self.insecure {
             link::Trust::Insecure
         } else if let Some(path) = &self.ca_file {
@@ -148,7 +148,7 @@ pub fn run(args: DeviceArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tasmota_sim::host::runtime(false) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("tasmota-sim: cannot start the runtime: {e}");

@@ -7,7 +7,6 @@ use std::time::Duration;
 use tasmota_core::Mac;
 use tasmota_sim::duration::parse_duration;
 use tasmota_sim::fleet::{self, report, GroupCommand, Target};
-use tasmota_sim::link;
 use tasmota_sim::scenario::BrokerUrl;
 
 pub const EXAMPLES: &str = "\
@@ -59,15 +58,8 @@ pub struct FleetArgs {
     /// MqttPassword for every device and the operator (never printed).
     #[arg(long, value_name = "PASSWORD", requires = "user")]
     password: Option<String>,
-    /// Trust only the certificates in this PEM file (mqtts://).
-    #[arg(long, value_name = "PEM")]
-    ca_file: Option<PathBuf>,
-    /// Accept any broker certificate (mqtts://).
-    #[arg(long, conflicts_with = "ca_file")]
-    insecure: bool,
-    /// Connect to ADDR when a device connects to HOST:PORT (curl's --resolve).
-    #[arg(long, value_name = "HOST:PORT:ADDR")]
-    resolve: Vec<link::Resolve>,
+    #[command(flatten)]
+    tls: crate::device_cmd::TlsArgs,
     /// Devices booted per second (default: all at once).
     #[arg(long, value_name = "R")]
     connect_rate: Option<f64>,
@@ -169,25 +161,13 @@ pub fn run(args: FleetArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return bad(e),
     };
-    let trust = if args.insecure {
-        link::Trust::Insecure
-    } else if let Some(path) = &args.ca_file {
-        match link::load_ca_file(path) {
-            Ok(store) => link::Trust::Roots(std::sync::Arc::new(store)),
-            Err(e) => return bad(e),
-        }
-    } else {
-        link::Trust::Roots(std::sync::Arc::new(link::firmware_roots()))
+    let connector = match args.tls.connector() {
+        Ok(c) => c,
+        Err(e) => return bad(e),
     };
     if tasmota_sim::fleet::bill::Pricing::builtin().region(&args.aws_region).is_err() {
         return bad(tasmota_sim::fleet::bill::Pricing::builtin().region(&args.aws_region).unwrap_err());
     }
-    let connector = link::Connector {
-        resolve: args.resolve.into_iter().map(|r| ((r.host, r.port), r.addr)).collect(),
-        connect_to: Default::default(),
-        trust,
-        compat: link::TlsCompat::Firmware,
-    };
     let virtual_clock = matches!(target, Target::Virtual);
     let opts = fleet::Options {
         devices: args.devices as usize,
@@ -207,12 +187,7 @@ pub fn run(args: FleetArgs) -> ExitCode {
         seed: args.seed,
         aws_region: args.aws_region,
     };
-    let mut builder = tokio::runtime::Builder::new_current_thread();
-    builder.enable_all();
-    if virtual_clock {
-        builder.start_paused(true);
-    }
-    let runtime = match builder.build() {
+    let runtime = match tasmota_sim::host::runtime(virtual_clock) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("tasmota-sim fleet: cannot start the runtime: {e}");

@@ -36,6 +36,17 @@ use tokio::task::JoinHandle;
 use crate::link::{BoxStream, Connector};
 use crate::state::StateDir;
 
+/// The runtime every host driver runs on: one thread, and for the virtual clock tokio's
+/// clock paused (it jumps to the next timer whenever every task waits).
+pub fn runtime(virtual_clock: bool) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all();
+    if virtual_clock {
+        builder.start_paused(true);
+    }
+    builder.build()
+}
+
 /// How long a link read may be: one TCP segment's worth is plenty for MQTT 3.1.1.
 const READ_BUFFER: usize = 4096;
 

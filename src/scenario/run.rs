@@ -82,12 +82,7 @@ pub fn run(s: &Scenario, opts: &Options) -> Outcome {
     }
     let started = std::time::Instant::now();
     let virtual_clock = !opts.real_time && opts.broker.is_none();
-    let mut builder = tokio::runtime::Builder::new_current_thread();
-    builder.enable_all();
-    if virtual_clock {
-        builder.start_paused(true);
-    }
-    let runtime = match builder.build() {
+    let runtime = match crate::host::runtime(virtual_clock) {
         Ok(r) => r,
         Err(e) => return Outcome::invalid(s, format!("cannot start the runtime: {e}")),
     };
