@@ -21,6 +21,7 @@ pub mod grammar;
 pub mod hardware;
 pub mod identity;
 pub mod json;
+pub mod limits;
 pub mod mqtt;
 pub mod platform;
 #[cfg(feature = "vectors")]
