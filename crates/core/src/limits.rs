@@ -290,4 +290,23 @@ mod tests {
         s.param[13] = 0;
         assert!(check(&s).unwrap_err().to_string().starts_with("field param[13] (SetOption45): 0 is outside 1..=250"));
     }
+
+    #[test]
+    fn a_command_cannot_store_what_a_file_may_not_hold() {
+        use crate::{BootReason, Device, Hardware, Instant, Output};
+        let t = Instant::from_millis(0);
+        let mut d = Device::boot(Hardware::default(), Settings::default(), BootReason::PowerOn, t);
+        d.handle_serial_line(&alloc::format!("MqttHost {}", "h".repeat(500)), t);
+        d.handle_serial_line(&alloc::format!("Topic {}", "t".repeat(200)), t);
+        let mut overflow = false;
+        while let Some(o) = d.poll_output() {
+            if let Output::Log(l) = o {
+                overflow |= l.text.starts_with("CFG: Text overflow by ");
+            }
+        }
+        assert!(overflow, "SettingsUpdateText refuses a text the pool cannot hold");
+        assert_eq!(d.settings().mqtt_host, "");
+        assert_eq!(d.settings().mqtt_topic.len(), 150, "Topic keeps the first 150 characters");
+        assert_eq!(check(d.settings()), Ok(()));
+    }
 }
