@@ -75,6 +75,13 @@ impl Profile {
     pub fn parse(text: &str, path: &Path, base: Option<&Path>) -> Result<Profile, ProfileError> {
         let invalid = |message: String| ProfileError::Invalid { path: path.to_path_buf(), message };
         let raw: RawProfile = toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_string()))?;
+        if let Some(settings) = &raw.settings {
+            tasmota_core::limits::check(settings.get_ref()).map_err(|e| {
+                let key = e.field.split(['[', ' ']).next().unwrap_or_default();
+                let (line, column) = locate_toml_key(text, settings.span().start, key);
+                invalid(format!("line {line}, column {column}: settings.{}: {}", e.field, e.problem))
+            })?;
+        }
         raw.build(base).map_err(invalid)
     }
 
@@ -119,8 +126,9 @@ struct RawProfile {
     #[serde(default, rename = "sensor")]
     sensors: Vec<RawSensor>,
     energy: Option<RawEnergy>,
-    /// Settings a fresh device starts with (the fields of the settings file).
-    settings: Option<toml::Table>,
+    /// Settings a fresh device starts with (the fields of the settings file), typed here
+    /// so that a wrong value is reported at its line and column.
+    settings: Option<toml::Spanned<Settings>>,
 }
 
 fn one() -> u8 {
@@ -243,6 +251,27 @@ impl RawModel {
             other => Err(format!("{what}: unknown model '{other}' (constant, ramp, walk, trace)")),
         }
     }
+}
+
+/// Line and column (1-based) of the line that sets `key` at or after byte `from` of a
+/// TOML text (the start of `from`'s line when there is none).
+fn locate_toml_key(text: &str, from: usize, key: &str) -> (usize, usize) {
+    let from = from.min(text.len());
+    let line_start = text[..from].rfind('\n').map_or(0, |n| n + 1);
+    let mut at = line_start;
+    for line in text[line_start..].split_inclusive('\n') {
+        let rest = line.trim_start();
+        if rest.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with('=')) {
+            at += line.len() - rest.len();
+            break;
+        }
+        at += line.len();
+    }
+    if at >= text.len() {
+        at = line_start;
+    }
+    let line = text[..at].matches('\n').count() + 1;
+    (line, at - text[..at].rfind('\n').map_or(0, |n| n + 1) + 1)
 }
 
 /// `seconds,value` lines; `#` comments, blank lines and one header line are allowed.
@@ -378,12 +407,7 @@ impl RawProfile {
                 total_wh: e.total_wh,
             });
         }
-        let settings = match self.settings {
-            None => Settings::default(),
-            Some(table) => {
-                table.try_into::<Settings>().map_err(|e| format!("settings: {}", e.to_string().trim_end()))?
-            }
-        };
+        let settings = self.settings.map(toml::Spanned::into_inner).unwrap_or_default();
         Ok(Profile { name: self.name, description: self.description, hardware: hw, settings })
     }
 }
@@ -419,5 +443,27 @@ mod tests {
         let e = Profile::parse(ramp, Path::new("x.toml"), None).unwrap_err().to_string();
         assert_eq!(e, "x.toml: sensor 1 temperature: min 5 is above max 2");
         assert_eq!(parse_trace("t,v\n0,1.5\n60,2\n").unwrap(), vec![(0, 1500), (60, 2000)]);
+    }
+
+    #[test]
+    fn settings_are_checked_against_the_firmware_limits() {
+        let head = "name = \"x\"\nmodule = \"m\"\nmodule_number = 1\nchip = \"esp8266\"\n[settings]\nmqtt_retry = 10\n";
+        let e = Profile::parse(&format!("{head}tele_period = 5\n"), Path::new("p.toml"), None).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "p.toml: line 7, column 1: settings.tele_period: 5 is outside 10..=3600 (CmndTeleperiod; or 0 for off)"
+        );
+        let e =
+            Profile::parse(&format!("{head}mqtt_topic = \"\"\n"), Path::new("p.toml"), None).unwrap_err().to_string();
+        assert!(e.starts_with("p.toml: line 7, column 1: settings.mqtt_topic: is empty"), "{e}");
+        let long = "h".repeat(500);
+        let e = Profile::parse(&format!("{head}  mqtt_host = \"{long}\"\n"), Path::new("p.toml"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("p.toml: line 7, column 3: settings.mqtt_host: is 500 bytes;"), "{e}");
+        let e =
+            Profile::parse(&format!("{head}mqtt_port = \"abc\"\n"), Path::new("p.toml"), None).unwrap_err().to_string();
+        assert!(e.starts_with("p.toml: TOML parse error at line"), "{e}");
+        assert!(e.contains("invalid type: string \"abc\", expected u16"), "{e}");
     }
 }

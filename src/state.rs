@@ -22,8 +22,8 @@ pub enum StateError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: not a tasmota-sim settings file ({detail}); move it away or choose another --state directory")]
     Foreign { path: PathBuf, detail: String },
-    #[error("{path}: corrupt settings: {detail}; fix or remove the file (it is left as it is)")]
-    Corrupt { path: PathBuf, detail: String },
+    #[error("{path}:{line}:{column}: corrupt settings: {detail}; fix or remove the file (it is left as it is)")]
+    Corrupt { path: PathBuf, line: usize, column: usize, detail: String },
     #[error("{path}: written by a newer tasmota-sim (version {found}, this one reads {VERSION})")]
     Newer { path: PathBuf, found: u32 },
     #[error(
@@ -79,11 +79,25 @@ impl StateDir {
         if found > u64::from(VERSION) {
             return Err(StateError::Newer { path, found: found as u32 });
         }
-        let file: File = serde_json::from_value(value)
-            .map_err(|e| StateError::Corrupt { path: path.clone(), detail: e.to_string() })?;
-        let mac = file.mac.parse::<Mac>().map_err(|e| StateError::Corrupt {
-            path: path.clone(),
-            detail: format!("field mac '{}': {e}", file.mac),
+        // From the text, not the Value, so that errors keep their line and column.
+        let file: File =
+            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(&text)).map_err(|e| {
+                let field = e.path().to_string();
+                let inner = e.into_inner();
+                let message = inner.to_string();
+                let suffix = format!(" at line {} column {}", inner.line(), inner.column());
+                let message = message.strip_suffix(&suffix).unwrap_or(&message);
+                let (line, column) = (inner.line(), inner.column());
+                StateError::Corrupt { path: path.clone(), line, column, detail: format!("field {field}: {message}") }
+            })?;
+        let corrupt = |key: &str, detail: String| {
+            let (line, column) = locate_json_key(&text, key);
+            StateError::Corrupt { path: path.clone(), line, column, detail }
+        };
+        let mac = file.mac.parse::<Mac>().map_err(|e| corrupt("mac", format!("field mac '{}': {e}", file.mac)))?;
+        tasmota_core::limits::check(&file.settings).map_err(|e| {
+            let key = e.field.split(['[', ' ']).next().unwrap_or_default().to_string();
+            corrupt(&key, format!("field settings.{}: {}", e.field, e.problem))
         })?;
         Ok(Some((mac, file.settings)))
     }
@@ -108,6 +122,14 @@ impl StateDir {
         }
         Ok(())
     }
+}
+
+/// Line and column (1-based) of the first `"key"` in a JSON text, or of its start.
+fn locate_json_key(text: &str, key: &str) -> (usize, usize) {
+    let at = text.find(&format!("\"{key}\"")).unwrap_or(0);
+    let line = text[..at].matches('\n').count() + 1;
+    let column = at - text[..at].rfind('\n').map_or(0, |n| n + 1) + 1;
+    (line, column)
 }
 
 #[cfg(test)]
@@ -135,10 +157,57 @@ mod tests {
         let corrupt = format!("{{\"format\":\"{FORMAT}\",\"version\":1,\"mac\":\"5C:CF:7F:4B:33:16\",\"settings\":{{\"mqtt_port\":\"x\"}}}}");
         fs::write(store.path(), &corrupt).unwrap();
         let e = store.load().unwrap_err().to_string();
-        assert!(e.contains("corrupt settings: invalid type: string \"x\", expected u16"), "{e}");
+        assert!(
+            e.ends_with(
+                "settings.json:1:98: corrupt settings: field settings.mqtt_port: invalid type: string \"x\", expected u16; fix or remove the file (it is left as it is)"
+            ),
+            "{e}"
+        );
         assert_eq!(fs::read_to_string(store.path()).unwrap(), corrupt, "a corrupt file is left as it is");
 
         fs::write(store.path(), format!("{{\"format\":\"{FORMAT}\",\"version\":9}}")).unwrap();
         assert!(matches!(store.load().unwrap_err(), StateError::Newer { found: 9, .. }));
+    }
+
+    /// A settings file as `save` writes it, with `edit` applied to its settings.
+    fn file_with(edit: impl FnOnce(&mut serde_json::Value)) -> String {
+        let file = File {
+            format: FORMAT.into(),
+            version: VERSION,
+            mac: Mac::DEFAULT.to_string(),
+            settings: Settings::default(),
+        };
+        let mut value = serde_json::to_value(&file).unwrap();
+        edit(&mut value["settings"]);
+        serde_json::to_string_pretty(&value).unwrap()
+    }
+
+    #[test]
+    fn values_outside_the_firmware_limits_are_refused_and_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = StateDir::new(tmp.path());
+        let cases = [
+            (file_with(|s| s["mqtt_host"] = "h".repeat(500).into()), "field settings.mqtt_host: is 500 bytes; beside the other texts at most "),
+            (file_with(|s| s["mqtt_topic"] = "".into()), "field settings.mqtt_topic: is empty, which no Topic command can store"),
+            (file_with(|s| s["mqtt_topic"] = "t".repeat(151).into()), "field settings.mqtt_topic: is 151 bytes; the firmware keeps at most 150 (CmndTopic: char stemp1[TOPSZ])"),
+            (file_with(|s| s["tele_period"] = 5.into()), "field settings.tele_period: 5 is outside 10..=3600"),
+            (file_with(|s| s["mqtt_grp_topic"][0] = "".into()), "field settings.mqtt_grp_topic[0]: is empty"),
+        ];
+        for (text, want) in cases {
+            fs::write(store.path(), &text).unwrap();
+            let e = store.load().unwrap_err().to_string();
+            assert!(e.contains(want), "{e}\nwants {want}");
+            assert!(e.contains("settings.json:"), "{e}");
+            assert_eq!(fs::read_to_string(store.path()).unwrap(), text, "a refused file is left as it is");
+        }
+        // The line and column point at the field.
+        fs::write(store.path(), file_with(|s| s["mqtt_host"] = "h".repeat(500).into())).unwrap();
+        let e = store.load().unwrap_err().to_string();
+        let at =
+            fs::read_to_string(store.path()).unwrap().lines().position(|l| l.contains("\"mqtt_host\"")).unwrap() + 1;
+        assert!(e.contains(&format!("settings.json:{at}:5: ")), "{e}");
+        // The longest texts that fit are accepted.
+        fs::write(store.path(), file_with(|s| s["mqtt_topic"] = "t".repeat(150).into())).unwrap();
+        assert!(store.load().is_ok());
     }
 }

@@ -242,3 +242,56 @@ fn the_password_never_reaches_the_diagnostics() {
     assert!(stderr.contains("opening the MQTT link"), "trace output is on: {stderr}");
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
+
+/// A settings file as `tasmota-sim device` writes it, with one settings field replaced.
+fn settings_file(dir: &std::path::Path, field: &str, value: &str) -> std::path::PathBuf {
+    let fresh = tempfile::tempdir().unwrap();
+    let r = run(&["device", "--state", fresh.path().to_str().unwrap(), "--for", "10ms"], "");
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let text = std::fs::read_to_string(fresh.path().join("settings.json")).unwrap();
+    let line = text.lines().find(|l| l.trim_start().starts_with(&format!("\"{field}\":"))).unwrap();
+    let indent = &line[..line.len() - line.trim_start().len()];
+    let comma = if line.ends_with(',') { "," } else { "" };
+    let text = text.replacen(line, &format!("{indent}\"{field}\": {value}{comma}"), 1);
+    let file = dir.join("settings.json");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+#[test]
+fn settings_outside_the_firmware_limits_exit_2_and_are_left_alone() {
+    let long = format!("\"{}\"", "h".repeat(500));
+    let cases = [
+        ("mqtt_host", long.as_str(), "field settings.mqtt_host: is 500 bytes; beside the other texts at most"),
+        ("mqtt_topic", "\"\"", "field settings.mqtt_topic: is empty, which no Topic command can store"),
+        ("mqtt_port", "\"abc\"", "field settings.mqtt_port: invalid type: string \"abc\", expected u16"),
+        ("tele_period", "5", "field settings.tele_period: 5 is outside 10..=3600"),
+    ];
+    for (field, value, want) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let file = settings_file(dir.path(), field, value);
+        let before = std::fs::read_to_string(&file).unwrap();
+        let at = before.lines().position(|l| l.contains(&format!("\"{field}\""))).unwrap() + 1;
+        let r = run(&["device", "--state", dir.path().to_str().unwrap(), "--for", "100ms"], "");
+        assert_eq!(r.code, Some(2), "{field}: {}", r.stderr);
+        assert!(r.stderr.contains(want), "{}", r.stderr);
+        assert!(r.stderr.contains(&format!("settings.json:{at}:")), "line {at}: {}", r.stderr);
+        assert!(r.stderr.contains("(it is left as it is)"), "{}", r.stderr);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), before, "a refused file is never rewritten");
+        assert_eq!(r.stdout, "");
+    }
+}
+
+#[test]
+fn a_profile_with_settings_outside_the_limits_is_refused_naming_the_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    let text = "name = \"x\"\nmodule = \"m\"\nmodule_number = 1\nchip = \"esp8266\"\n\n[settings]\nmqtt_topic = \"\"\n";
+    std::fs::write(&bad, text).unwrap();
+    let state = dir.path().join("state");
+    let r = run(&["device", "--state", state.to_str().unwrap(), "--profile", bad.to_str().unwrap()], "");
+    assert_eq!(r.code, Some(2));
+    assert!(r.stderr.contains("bad.toml: line 7, column 1: settings.mqtt_topic: is empty"), "{}", r.stderr);
+    assert!(!state.exists(), "nothing is written for a refused profile");
+    assert_eq!(std::fs::read_to_string(&bad).unwrap(), text);
+}

@@ -22,6 +22,17 @@ fn backlog(port: u16, password: &str) -> String {
     format!("Backlog MqttHost 127.0.0.1; MqttPort {port}; MqttUser bob; MqttPassword {password}")
 }
 
+/// Its name is the summary `cargo test` shows: without Mosquitto it prints on stderr
+/// (past libtest's capture) which tests skipped and why, and fails when CI=true.
+#[test]
+fn mosquitto_is_installed_or_the_tests_in_this_file_skip() {
+    if !have("mosquitto") {
+        let names = "connects_with_a_password_and_behaves_like_the_firmware, a_wrong_password_is_refused_and_backs_off, tls_listener_with_a_test_ca";
+        let line = format!("\nSKIPPED in tests/mosquitto.rs: {names}\n");
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+    }
+}
+
 #[test]
 fn connects_with_a_password_and_behaves_like_the_firmware() {
     if !have("mosquitto") {

@@ -21,6 +21,10 @@ pub fn free_port() -> u16 {
 
 /// Whether a test that needs `program` runs: yes if it is installed; if not, the test
 /// says it skipped, unless `CI=true`, where a missing program fails the test.
+///
+/// The SKIPPED line goes straight to the process's stderr: libtest captures only what
+/// `print!`/`eprint!` write, and shows it only for failing tests, so an `eprintln!` here
+/// would hide the skip behind a plain `ok`.
 pub fn have(program: &str) -> bool {
     let found = Command::new("sh")
         .args(["-c", &format!("command -v {program}")])
@@ -32,7 +36,9 @@ pub fn have(program: &str) -> bool {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("{program} is not installed and CI=true: .ci/run must install it");
         }
-        eprintln!("SKIPPED: {program} is not installed (apt-get install -y mosquitto mosquitto-clients)");
+        let test = std::thread::current().name().unwrap_or("a test").to_string();
+        let line = format!("\nSKIPPED {test}: {program} not found (apt-get install mosquitto mosquitto-clients)\n");
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
     }
     found
 }

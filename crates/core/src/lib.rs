@@ -131,6 +131,7 @@ mod grammar;
 pub mod hardware;
 mod identity;
 mod json;
+pub mod limits;
 pub mod mqtt;
 pub mod platform;
 #[cfg(feature = "vectors")]

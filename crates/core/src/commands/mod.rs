@@ -108,7 +108,9 @@ impl Device {
         match found {
             Some(Found::Command(canon, handler)) => {
                 mb.command = String::from(canon);
+                let before = self.settings.clone();
                 handler(self, &mut mb);
+                self.refuse_text_overflow(before);
             }
             Some(Found::Synonym(canon, n)) => {
                 mb.command = String::from(canon);
@@ -127,6 +129,17 @@ impl Device {
         self.response.clear();
         self.fallback_topic_flag = false;
         self.no_mqtt_response = false;
+    }
+
+    /// `SettingsUpdateText`: a text that would overflow the firmware's text pool is not
+    /// stored (the settings as they were before the command are kept), and
+    /// `CFG: Text overflow by N char(s)` is logged.
+    fn refuse_text_overflow(&mut self, before: crate::Settings) {
+        let over = crate::limits::text_pool_overflow(&self.settings);
+        if over > 0 && crate::limits::text_pool_overflow(&before) == 0 {
+            self.settings = before;
+            self.log(crate::LogLevel::Info, format!("CFG: Text overflow by {over} char(s)"));
+        }
     }
 
     fn find_command(&self, name: &str) -> Option<Found> {
@@ -179,7 +192,7 @@ impl Device {
 /// The log-level commands (`SerialLog`, `WebLog`, `MqttLog`): 0..4 sets, anything else
 /// shows; the reply is the level.
 pub(crate) fn log_level(d: &mut Device, mb: &mut Mailbox, level: fn(&mut crate::Settings) -> &mut u8) {
-    if (0..=4).contains(&mb.payload) {
+    if crate::limits::range::LOG_LEVEL.contains(&mb.payload) {
         *level(&mut d.settings) = mb.payload as u8;
     }
     let now = *level(&mut d.settings);

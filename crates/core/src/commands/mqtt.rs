@@ -8,10 +8,11 @@ use alloc::vec::Vec;
 use super::{Mailbox, Table};
 use crate::device::Device;
 use crate::grammar::Shortcut;
+use crate::limits::{self, range};
 use crate::setoption as so;
 use crate::settings::{
     DEFAULT_CLIENT, DEFAULT_FULLTOPIC, DEFAULT_GROUPTOPIC, DEFAULT_MQTT_PASS, DEFAULT_MQTT_PORT, DEFAULT_MQTT_USER,
-    DEFAULT_PREFIXES, DEFAULT_TOPIC, MQTT_RETRY_SECS,
+    DEFAULT_PREFIXES, DEFAULT_TOPIC,
 };
 use crate::topic::Prefix;
 
@@ -96,7 +97,7 @@ fn cmnd_mqtt_host(d: &mut Device, mb: &mut Mailbox) {
 }
 
 fn cmnd_mqtt_port(d: &mut Device, mb: &mut Mailbox) {
-    if mb.payload > 0 && mb.payload < 65536 {
+    if range::MQTT_PORT.contains(&mb.payload) {
         d.settings.mqtt_port = if mb.payload == 1 { DEFAULT_MQTT_PORT } else { mb.payload as u16 };
         d.restart_flag = 2;
     }
@@ -132,28 +133,28 @@ fn cmnd_mqtt_password(d: &mut Device, mb: &mut Mailbox) {
 }
 
 fn cmnd_mqtt_keepalive(d: &mut Device, mb: &mut Mailbox) {
-    if (1..=100).contains(&mb.payload) {
+    if range::MQTT_KEEPALIVE.contains(&mb.payload) {
         d.settings.mqtt_keepalive = mb.payload as u16;
     }
     d.reply_number(mb, i64::from(d.settings.mqtt_keepalive));
 }
 
 fn cmnd_mqtt_timeout(d: &mut Device, mb: &mut Mailbox) {
-    if (1..=100).contains(&mb.payload) {
+    if range::MQTT_TIMEOUT.contains(&mb.payload) {
         d.settings.mqtt_socket_timeout = mb.payload as u16;
     }
     d.reply_number(mb, i64::from(d.settings.mqtt_socket_timeout));
 }
 
 fn cmnd_mqtt_wifi_timeout(d: &mut Device, mb: &mut Mailbox) {
-    if (100..=20000).contains(&mb.payload) {
+    if range::MQTT_WIFI_TIMEOUT_MS.contains(&mb.payload) {
         d.settings.mqtt_wifi_timeout = (mb.payload / 100) as u8;
     }
     d.reply_number(mb, i64::from(d.settings.mqtt_wifi_timeout) * 100);
 }
 
 fn cmnd_mqtt_retry(d: &mut Device, mb: &mut Mailbox) {
-    if mb.payload >= i32::from(MQTT_RETRY_SECS) && mb.payload < 32001 {
+    if range::MQTT_RETRY.contains(&mb.payload) {
         d.settings.mqtt_retry = mb.payload as u16;
         d.mqtt.retry_counter = d.settings.mqtt_retry;
     }
@@ -206,7 +207,7 @@ fn cmnd_fulltopic(d: &mut Device, mb: &mut Mailbox) {
             mb.set_shortcut_default();
         }
         let new = String::from(if mb.shortcut() == Shortcut::Default { DEFAULT_FULLTOPIC } else { mb.data.as_str() });
-        let new = String::from(crate::topic::truncate(&new, crate::topic::TOPSZ - 1));
+        let new = String::from(crate::topic::truncate(&new, limits::FULLTOPIC.max.unwrap_or(usize::MAX)));
         if new != d.settings.mqtt_fulltopic {
             publish_old_lwt(d);
             d.settings.mqtt_fulltopic = new;
@@ -290,7 +291,7 @@ fn cmnd_topic(d: &mut Device, mb: &mut Mailbox) {
             mb.set_shortcut_default();
         }
         let new = String::from(if mb.shortcut() == Shortcut::Default { DEFAULT_TOPIC } else { mb.data.as_str() });
-        let new = String::from(crate::topic::truncate(&new, crate::topic::TOPSZ - 1));
+        let new = String::from(crate::topic::truncate(&new, limits::TOPIC.max.unwrap_or(usize::MAX)));
         if new != d.settings.mqtt_topic {
             publish_old_lwt(d);
             d.settings.mqtt_topic = new;

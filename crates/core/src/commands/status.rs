@@ -9,6 +9,7 @@ use alloc::vec::Vec;
 use super::Mailbox;
 use crate::device::{Device, IMAGE_NAME, VERSION};
 use crate::json::escape;
+use crate::limits::range;
 use crate::setoption as so;
 use crate::telemetry::{duration_text, iso_time};
 use crate::topic::Prefix;
@@ -317,7 +318,7 @@ pub(super) fn cmnd_module(d: &mut Device, mb: &mut Mailbox) {
 
 /// `CmndTime`: 1..4 choose the format; an epoch (>= 1451602800, 2016) sets the clock.
 pub(super) fn cmnd_time(d: &mut Device, mb: &mut Mailbox) {
-    if (1..=4).contains(&mb.payload) {
+    if range::TIME_FORMAT.contains(&mb.payload) {
         d.settings.time_format = mb.payload as u8;
     } else if mb.payload >= 1_451_602_800 {
         d.rtc_offset_s = i64::from(mb.payload) - i64::from(d.uptime_s);
@@ -332,10 +333,10 @@ pub(super) fn cmnd_time(d: &mut Device, mb: &mut Mailbox) {
 
 /// `CmndTimezone`: `-13..14[:mm]` or `99`.
 pub(super) fn cmnd_timezone(d: &mut Device, mb: &mut Mailbox) {
-    if mb.data_len > 0 && ((-13..=14).contains(&mb.payload) || mb.payload == 99) {
+    if mb.data_len > 0 && (range::TIMEZONE.contains(&mb.payload) || mb.payload == range::TIMEZONE_RULES) {
         d.settings.timezone = mb.payload as i8;
         d.settings.timezone_minutes = 0;
-        if mb.payload != 99 {
+        if mb.payload != range::TIMEZONE_RULES {
             if let Some((_, mm)) = mb.data.split_once(':') {
                 let mm: u32 = mm.trim().parse().unwrap_or(0);
                 // Whole quarters of an hour, at most 45.
@@ -357,7 +358,7 @@ pub(super) fn cmnd_weblog(d: &mut Device, mb: &mut Mailbox) {
 
 /// `CmndWebServer`: 0 off, 1 user, 2 admin; the reply names the mode.
 pub(super) fn cmnd_webserver(d: &mut Device, mb: &mut Mailbox) {
-    if (0..=2).contains(&mb.payload) {
+    if range::WEB_SERVER.contains(&mb.payload) {
         d.settings.webserver = mb.payload as u8;
     }
     let text = match d.settings.webserver {
@@ -398,7 +399,7 @@ pub(super) fn cmnd_switchmode(d: &mut Device, mb: &mut Mailbox) {
         return;
     }
     let i = mb.index as usize - 1;
-    if (0..=16).contains(&mb.payload) {
+    if range::SWITCH_MODE.contains(&mb.payload) {
         d.settings.switchmode[i] = mb.payload as u8;
     }
     d.reply_idx_number(mb, i64::from(d.settings.switchmode[i]));

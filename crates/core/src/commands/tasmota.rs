@@ -8,6 +8,7 @@ use super::{Mailbox, Table};
 use crate::backlog;
 use crate::device::{Device, RestartKind};
 use crate::grammar::Shortcut;
+use crate::limits::range;
 use crate::settings::{OptionSlot, DEFAULT_HOSTNAME, DEFAULT_TELE_PERIOD};
 
 pub(crate) static TABLE: Table = Table {
@@ -88,7 +89,7 @@ fn cmnd_power(d: &mut Device, mb: &mut Mailbox) {
 }
 
 fn cmnd_power_on_state(d: &mut Device, mb: &mut Mailbox) {
-    if (0..=5).contains(&mb.payload) {
+    if range::POWER_ON_STATE.contains(&mb.payload) {
         d.settings.poweronstate = mb.payload as u8;
         if mb.payload == 4 {
             for device in 1..=u32::from(d.hw.relays) {
@@ -100,21 +101,21 @@ fn cmnd_power_on_state(d: &mut Device, mb: &mut Mailbox) {
 }
 
 fn cmnd_blinktime(d: &mut Device, mb: &mut Mailbox) {
-    if mb.payload > 1 && mb.payload <= 3600 {
+    if range::BLINK_TIME.contains(&mb.payload) {
         d.settings.blinktime = mb.payload as u16;
     }
     d.reply_number(mb, i64::from(d.settings.blinktime));
 }
 
 fn cmnd_blinkcount(d: &mut Device, mb: &mut Mailbox) {
-    if (0..=32000).contains(&mb.payload) {
+    if range::BLINK_COUNT.contains(&mb.payload) {
         d.settings.blinkcount = mb.payload as u16;
     }
     d.reply_number(mb, i64::from(d.settings.blinkcount));
 }
 
 fn cmnd_savedata(d: &mut Device, mb: &mut Mailbox) {
-    if (0..=3600).contains(&mb.payload) {
+    if range::SAVE_DATA.contains(&mb.payload) {
         d.settings.save_data = mb.payload as u16;
     }
     d.settings_save_all();
@@ -143,7 +144,7 @@ impl Device {
         if mb.payload >= 0 {
             let ok = match slot {
                 OptionSlot::Param(i) => {
-                    let range = if matches!(i, 0 | 1 | 13) { 1..=250 } else { 0..=255 };
+                    let range = if range::PARAM_NARROW_INDEXES.contains(&i) { range::PARAM_NARROW } else { 0..=255 };
                     let ok = range.contains(&mb.payload);
                     if ok {
                         self.settings.set_option(n, mb.payload as u32);
@@ -284,9 +285,9 @@ fn cmnd_friendlyname(d: &mut Device, mb: &mut Mailbox) {
 }
 
 fn cmnd_teleperiod(d: &mut Device, mb: &mut Mailbox) {
-    if (0..=3600).contains(&mb.payload) {
-        let v = if mb.payload == 1 { DEFAULT_TELE_PERIOD } else { mb.payload as u16 };
-        d.settings.tele_period = if v > 0 && v < 10 { 10 } else { v };
+    if (0..=*range::TELE_PERIOD.end()).contains(&mb.payload) {
+        let v = if mb.payload == 1 { i32::from(DEFAULT_TELE_PERIOD) } else { mb.payload };
+        d.settings.tele_period = (if v > 0 { v.max(*range::TELE_PERIOD.start()) } else { v }) as u16;
     }
     // Any TelePeriod command sends STATE (and SENSOR) on the next second.
     if d.settings.tele_period != 0 {
