@@ -183,8 +183,8 @@ pub struct Attach {
 #[derive(Default)]
 pub struct State {
     pub sessions: HashMap<Arc<str>, Session>,
-    exact: HashMap<String, Vec<(Arc<str>, QoS)>>,
-    wild: Vec<(String, Arc<str>, QoS)>,
+    /// Every session's subscriptions, by topic level.
+    filters: topic::FilterIndex<QoS>,
     pub retained: HashMap<String, Retained>,
     pub last_connect: HashMap<Arc<str>, Instant>,
 }
@@ -261,14 +261,8 @@ impl State {
     /// Adds or replaces a subscription.
     pub fn subscribe(&mut self, client: &Arc<str>, filter: &str, qos: QoS) {
         let Some(session) = self.sessions.get_mut(client) else { return };
-        if session.subscriptions.insert(filter.to_string(), qos).is_some() {
-            self.unindex(filter, client);
-        }
-        if topic::is_wildcard(filter) {
-            self.wild.push((filter.to_string(), client.clone(), qos));
-        } else {
-            self.exact.entry(filter.to_string()).or_default().push((client.clone(), qos));
-        }
+        session.subscriptions.insert(filter.to_string(), qos);
+        self.filters.insert(filter, client, qos);
     }
 
     pub fn unsubscribe(&mut self, client: &Arc<str>, filter: &str) {
@@ -287,14 +281,7 @@ impl State {
     }
 
     fn unindex(&mut self, filter: &str, client: &Arc<str>) {
-        if topic::is_wildcard(filter) {
-            self.wild.retain(|(f, c, _)| !(f == filter && c == client));
-        } else if let Some(list) = self.exact.get_mut(filter) {
-            list.retain(|(c, _)| c != client);
-            if list.is_empty() {
-                self.exact.remove(filter);
-            }
-        }
+        self.filters.remove(filter, client);
     }
 
     /// Routes one PUBLISH: stores or deletes the retained copy, then hands a delivery to
@@ -309,21 +296,16 @@ impl State {
                 self.retained.insert(msg.topic.clone(), Retained { msg: msg.clone(), qos });
             }
         }
+        // One delivery per client, in the order the index finds them.
         let mut targets: Vec<(Arc<str>, QoS)> = Vec::new();
-        let mut add = |client: &Arc<str>, sub_qos: QoS| match targets.iter_mut().find(|(c, _)| c == client) {
-            Some((_, q)) => *q = max_qos(*q, sub_qos),
-            None => targets.push((client.clone(), sub_qos)),
-        };
-        if let Some(list) = self.exact.get(&msg.topic) {
-            for (c, q) in list {
-                add(c, *q);
+        let mut seen: HashMap<Arc<str>, usize> = HashMap::new();
+        self.filters.matching(&msg.topic, profile.hash_matches_parent, |client, sub_qos| match seen.get(client) {
+            Some(&i) => targets[i].1 = max_qos(targets[i].1, sub_qos),
+            None => {
+                seen.insert(client.clone(), targets.len());
+                targets.push((client.clone(), sub_qos));
             }
-        }
-        for (filter, c, q) in &self.wild {
-            if topic::matches(filter, &msg.topic, profile.hash_matches_parent) {
-                add(c, *q);
-            }
-        }
+        });
         for (client, sub_qos) in targets {
             self.deliver(&client, Delivery::new(msg.clone(), min_qos(qos, sub_qos), false));
         }

@@ -77,6 +77,134 @@ pub fn matches(filter: &str, topic: &str, hash_matches_parent: bool) -> bool {
     }
 }
 
+/// Subscriptions indexed by topic level (a trie), so that routing a PUBLISH costs what
+/// its topic's levels touch, not the number of subscriptions: with ten thousand devices
+/// subscribed to `cmnd/<topic>/#` each, a publish visits a handful of nodes instead of
+/// matching thirty thousand filters. Matching is exactly [`matches`] (a property test
+/// checks the two agree).
+pub struct FilterIndex<T> {
+    root: Node<T>,
+}
+
+impl<T> Default for FilterIndex<T> {
+    fn default() -> Self {
+        FilterIndex { root: Node::default() }
+    }
+}
+
+struct Node<T> {
+    children: std::collections::HashMap<Box<str>, Node<T>>,
+    plus: Option<Box<Node<T>>>,
+    /// Subscribers whose filter ends at this level.
+    here: Vec<(std::sync::Arc<str>, T)>,
+    /// Subscribers of this level's `#`.
+    hash: Vec<(std::sync::Arc<str>, T)>,
+}
+
+impl<T> Default for Node<T> {
+    fn default() -> Self {
+        Node { children: Default::default(), plus: None, here: Vec::new(), hash: Vec::new() }
+    }
+}
+
+impl<T> Node<T> {
+    fn is_empty(&self) -> bool {
+        self.here.is_empty() && self.hash.is_empty() && self.plus.is_none() && self.children.is_empty()
+    }
+}
+
+impl<T: Copy> FilterIndex<T> {
+    /// Adds `client`'s subscription to `filter` (a valid filter), replacing its value if
+    /// the client already has this filter.
+    pub fn insert(&mut self, filter: &str, client: &std::sync::Arc<str>, value: T) {
+        let mut node = &mut self.root;
+        let mut levels = filter.split('/').peekable();
+        while let Some(level) = levels.next() {
+            if level == "#" && levels.peek().is_none() {
+                return upsert(&mut node.hash, client, value);
+            }
+            node = if level == "+" {
+                node.plus.get_or_insert_with(Default::default)
+            } else {
+                node.children.entry(level.into()).or_default()
+            };
+        }
+        upsert(&mut node.here, client, value);
+    }
+
+    /// Removes `client`'s subscription to `filter`, pruning levels left empty.
+    pub fn remove(&mut self, filter: &str, client: &std::sync::Arc<str>) {
+        let levels: Vec<&str> = filter.split('/').collect();
+        remove_at(&mut self.root, &levels, client);
+    }
+
+    /// Calls `found` for every subscription whose filter matches `topic` (one call per
+    /// matching filter; a client with two matching filters is found twice).
+    pub fn matching(&self, topic: &str, hash_matches_parent: bool, mut found: impl FnMut(&std::sync::Arc<str>, T)) {
+        let levels: Vec<&str> = topic.split('/').collect();
+        // §4.7.2: a filter starting with a wildcard does not match a `$` topic.
+        let dollar = topic.starts_with('$');
+        walk(&self.root, &levels, hash_matches_parent, dollar, &mut found);
+    }
+}
+
+fn upsert<T>(list: &mut Vec<(std::sync::Arc<str>, T)>, client: &std::sync::Arc<str>, value: T) {
+    match list.iter_mut().find(|(c, _)| c == client) {
+        Some((_, v)) => *v = value,
+        None => list.push((client.clone(), value)),
+    }
+}
+
+/// Removes the subscription below `node`; returns whether `node` is now empty.
+fn remove_at<T>(node: &mut Node<T>, levels: &[&str], client: &std::sync::Arc<str>) -> bool {
+    match levels {
+        [] => node.here.retain(|(c, _)| c != client),
+        ["#"] => node.hash.retain(|(c, _)| c != client),
+        ["+", rest @ ..] => {
+            if let Some(child) = node.plus.as_deref_mut() {
+                if remove_at(child, rest, client) {
+                    node.plus = None;
+                }
+            }
+        }
+        [level, rest @ ..] => {
+            if let Some(child) = node.children.get_mut(*level) {
+                if remove_at(child, rest, client) {
+                    node.children.remove(*level);
+                }
+            }
+        }
+    }
+    node.is_empty()
+}
+
+fn walk<T: Copy>(
+    node: &Node<T>,
+    levels: &[&str],
+    hash_matches_parent: bool,
+    dollar: bool,
+    found: &mut impl FnMut(&std::sync::Arc<str>, T),
+) {
+    // `a/#` matches `a/...` always and `a` itself where the parent rule holds.
+    if !dollar && (!levels.is_empty() || hash_matches_parent) {
+        for (c, v) in &node.hash {
+            found(c, *v);
+        }
+    }
+    let Some((level, rest)) = levels.split_first() else {
+        for (c, v) in &node.here {
+            found(c, *v);
+        }
+        return;
+    };
+    if let Some(child) = node.children.get(*level) {
+        walk(child, rest, hash_matches_parent, false, found);
+    }
+    if let (false, Some(plus)) = (dollar, &node.plus) {
+        walk(plus, rest, hash_matches_parent, false, found);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +240,32 @@ mod tests {
         assert!(!matches("a/b", "a", true));
         assert!(matches("+", "", true));
         assert!(!matches("+", "a/b", true));
+    }
+
+    proptest::proptest! {
+        /// The index finds exactly the filters [`matches`] accepts, with both parent rules.
+        #[test]
+        fn the_index_agrees_with_matches(
+            filters in proptest::collection::vec("(\\$?[ab+#]{0,1})(/[ab+#]{0,1}){0,3}", 1..12),
+            topic in "\\$?[ab]{0,1}(/[ab]{0,1}){0,3}",
+            parent in proptest::bool::ANY,
+        ) {
+            let filters: Vec<String> = filters.into_iter().filter(|f| validate_filter(f).is_ok()).collect();
+            let mut index = FilterIndex::default();
+            for (i, f) in filters.iter().enumerate() {
+                let client: std::sync::Arc<str> = format!("c{i}").into();
+                index.insert(f, &client, i);
+            }
+            let mut found = Vec::new();
+            index.matching(&topic, parent, |_, i| found.push(i));
+            found.sort();
+            let want: Vec<usize> = (0..filters.len()).filter(|i| matches(&filters[*i], &topic, parent)).collect();
+            proptest::prop_assert_eq!(found, want, "filters {:?} topic {:?}", filters, topic);
+            // Removing every subscription leaves an empty index.
+            for (i, f) in filters.iter().enumerate() {
+                index.remove(f, &format!("c{i}").into());
+            }
+            proptest::prop_assert!(index.root.is_empty());
+        }
     }
 }
