@@ -186,6 +186,8 @@ pub struct State {
     /// Every session's subscriptions, by topic level.
     filters: topic::FilterIndex<QoS>,
     pub retained: HashMap<String, Retained>,
+    /// The retained topics by level, for wildcard subscriptions.
+    retained_topics: topic::TopicTree,
     pub last_connect: HashMap<Arc<str>, Instant>,
 }
 
@@ -291,9 +293,13 @@ impl State {
     pub fn publish(&mut self, profile: &Profile, msg: Arc<Message>, qos: QoS, retain: bool) {
         if retain {
             if msg.payload.is_empty() {
-                self.retained.remove(&msg.topic);
+                if self.retained.remove(&msg.topic).is_some() {
+                    self.retained_topics.remove(&msg.topic);
+                }
             } else {
-                self.retained.insert(msg.topic.clone(), Retained { msg: msg.clone(), qos });
+                if self.retained.insert(msg.topic.clone(), Retained { msg: msg.clone(), qos }).is_none() {
+                    self.retained_topics.insert(&msg.topic);
+                }
             }
         }
         // One delivery per client, in the order the index finds them.
@@ -333,9 +339,10 @@ impl State {
             return Vec::new();
         }
         let mut found: Vec<_> = self
-            .retained
-            .values()
-            .filter(|r| topic::matches(filter, &r.msg.topic, profile.hash_matches_parent))
+            .retained_topics
+            .matching(filter, profile.hash_matches_parent)
+            .iter()
+            .filter_map(|t| self.retained.get(t))
             .map(|r| (r.msg.clone(), r.qos))
             .collect();
         found.sort_by(|a, b| a.0.topic.cmp(&b.0.topic));

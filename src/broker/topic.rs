@@ -205,6 +205,111 @@ fn walk<T: Copy>(
     }
 }
 
+/// Topic names indexed by level, for the retained messages a new subscription gets: a
+/// filter visits only the levels it can match, not every retained topic.
+#[derive(Default)]
+pub struct TopicTree {
+    root: TopicNode,
+}
+
+#[derive(Default)]
+struct TopicNode {
+    children: std::collections::BTreeMap<Box<str>, TopicNode>,
+    /// A topic ends here.
+    present: bool,
+}
+
+impl TopicTree {
+    pub fn insert(&mut self, topic: &str) {
+        let mut node = &mut self.root;
+        for level in topic.split('/') {
+            node = node.children.entry(level.into()).or_default();
+        }
+        node.present = true;
+    }
+
+    pub fn remove(&mut self, topic: &str) {
+        fn remove_at(node: &mut TopicNode, levels: &[&str]) -> bool {
+            match levels.split_first() {
+                None => node.present = false,
+                Some((level, rest)) => {
+                    if let Some(child) = node.children.get_mut(*level) {
+                        if remove_at(child, rest) {
+                            node.children.remove(*level);
+                        }
+                    }
+                }
+            }
+            !node.present && node.children.is_empty()
+        }
+        let levels: Vec<&str> = topic.split('/').collect();
+        remove_at(&mut self.root, &levels);
+    }
+
+    /// Every topic `filter` matches (as [`matches`] decides), in no particular order.
+    pub fn matching(&self, filter: &str, hash_matches_parent: bool) -> Vec<String> {
+        let levels: Vec<&str> = filter.split('/').collect();
+        let mut out = Vec::new();
+        let mut path = Vec::new();
+        collect(&self.root, &levels, hash_matches_parent, true, &mut path, &mut out);
+        out
+    }
+}
+
+fn collect<'a>(
+    node: &'a TopicNode,
+    filter: &[&str],
+    hash_matches_parent: bool,
+    first: bool,
+    path: &mut Vec<&'a str>,
+    out: &mut Vec<String>,
+) {
+    // §4.7.2: at the first level, a wildcard does not match a `$` topic.
+    let wild_ok = |name: &str| !(first && name.starts_with('$'));
+    match filter.split_first() {
+        None => {
+            if node.present {
+                out.push(path.join("/"));
+            }
+        }
+        Some((&"#", _)) => {
+            if hash_matches_parent && node.present && !first {
+                out.push(path.join("/"));
+            }
+            for (name, child) in node.children.iter().filter(|(n, _)| wild_ok(n)) {
+                path.push(name);
+                everything(child, path, out);
+                path.pop();
+            }
+        }
+        Some((&"+", rest)) => {
+            for (name, child) in node.children.iter().filter(|(n, _)| wild_ok(n)) {
+                path.push(name);
+                collect(child, rest, hash_matches_parent, false, path, out);
+                path.pop();
+            }
+        }
+        Some((level, rest)) => {
+            if let Some((name, child)) = node.children.get_key_value(*level) {
+                path.push(name);
+                collect(child, rest, hash_matches_parent, false, path, out);
+                path.pop();
+            }
+        }
+    }
+}
+
+fn everything<'a>(node: &'a TopicNode, path: &mut Vec<&'a str>, out: &mut Vec<String>) {
+    if node.present {
+        out.push(path.join("/"));
+    }
+    for (name, child) in &node.children {
+        path.push(name);
+        everything(child, path, out);
+        path.pop();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,6 +371,32 @@ mod tests {
                 index.remove(f, &format!("c{i}").into());
             }
             proptest::prop_assert!(index.root.is_empty());
+        }
+    }
+
+    proptest::proptest! {
+        /// The retained-topic tree finds exactly the topics [`matches`] accepts.
+        #[test]
+        fn the_topic_tree_agrees_with_matches(
+            topics in proptest::collection::vec("\\$?[ab]{0,1}(/[ab]{0,1}){0,3}", 1..12),
+            filter in "(\\$?[ab+#]{0,1})(/[ab+#]{0,1}){0,3}",
+            parent in proptest::bool::ANY,
+        ) {
+            proptest::prop_assume!(validate_filter(&filter).is_ok());
+            let mut tree = TopicTree::default();
+            for t in &topics {
+                tree.insert(t);
+            }
+            let mut found = tree.matching(&filter, parent);
+            found.sort();
+            let mut want: Vec<String> = topics.iter().filter(|t| matches(&filter, t, parent)).cloned().collect();
+            want.sort();
+            want.dedup();
+            proptest::prop_assert_eq!(found, want, "filter {:?}", filter);
+            for t in &topics {
+                tree.remove(t);
+            }
+            proptest::prop_assert!(tree.root.children.is_empty() && !tree.root.present);
         }
     }
 }

@@ -413,6 +413,7 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
     let mut ready: Vec<usize> = Vec::new();
     let mut is_ready = vec![false; n];
     let mut pending: Vec<Option<Instant>> = vec![None; n];
+    let mut pending_count = 0usize;
     let mut latency = new_histogram();
     let (mut sent, mut answered, mut delivered) = (0u64, 0u64, 0u64);
     let mut groups: Vec<(GroupCommand, HashSet<usize>)> = Vec::new();
@@ -450,7 +451,7 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
         }
         let now = Instant::now();
         // After `--for`, commands still in flight get UNANSWERED_AFTER to be answered.
-        let in_flight = pending.iter().any(Option::is_some);
+        let in_flight = pending_count > 0;
         if now >= end && (!in_flight || now >= end + UNANSWERED_AFTER) {
             break;
         }
@@ -499,6 +500,7 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
                     // another.
                     if pending[i].is_some_and(|at| now.saturating_duration_since(at) > UNANSWERED_AFTER) {
                         pending[i] = None;
+                        pending_count -= 1;
                     }
                     let busy = pending[i].is_some() || groups.last().is_some_and(|(_, a)| !a.contains(&i));
                     if !busy {
@@ -510,6 +512,7 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
                             qos: 0,
                         });
                         pending[i] = Some(now);
+                        pending_count += 1;
                         sent += 1;
                         delivered += 1;
                     }
@@ -577,6 +580,7 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
                         (Some("stat"), Some("RESULT")) => {
                             let now = Instant::now();
                             if let Some(at) = pending[i].take() {
+                                pending_count -= 1;
                                 answered += 1;
                                 let _ = latency.record((now.saturating_duration_since(at).as_micros() as u64).max(1));
                             } else if let Some((_, answers)) = groups.last_mut() {
