@@ -44,6 +44,8 @@ fn a_virtual_fleet_of_500_connects_and_answers_every_command() {
         "5",
         "--group-command",
         "Power ON@60s",
+        "--in-flight",
+        "256",
         "--quiet",
     ];
     let r = report(&args);
