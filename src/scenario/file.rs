@@ -299,7 +299,7 @@ impl Checker<'_> {
                 (None, None) => DEFAULT_TLS_HANDSHAKE,
             };
             if devices.iter().any(|o: &DeviceSpec| o.name == name) {
-                self.fail(span, format!("a second device named '{name}'"));
+                self.fail(span.clone(), format!("a second device named '{name}'"));
             }
             let mut settings = match (d.settings, &profile) {
                 (Some(s), _) => s,
@@ -314,6 +314,10 @@ impl Checker<'_> {
                         _ => self.fail(opts.span(), format!("setoptions: '{k}' is not a SetOption number (0..177)")),
                     }
                 }
+            }
+            // The firmware could not hold what a command could never store (core limits.rs).
+            if let Err(e) = tasmota_core::limits::check(&settings) {
+                self.fail(span.clone(), format!("device '{name}': settings: {e}"));
             }
             devices.push(DeviceSpec { name, mac, settings, tls_handshake, hardware });
         }
@@ -544,6 +548,10 @@ mod tests {
 
         let e = parse("[[device]]\nsettings = { mqtt_hots = \"x\" }\n").unwrap_err();
         assert!(e.message.contains("mqtt_hots"), "{e}");
+
+        let e = parse("[[device]]\nsettings = { mqtt_topic = \"\" }\n[[step]]\nadvance = \"1s\"\n").unwrap_err();
+        assert!(e.message.starts_with("device 'device': settings: field mqtt_topic: is empty"), "{e}");
+        assert_eq!(e.at.unwrap().0, 1, "{e}");
 
         let e = parse("[[step]]\nexpect = { setting = { name = \"nope\", value = 1 } }\n").unwrap_err();
         assert!(e.message.contains("'nope' is not a settings field"), "{e}");
