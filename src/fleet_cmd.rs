@@ -14,7 +14,7 @@ Examples:
   # 500 Sonoff Basics for an hour of fleet time on the virtual clock (a few seconds),
   # toggled by 10 commands a second, every device told 'Power ON' at 30 min
   tasmota-sim fleet --devices 500 --virtual --for 1h --commands-per-second 10 \\
-    --group-command 'Power ON@30m' --json fleet.json
+    --group-command 'Power ON@30m' --json fleet.json --html fleet.html
 
   # 2,000 devices against the embedded broker on a loopback socket, in real time,
   # booted 500 a second; fail (exit 1) unless p99 < 5 ms and every command is answered
@@ -93,6 +93,10 @@ pub struct FleetArgs {
     /// Write the report as JSON (with serialized histograms) to FILE ('-': stdout).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Write the report as one self-contained HTML page with plots (connects per second,
+    /// the latency distribution) to FILE.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
     /// Exit 1 unless every term holds: p50|p90|p99|p99.9|max<DURATION,
     /// unanswered|connect-failures|disconnected=N.
     #[arg(long, value_name = "TERMS")]
@@ -222,6 +226,12 @@ pub fn run(args: FleetArgs) -> ExitCode {
         };
         if let Err(e) = written {
             eprintln!("tasmota-sim fleet: --json {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    }
+    if let Some(path) = &args.html {
+        if let Err(e) = std::fs::write(path, report.html()) {
+            eprintln!("tasmota-sim fleet: --html {}: {e}", path.display());
             return ExitCode::from(1);
         }
     }

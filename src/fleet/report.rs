@@ -184,6 +184,101 @@ impl Report {
     }
 }
 
+impl Report {
+    /// One self-contained HTML page: the numbers, connects per second over the run (the
+    /// reconnect storm's shape) and the command latency distribution (percentile curve
+    /// from the histogram), as inline SVG; no script, no outside file.
+    pub fn html(&self) -> String {
+        let mut h = String::new();
+        let esc = |t: &str| t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+        let _ = write!(
+            h,
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>tasmota-sim fleet: {} devices</title>\
+             <style>body{{font:14px system-ui,sans-serif;margin:2em;max-width:60em}}pre{{background:#f4f4f4;padding:1em}}\
+             svg{{background:#fafafa;border:1px solid #ddd}}h2{{margin-top:1.5em}}</style></head><body>\
+             <h1>tasmota-sim fleet: {} devices on {}</h1><pre>{}</pre>",
+            self.devices,
+            self.devices,
+            esc(&self.target),
+            esc(&self.human())
+        );
+        let cps: Vec<f64> = self.connects_per_second.iter().map(|n| *n as f64).collect();
+        h.push_str("<h2>Connects per second of fleet time</h2>");
+        h.push_str(&svg_bars(&cps, "s", "connects"));
+        h.push_str("<h2>Command → reply latency</h2>");
+        match decode_histogram(&self.histograms.latency_us) {
+            Ok(hist) if !hist.is_empty() => {
+                // The latency at each percentile, 0 .. 99.99 on a log-like axis.
+                let qs = [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 0.9999];
+                let points: Vec<(String, f64)> = qs
+                    .iter()
+                    .map(|q| (format!("p{}", q * 100.0), hist.value_at_quantile(*q) as f64 / 1000.0))
+                    .collect();
+                h.push_str(&svg_labelled_bars(&points, "ms"));
+            }
+            _ => h.push_str("<p>No command was answered.</p>"),
+        }
+        h.push_str("</body></html>\n");
+        h
+    }
+}
+
+/// Bars for a series indexed by second.
+fn svg_bars(values: &[f64], x_unit: &str, y_unit: &str) -> String {
+    let (w, hgt) = (800.0, 200.0);
+    let max = values.iter().cloned().fold(0.0, f64::max).max(1.0);
+    let n = values.len().max(1) as f64;
+    let bw = w / n;
+    let mut s = format!("<svg width=\"{w}\" height=\"{}\" viewBox=\"0 0 {w} {}\">", hgt + 20.0, hgt + 20.0);
+    for (i, v) in values.iter().enumerate() {
+        let bh = v / max * hgt;
+        let _ = write!(
+            s,
+            "<rect x=\"{:.2}\" y=\"{:.2}\" width=\"{:.2}\" height=\"{:.2}\" fill=\"#3a7\"><title>{i} {x_unit}: {v} {y_unit}</title></rect>",
+            i as f64 * bw,
+            hgt - bh,
+            bw.max(1.0),
+            bh
+        );
+    }
+    let _ = write!(
+        s,
+        "<text x=\"0\" y=\"{}\" font-size=\"12\">0 {x_unit}</text><text x=\"{w}\" y=\"{}\" font-size=\"12\" text-anchor=\"end\">{} {x_unit}; highest bar {max} {y_unit}</text></svg>",
+        hgt + 16.0,
+        hgt + 16.0,
+        values.len()
+    );
+    s
+}
+
+/// Labelled bars (the latency at each percentile).
+fn svg_labelled_bars(points: &[(String, f64)], unit: &str) -> String {
+    let (w, hgt) = (800.0, 200.0);
+    let max = points.iter().map(|p| p.1).fold(0.0, f64::max).max(0.001);
+    let bw = w / points.len().max(1) as f64;
+    let mut s = format!("<svg width=\"{w}\" height=\"{}\" viewBox=\"0 0 {w} {}\">", hgt + 40.0, hgt + 40.0);
+    for (i, (label, v)) in points.iter().enumerate() {
+        let bh = v / max * hgt;
+        let x = i as f64 * bw;
+        let _ = write!(
+            s,
+            "<rect x=\"{:.2}\" y=\"{:.2}\" width=\"{:.2}\" height=\"{:.2}\" fill=\"#37a\"/>\
+             <text x=\"{:.2}\" y=\"{:.2}\" font-size=\"11\" text-anchor=\"middle\">{v:.2} {unit}</text>\
+             <text x=\"{:.2}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\">{label}</text>",
+            x + 4.0,
+            hgt - bh + 14.0,
+            bw - 8.0,
+            bh,
+            x + bw / 2.0,
+            (hgt - bh + 10.0).max(10.0),
+            x + bw / 2.0,
+            hgt + 30.0
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
 fn ms(us: u64) -> String {
     if us >= 10_000 {
         format!("{:.0} ms", us as f64 / 1000.0)
@@ -318,5 +413,29 @@ mod tests {
         assert!(parse_slo("p98<5ms").unwrap_err().contains("p50|p90|p99"));
         assert!(parse_slo("lost=x").unwrap_err().contains("unanswered"));
         assert!(parse_slo("").is_err());
+    }
+
+    #[test]
+    fn the_html_page_is_self_contained_and_shows_both_plots() {
+        let mut h = new_histogram();
+        for v in [300u64, 400, 2_000] {
+            h.record(v).unwrap();
+        }
+        let r = Report {
+            target: "virtual <x>".into(),
+            devices: 3,
+            connects_per_second: vec![0, 0, 0, 3],
+            histograms: Histograms { latency_us: encode_histogram(&h), connect_us: String::new() },
+            ..Report::default()
+        };
+        let page = r.html();
+        assert!(page.starts_with("<!doctype html>"));
+        assert!(page.contains("virtual &lt;x&gt;"), "the target is escaped");
+        assert_eq!(page.matches("<svg").count(), 2);
+        assert!(page.contains("<title>3 s: 3 connects</title>"), "{page}");
+        assert!(page.contains(">p50</text>") && page.contains(">p99.99</text>"), "{page}");
+        assert!(!page.contains("<script") && !page.contains("http"), "no script, no outside file");
+        let empty = Report::default().html();
+        assert!(empty.contains("No command was answered."));
     }
 }
