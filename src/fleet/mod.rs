@@ -502,7 +502,11 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
                         pending[i] = None;
                         pending_count -= 1;
                     }
-                    let busy = pending[i].is_some() || groups.last().is_some_and(|(_, a)| !a.contains(&i));
+                    // Not to a device whose link is down (it would be lost), nor one that has not
+                    // answered the last group command yet.
+                    let busy = pending[i].is_some()
+                        || tally.borrow().connected_since[i].is_none()
+                        || groups.last().is_some_and(|(_, a)| !a.contains(&i));
                     if !busy {
                         let topic = devices[i].core().map(|c| c.topic().to_string()).unwrap_or_default();
                         let _ = op_tx.send(operator::Command {
@@ -651,7 +655,12 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
         connects: t.connects,
         operator_link_losses: operator_down,
         failures: t.failures.clone(),
-        connects_per_second: t.connects_per_second.clone(),
+        // One entry per second of the run, so a plot spans the whole run.
+        connects_per_second: {
+            let mut cps = t.connects_per_second.clone();
+            cps.resize(cps.len().max(run_time.as_secs_f64().ceil() as usize), 0);
+            cps
+        },
         rss_bytes_per_device: if n > 0 { rss / n as u64 } else { 0 },
         cpu_us_per_device: if n > 0 { cpu_us / n as u64 } else { 0 },
         aws_iot,

@@ -132,8 +132,8 @@ impl Report {
             "  connected            {} of {} (all connected after {connect})",
             self.connected, self.devices
         );
-        let _ =
-            writeln!(s, "  connects             {} ({} failed)", self.connects, self.failures.values().sum::<u64>());
+        let failed: u64 = self.failures.values().sum();
+        let _ = writeln!(s, "  connects             {} made, {failed} attempts failed", self.connects);
         for (kind, n) in &self.failures {
             let _ = writeln!(s, "    {kind:<18} {n}");
         }
@@ -217,6 +217,9 @@ impl Report {
                 h.push_str(&svg_labelled_bars(&points, "ms"));
             }
             _ => h.push_str("<p>No command was answered.</p>"),
+        }
+        if self.target == "virtual" {
+            h.push_str("<p>On the virtual clock links are in memory and take no time: a reply comes at the instant of its command.</p>");
         }
         h.push_str("</body></html>\n");
         h
