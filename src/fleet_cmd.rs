@@ -34,15 +34,19 @@ tasmota_000001, ...). Exit codes: 0 ok, 1 an --slo term missed or the run failed
 /// Flags of `tasmota-sim fleet`.
 #[derive(clap::Args)]
 pub struct FleetArgs {
-    /// How many devices.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    devices: u32,
+    /// How many devices (one group; see --fleet for several).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000), required_unless_present = "fleet")]
+    devices: Option<u32>,
+    /// Groups of devices from a fleet file (count, profile, mac_base, tele_period,
+    /// settings, setoptions per [[group]]; see the README's "Fleets").
+    #[arg(long, value_name = "FILE.toml", conflicts_with_all = ["devices", "profile", "mac_base", "tele_period"])]
+    fleet: Option<PathBuf>,
     /// What every device is built from: a built-in profile or a profile file.
-    #[arg(long, value_name = "NAME|PATH", default_value = tasmota_sim::profile::DEFAULT)]
-    profile: String,
-    /// The first device's MAC; the others count up from it.
-    #[arg(long, value_name = "MAC", default_value = "5C:CF:7F:00:00:00")]
-    mac_base: Mac,
+    #[arg(long, value_name = "NAME|PATH")]
+    profile: Option<String>,
+    /// The first device's MAC; the others count up from it (default 5C:CF:7F:00:00:00).
+    #[arg(long, value_name = "MAC")]
+    mac_base: Option<Mac>,
     /// Devices and an embedded plain broker over in-memory links, on the virtual clock.
     #[arg(long = "virtual", group = "target")]
     virtual_clock: bool,
@@ -84,6 +88,10 @@ pub struct FleetArgs {
     /// The embedded broker restarts at AT and refuses connections for DOWN: 'AT/DOWN'.
     #[arg(long, value_name = "AT/DOWN", value_parser = parse_outage)]
     broker_outage: Option<(Duration, Duration)>,
+    /// Against an AWS IoT endpoint (*.amazonaws.com), go past AWS IoT Core's quotas
+    /// (500 CONNECT/s per account; 100 publishes/s per connection).
+    #[arg(long)]
+    exceed_aws_quotas: bool,
     /// Seed of the workload's random choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -123,6 +131,52 @@ fn open_file_limit() -> Option<u64> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
+/// AWS IoT Core's CONNECT requests per second per account (adjustable; the spec's
+/// aws-iot.md "Rates and quotas", AWS General Reference "AWS IoT Core endpoints and quotas").
+const AWS_CONNECTS_PER_SECOND: f64 = 500.0;
+/// AWS IoT Core's publish requests per second per connection, in and out together.
+const AWS_PUBLISHES_PER_CONNECTION: f64 = 100.0;
+
+/// Against an AWS IoT endpoint, the ramp and the workload stay inside AWS IoT Core's
+/// quotas unless told otherwise: what shaped the run, or why it cannot run as asked.
+fn aws_quotas(
+    target: &Target,
+    connect_rate: &mut Option<f64>,
+    commands: f64,
+    exceed: bool,
+) -> Result<Vec<String>, String> {
+    let Target::Broker(url) = target else { return Ok(Vec::new()) };
+    if !url.host.to_ascii_lowercase().ends_with(".amazonaws.com") {
+        return Ok(Vec::new());
+    }
+    let mut notes = Vec::new();
+    match *connect_rate {
+        None if !exceed => {
+            *connect_rate = Some(AWS_CONNECTS_PER_SECOND);
+            notes.push(format!(
+                "AWS IoT Core quota: devices boot at {AWS_CONNECTS_PER_SECOND}/s (CONNECT requests per second per account)"
+            ));
+        }
+        Some(r) if r > AWS_CONNECTS_PER_SECOND && !exceed => {
+            return Err(format!(
+                "--connect-rate {r} is above AWS IoT Core's {AWS_CONNECTS_PER_SECOND} CONNECT requests per second per \
+                 account; --exceed-aws-quotas to go past it (AWS throttles the rest)"
+            ))
+        }
+        _ => {}
+    }
+    // The operator's one connection publishes each command and receives its answer.
+    if 2.0 * commands > AWS_PUBLISHES_PER_CONNECTION && !exceed {
+        return Err(format!(
+            "--commands-per-second {commands}: the operator's connection publishes each command and receives its \
+             answer, and AWS IoT Core allows {AWS_PUBLISHES_PER_CONNECTION} publishes per second per connection (in and \
+             out): at most {} commands/s; --exceed-aws-quotas to go past it (AWS drops the rest)",
+            AWS_PUBLISHES_PER_CONNECTION / 2.0
+        ));
+    }
+    Ok(notes)
+}
+
 pub fn run(args: FleetArgs) -> ExitCode {
     let target = match (&args.broker, args.embedded, args.virtual_clock) {
         (Some(url), _, _) => Target::Broker(url.clone()),
@@ -130,14 +184,31 @@ pub fn run(args: FleetArgs) -> ExitCode {
         (None, false, true) => Target::Virtual,
         (None, false, false) => return bad("say where the devices connect: --virtual, --embedded or --broker URL"),
     };
-    if let Some(tp) = args.tele_period {
-        if tp != 0 && !(10..=3600).contains(&tp) {
-            return bad(format!("--tele-period {tp}: TelePeriod is 0 or 10..3600 seconds"));
+    let groups = match (&args.fleet, args.devices) {
+        (Some(path), _) => match fleet::plan::load(path) {
+            Ok(g) => g,
+            Err(e) => return bad(e),
+        },
+        (None, Some(n)) => {
+            let profile = match tasmota_sim::profile::Profile::load(
+                args.profile.as_deref().unwrap_or(tasmota_sim::profile::DEFAULT),
+            ) {
+                Ok(p) => p,
+                Err(e) => return bad(e),
+            };
+            let base = args.mac_base.unwrap_or(Mac([0x5C, 0xCF, 0x7F, 0, 0, 0]));
+            match fleet::plan::single(n as usize, profile, base, args.tele_period) {
+                Ok(g) => vec![g],
+                Err(e) => return bad(e),
+            }
         }
-    }
+        (None, None) => return bad("--devices N or --fleet FILE.toml"),
+    };
+    let devices: u64 = groups.iter().map(|g| g.count as u64).sum();
     if !(args.commands_per_second >= 0.0 && args.commands_per_second.is_finite()) {
         return bad("--commands-per-second: a rate of 0 or more");
     }
+    let mut connect_rate = args.connect_rate;
     if let Some(r) = args.connect_rate {
         if !(r > 0.0 && r.is_finite()) {
             return bad("--connect-rate: a rate above 0");
@@ -146,23 +217,19 @@ pub fn run(args: FleetArgs) -> ExitCode {
     // Each device holds one socket; the embedded broker holds the other end in this process.
     let sockets = match target {
         Target::Virtual => 0,
-        Target::Embedded => 2 * u64::from(args.devices),
-        Target::Broker(_) => u64::from(args.devices),
+        Target::Embedded => 2 * devices,
+        Target::Broker(_) => devices,
     };
     if let Some(limit) = open_file_limit() {
         if sockets + 64 > limit {
             return bad(format!(
                 "{} devices need about {} open sockets here, over this process's open-file limit of {limit}: \
                  use fewer devices, --virtual, or split the fleet over several processes",
-                args.devices,
+                devices,
                 sockets + 64
             ));
         }
     }
-    let profile = match tasmota_sim::profile::Profile::load(&args.profile) {
-        Ok(p) => p,
-        Err(e) => return bad(e),
-    };
     let connector = match args.tls.connector() {
         Ok(c) => c,
         Err(e) => return bad(e),
@@ -170,24 +237,31 @@ pub fn run(args: FleetArgs) -> ExitCode {
     if tasmota_sim::fleet::bill::Pricing::builtin().region(&args.aws_region).is_err() {
         return bad(tasmota_sim::fleet::bill::Pricing::builtin().region(&args.aws_region).unwrap_err());
     }
+    let shaped_by = match aws_quotas(&target, &mut connect_rate, args.commands_per_second, args.exceed_aws_quotas) {
+        Ok(notes) => notes,
+        Err(e) => return bad(e),
+    };
+    if !args.quiet {
+        for note in &shaped_by {
+            eprintln!("tasmota-sim fleet: {note}");
+        }
+    }
     let virtual_clock = matches!(target, Target::Virtual);
     let opts = fleet::Options {
-        devices: args.devices as usize,
-        profile,
-        mac_base: args.mac_base,
+        groups,
         target,
         connector,
         login: args.user.zip(args.password),
-        connect_rate: args.connect_rate,
+        connect_rate,
         in_flight: if args.in_flight == 0 { usize::MAX } else { args.in_flight },
         commands_per_second: args.commands_per_second,
         group_commands: args.group_command,
         run_for: args.run_for,
-        tele_period: args.tele_period,
         broker_outage: args.broker_outage,
         progress: !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
         seed: args.seed,
         aws_region: args.aws_region,
+        shaped_by,
     };
     let runtime = match tasmota_sim::host::runtime(virtual_clock) {
         Ok(r) => r,
@@ -245,4 +319,31 @@ pub fn run(args: FleetArgs) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn aws() -> Target {
+        Target::Broker("mqtts://a1b2c3d4e5f6g7-ats.iot.eu-central-1.amazonaws.com:443".parse().unwrap())
+    }
+
+    #[test]
+    fn aws_quotas_shape_the_ramp_and_refuse_the_workload_past_them() {
+        let mut rate = None;
+        let notes = aws_quotas(&aws(), &mut rate, 50.0, false).unwrap();
+        assert_eq!(rate, Some(500.0));
+        assert_eq!(notes, ["AWS IoT Core quota: devices boot at 500/s (CONNECT requests per second per account)"]);
+        let e = aws_quotas(&aws(), &mut Some(501.0), 0.0, false).unwrap_err();
+        assert!(e.starts_with("--connect-rate 501 is above AWS IoT Core's 500 CONNECT"), "{e}");
+        let e = aws_quotas(&aws(), &mut None, 51.0, false).unwrap_err();
+        assert!(e.contains("at most 50 commands/s"), "{e}");
+        // Past them only when asked; other brokers have no such quotas here.
+        let mut rate = Some(2000.0);
+        assert!(aws_quotas(&aws(), &mut rate, 1000.0, true).unwrap().is_empty());
+        assert_eq!(rate, Some(2000.0));
+        let mosquitto = Target::Broker("mqtt://127.0.0.1:1883".parse().unwrap());
+        assert!(aws_quotas(&mosquitto, &mut None, 1000.0, false).unwrap().is_empty());
+    }
 }

@@ -148,3 +148,47 @@ fn bad_input_exits_2_naming_it() {
         assert!(err.contains(named), "{args:?} should name {named}: {err}");
     }
 }
+
+#[test]
+fn a_fleet_file_makes_groups_of_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fleet.toml");
+    std::fs::write(
+        &file,
+        "[[group]]\ncount = 3\ntele_period = 60\n\n[[group]]\ncount = 2\nprofile = \"sonoff-4ch\"\nmac_base = \"5C:CF:7F:10:00:00\"\n",
+    )
+    .unwrap();
+    let r = report(&[
+        "--fleet",
+        file.to_str().unwrap(),
+        "--virtual",
+        "--for",
+        "90s",
+        "--group-command",
+        "Power1 ON@30s",
+        "-q",
+    ]);
+    assert_eq!(r["devices"], 5);
+    assert_eq!(r["connected"], 5);
+    assert_eq!(r["group_commands"][0]["answered"], 5);
+    // A bad group names the file, the line and the column.
+    std::fs::write(&file, "[[group]]\ncount = 2\n\n[[group]]\ncount = -1\n").unwrap();
+    let out = fleet(&["--fleet", file.to_str().unwrap(), "--virtual"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("fleet.toml:5:9: count -1: a group has at least 1 device"), "{err}");
+    // --fleet and --devices do not mix.
+    let out = fleet(&["--fleet", file.to_str().unwrap(), "--devices", "3", "--virtual"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn aws_quotas_refuse_a_workload_past_them_before_any_connect() {
+    let aws = "mqtts://a1b2c3d4e5f6g7-ats.iot.eu-central-1.amazonaws.com:443";
+    let out = fleet(&["--devices", "5", "--broker", aws, "--commands-per-second", "80"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("100 publishes per second per connection"));
+    let out = fleet(&["--devices", "5", "--broker", aws, "--connect-rate", "900"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("500 CONNECT requests per second per account"));
+}

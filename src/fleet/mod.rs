@@ -17,6 +17,7 @@
 //! on a loopback socket in real time; `--broker URL` uses any MQTT 3.1.1 broker.
 
 pub mod bill;
+pub mod plan;
 pub mod report;
 
 use std::cell::RefCell;
@@ -34,7 +35,6 @@ use tokio::time::Instant;
 use crate::broker::{Broker, Config, LinkInfo, ProfileName};
 use crate::host::{Console, HostDevice, HostSetup, LinkEvent, Network, Opening};
 use crate::link::{BoxStream, Connector};
-use crate::profile::Profile;
 use crate::scenario::operator::{self, OperatorEvent};
 use crate::scenario::BrokerUrl;
 use report::{encode_histogram, new_histogram, GroupResult, Histograms, Percentiles, Report};
@@ -80,9 +80,8 @@ impl std::str::FromStr for GroupCommand {
 
 /// Everything a fleet run needs.
 pub struct Options {
-    pub devices: usize,
-    pub profile: Profile,
-    pub mac_base: Mac,
+    /// The devices, group by group (`--devices` is one group).
+    pub groups: Vec<plan::Group>,
     pub target: Target,
     /// Device and operator links to a `--broker` (trust, `--resolve`).
     pub connector: Connector,
@@ -95,8 +94,6 @@ pub struct Options {
     pub commands_per_second: f64,
     pub group_commands: Vec<GroupCommand>,
     pub run_for: Duration,
-    /// TelePeriod for every device (seconds).
-    pub tele_period: Option<u16>,
     /// `--broker-outage AT/DOWNTIME` (embedded brokers only).
     pub broker_outage: Option<(Duration, Duration)>,
     /// Draw a progress line on stderr.
@@ -104,6 +101,8 @@ pub struct Options {
     /// Seed of the command workload's choices.
     pub seed: u64,
     pub aws_region: String,
+    /// Which quotas shaped the run (AWS IoT Core's, against an AWS endpoint).
+    pub shaped_by: Vec<String>,
 }
 
 /// The MAC of device `index`: `base + index` as a 48-bit number.
@@ -302,7 +301,7 @@ pub enum FleetError {
 pub async fn run(opts: Options) -> Result<Report, FleetError> {
     let wall = std::time::Instant::now();
     let t0 = Instant::now();
-    let n = opts.devices;
+    let n: usize = opts.groups.iter().map(|g| g.count).sum();
     // The broker, and where devices and the operator reach it.
     let (broker, network, host, port, tls): (Option<Broker>, Arc<dyn Network>, String, u16, bool) = match &opts.target {
         Target::Virtual => {
@@ -329,24 +328,34 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
 
     let tally = Rc::new(RefCell::new(Tally::new(n)));
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
-    let mut settings: Settings = opts.profile.initial_settings();
-    settings.mqtt_host = host.clone();
-    settings.mqtt_port = port;
-    if let Some((user, password)) = &opts.login {
-        settings.mqtt_user = user.clone();
-        settings.mqtt_pwd = password.clone();
-    }
-    if let Some(tp) = opts.tele_period {
-        settings.tele_period = tp;
-    }
-    if tls {
-        settings.set_option(103, 1);
-    }
-    let group_topic = settings.mqtt_grp_topic[0].clone();
-    let mut devices: Vec<HostDevice<FleetConsole>> = (0..n)
-        .map(|index| {
+    // Each group's settings, pointed at the fleet's broker.
+    let group_settings: Vec<Settings> = opts
+        .groups
+        .iter()
+        .map(|g| {
+            let mut settings = g.settings.clone();
+            settings.mqtt_host = host.clone();
+            settings.mqtt_port = port;
+            if let Some((user, password)) = &opts.login {
+                settings.mqtt_user = user.clone();
+                settings.mqtt_pwd = password.clone();
+            }
+            if tls {
+                settings.set_option(103, 1);
+            }
+            settings
+        })
+        .collect();
+    // Every group topic in use (GroupTopic1), each told the group commands once.
+    let mut group_topics: Vec<String> = group_settings.iter().map(|s| s.mqtt_grp_topic[0].clone()).collect();
+    group_topics.sort();
+    group_topics.dedup();
+    let members = opts.groups.iter().zip(&group_settings).flat_map(|(g, s)| (0..g.count).map(move |j| (g, s, j)));
+    let mut devices: Vec<HostDevice<FleetConsole>> = members
+        .enumerate()
+        .map(|(index, (group, settings, j))| {
             let tx = tx.clone();
-            let hardware = opts.profile.clone().with_mac(mac_of(opts.mac_base, index)).hardware;
+            let hardware = group.profile.clone().with_mac(mac_of(group.mac_base, j)).hardware;
             HostDevice::new(HostSetup {
                 index,
                 name: format!("{index}"),
@@ -482,12 +491,14 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
         }
         while let Some(g) = group_plan.next_if(|g| now >= t0 + g.at) {
             let (cmd, payload) = g.command.split_once(' ').unwrap_or((&g.command, ""));
-            let _ = op_tx.send(operator::Command {
-                topic: format!("cmnd/{group_topic}/{cmd}"),
-                payload: payload.to_string(),
-                retain: false,
-                qos: 0,
-            });
+            for group_topic in &group_topics {
+                let _ = op_tx.send(operator::Command {
+                    topic: format!("cmnd/{group_topic}/{cmd}"),
+                    payload: payload.to_string(),
+                    retain: false,
+                    qos: 0,
+                });
+            }
             delivered += tally.borrow().connected_now as u64;
             groups.push((g, HashSet::new()));
         }
@@ -664,6 +675,7 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
         rss_bytes_per_device: if n > 0 { rss / n as u64 } else { 0 },
         cpu_us_per_device: if n > 0 { cpu_us / n as u64 } else { 0 },
         aws_iot,
+        shaped_by: opts.shaped_by.clone(),
         histograms: Histograms { latency_us: encode_histogram(&latency), connect_us: encode_histogram(&t.connect_us) },
     })
 }

@@ -109,6 +109,10 @@ pub struct Report {
     /// CPU time of the process per device (µs).
     pub cpu_us_per_device: u64,
     pub aws_iot: Option<Bill>,
+    /// Quotas that shaped the ramp or the workload (AWS IoT Core's, against an AWS
+    /// endpoint).
+    #[serde(default)]
+    pub shaped_by: Vec<String>,
     pub histograms: Histograms,
 }
 
