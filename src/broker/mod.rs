@@ -298,6 +298,11 @@ impl Broker {
         }
     }
 
+    /// How many times the broker has restarted (a fault or [`Broker::restart`]).
+    pub fn restart_count(&self) -> u64 {
+        self.shared.restart.borrow().0
+    }
+
     /// Whether the broker is in the downtime of a restart (its listeners refuse links).
     pub fn is_down(&self) -> bool {
         self.shared.is_down()

@@ -98,6 +98,11 @@ pub struct OperatorSlot {
     /// What went wrong for the operator (a lost link, a refused subscription) that the
     /// runner has not yet taken.
     pub troubles: Vec<String>,
+    /// Its broker (index into the scenario's brokers).
+    broker: usize,
+    /// The broker's restart count when the operator last became ready: a link lost to a
+    /// restart the scenario asked for (a fault, a `broker_restart` step) is no trouble.
+    restarts_at_ready: u64,
     task: Option<JoinHandle<()>>,
 }
 
@@ -151,6 +156,7 @@ impl World {
             let tx = world.tx.clone();
             let net = world.net.clone();
             let name = spec.name.clone();
+            let spec_broker = spec.broker;
             let spec = spec.clone();
             // Like mosquitto_sub, the operator connects again (a second later) when its
             // link ends, e.g. across a broker restart.
@@ -180,6 +186,8 @@ impl World {
                 down: None,
                 received: Vec::new(),
                 troubles: Vec::new(),
+                broker: spec_broker,
+                restarts_at_ready: 0,
                 task: Some(task),
             });
         }
@@ -328,22 +336,33 @@ impl World {
         }
     }
 
+    /// How many times embedded broker `i` has restarted (a real broker: never, as far as
+    /// we know).
+    fn broker_restarts(&self, i: usize) -> u64 {
+        match &self.net {
+            Net::Embedded(net) => net.brokers.get(i).map_or(0, |b| b.broker.restart_count()),
+            Net::External { .. } => 0,
+        }
+    }
+
     fn on_event(&mut self, ev: Event) {
         let at_ms = self.now_ms();
         match ev {
             Event::Link(ev) => self.devices[ev.device].handle_link_event(ev),
             Event::Operator { operator, event } => {
+                let restarts = self.broker_restarts(self.operators[operator].broker);
                 let op = &mut self.operators[operator];
                 match event {
                     OperatorEvent::Ready => {
                         op.ready = true;
+                        op.restarts_at_ready = restarts;
                         op.down = None;
                     }
                     OperatorEvent::Message(msg) => op.received.push(Message { at_ms, msg }),
                     OperatorEvent::Refused(what) => op.troubles.push(what),
                     OperatorEvent::Down(why) => {
                         tracing::debug!(operator = %op.name, %why, "operator link ended");
-                        if op.ready {
+                        if op.ready && restarts == op.restarts_at_ready {
                             op.troubles.push(format!("lost its link: {why}"));
                         }
                         op.ready = false;
