@@ -118,8 +118,8 @@ pub fn run(args: ScenarioArgs) -> ExitCode {
         if !args.json {
             let text = report::human(&o, single && !args.quiet);
             match &bar {
-                Some(b) => b.suspend(|| print!("{text}")),
-                None => print!("{text}"),
+                Some(b) => b.suspend(|| out(&text)),
+                None => out(&text),
             }
         }
         if let Some(b) = &bar {
@@ -131,12 +131,12 @@ pub fn run(args: ScenarioArgs) -> ExitCode {
         b.finish_and_clear();
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report::json(&outcomes)).unwrap_or_default());
+        out(&format!("{}\n", serde_json::to_string_pretty(&report::json(&outcomes)).unwrap_or_default()));
     } else if !single {
         let passed = outcomes.iter().filter(|o| o.verdict == Verdict::Passed).count();
         let skipped = outcomes.iter().filter(|o| matches!(o.verdict, Verdict::Skipped(_))).count();
         let wall: f64 = outcomes.iter().map(|o| o.wall.as_secs_f64()).sum();
-        println!("{passed} of {} scenarios passed ({skipped} skipped) in {:.2} s", outcomes.len(), wall);
+        out(&format!("{passed} of {} scenarios passed ({skipped} skipped) in {:.2} s\n", outcomes.len(), wall));
     }
     if let Some(path) = &args.junit {
         let xml = report::junit(&outcomes);
@@ -153,4 +153,12 @@ pub fn run(args: ScenarioArgs) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Writes to stdout. A reader that went away (`| head`) does not stop the run or panic:
+/// the exit code and `--junit` still tell the verdict.
+fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
 }

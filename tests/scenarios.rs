@@ -350,3 +350,24 @@ fn empty_and_missing_scenarios_are_invalid_without_a_made_up_position() {
         text(&o)
     );
 }
+
+/// `tasmota-sim scenario scenarios/ | head -1`: the reader goes away after one line; the
+/// run neither panics nor changes its verdict.
+#[test]
+fn a_closed_stdout_does_not_panic_or_change_the_verdict() {
+    use std::io::{BufRead, BufReader};
+    let lib = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tasmota-sim"))
+        .args(["scenario", lib])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.starts_with("PASS ") || first.starts_with("SKIP "), "{first}");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}
