@@ -403,8 +403,8 @@ fn size_details(rows: &[SizeRow]) -> String {
 
 fn latency_table(rows: &[LatencyRow]) -> String {
     let mut t = String::from(
-        "| broker | command | connected | connect s (raw) | sent | answered | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | p99 < 5 ms |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+        "| broker | command | connected at the end | connect s (raw) | connect failures | sent | answered | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | p99 < 5 ms |\n\
+         |---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
     for r in rows {
         match &r.report {
@@ -414,11 +414,12 @@ fn latency_table(rows: &[LatencyRow]) -> String {
                 let p99 = l["p99"].as_u64().unwrap_or(u64::MAX);
                 let _ = writeln!(
                     t,
-                    "| {} | `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     r.target,
                     r.command,
                     v["connected"].as_u64().unwrap_or(0),
                     v["connect_seconds"].as_f64().map_or("never".into(), f2),
+                    failures(v),
                     v["commands_sent"].as_u64().unwrap_or(0),
                     v["commands_answered"].as_u64().unwrap_or(0),
                     ms("p50"),
@@ -430,7 +431,7 @@ fn latency_table(rows: &[LatencyRow]) -> String {
                 );
             }
             Err(e) => {
-                let _ = writeln!(t, "| {} | `{}` | failed: {} |||||||||", r.target, r.command, e.replace('|', "/"));
+                let _ = writeln!(t, "| {} | `{}` | failed: {} ||||||||||", r.target, r.command, e.replace('|', "/"));
             }
         }
     }
@@ -599,7 +600,13 @@ fn main() -> ExitCode {
             let r = run_fleet(dir.path(), n, &target, window, cps);
             let command = r.as_ref().map_or_else(|_| String::new(), |(_, c)| c.replace(&format!(":{port}"), ":PORT"));
             match &r {
-                Ok((v, _)) => eprintln!("  connected {} latency_us {}", v["connected"], v["latency_us"]),
+                Ok((v, _)) => eprintln!(
+                    "  connected {} connect_seconds {} failures {} latency_us {}",
+                    v["connected"],
+                    v["connect_seconds"],
+                    failures(v),
+                    v["latency_us"]
+                ),
                 Err(e) => eprintln!("  FAILED: {e}"),
             }
             lat.push(LatencyRow { target: name.to_string(), command, cps, report: r.map(|(v, _)| v) });
