@@ -1,6 +1,10 @@
 //! What every benchmark shares: machine facts for the report, and writing its marked
 //! section of BENCHMARKS.md.
 
+// Only the benches that start processes use it.
+#[allow(dead_code)]
+pub mod process;
+
 use std::path::PathBuf;
 use std::process::Command;
 
