@@ -24,7 +24,7 @@ use crate::console::{LogLevel, LogLine, SerialEvent, SerialInput};
 use crate::identity::{format_token, sanitize_hostname};
 use crate::mqtt::{ConnectRequest, Mqtt};
 use crate::setoption as so;
-use crate::settings::{Settings, DEFAULT_HOSTNAME};
+use crate::settings::{Fingerprint, Settings, DEFAULT_HOSTNAME};
 use crate::telemetry::TELE_PERIOD_UNSET;
 use crate::time::Instant;
 use crate::topic::{Prefix, TopicContext, TopicKind};
@@ -109,7 +109,8 @@ struct Blink {
 #[derive(Debug)]
 pub struct Device {
     pub(crate) settings: Settings,
-    saved: Settings,
+    /// The settings last saved (on flash), as a fingerprint: enough to tell a change.
+    saved: Fingerprint,
     pub(crate) hw: Hardware,
     // Derived at boot, as `TasmotaGlobal.mqtt_client`, `.mqtt_topic`, `.hostname`.
     pub(crate) mqtt_client: String,
@@ -174,7 +175,7 @@ impl Device {
     /// Boots a device at `now` from saved settings.
     pub fn boot(hw: Hardware, mut settings: Settings, reason: BootReason, now: Instant) -> Device {
         // What is on flash; the boot count below makes the first tick save again.
-        let saved = settings.clone();
+        let saved = Fingerprint::of(&settings);
         settings.bootcount = settings.bootcount.wrapping_add(1);
         let mqtt_client = format_token(&settings.mqtt_client, &hw.mac);
         let topic = format_token(&settings.mqtt_topic, &hw.mac);
@@ -454,9 +455,10 @@ impl Device {
             return;
         }
         self.settings_dirty = false;
-        if self.settings != self.saved {
-            self.saved = self.settings.clone();
-            self.outputs.push_back(Output::SaveSettings(Box::new(self.saved.clone())));
+        let now = Fingerprint::of(&self.settings);
+        if now != self.saved {
+            self.saved = now;
+            self.outputs.push_back(Output::SaveSettings(Box::new(self.settings.clone())));
         }
     }
 
