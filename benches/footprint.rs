@@ -8,8 +8,10 @@
 //! (WiFi up at 3.5 s, the link opens at once, CONNACK `20 02 00 00`, a SUBACK for each
 //! SUBSCRIBE, a PINGRESP for each PINGREQ) up to `--secs` of device time (default 330:
 //! discovery at 10 s, keepalive pings every 30 s, the first TelePeriod STATE at 300 s),
-//! drains every output and measures again. The fake link's own bytes are freed before each
-//! measurement, so the heap counted is what the devices hold.
+//! drains every output and measures again. Then the broker sends each a Backlog of
+//! `Status 0; Power TOGGLE; Power TOGGLE`, the device runs another minute, and a third
+//! measurement says whether what the commands grew was given back. The fake link's own
+//! bytes are freed before each measurement, so the heap counted is what the devices hold.
 //!
 //! `cargo bench --bench footprint` prints the table (`-- --devices N --secs S` to change
 //! the run). Without `--bench` (under `cargo test --benches`) it does nothing.
@@ -114,15 +116,37 @@ impl Link {
     }
 }
 
-/// Runs one device from boot to `until_ms`, answering on the fake link.
+/// Runs one device from where it is to `until_ms`, answering on the fake link.
 fn run_session(d: &mut Device, until_ms: u64) -> usize {
     let mut link = Link::default();
     link.drain(d, d.now());
+    run_to(d, &mut link, until_ms);
+    link.connects
+}
+
+fn run_to(d: &mut Device, link: &mut Link, until_ms: u64) {
     while let Some(t) = d.poll_timeout().filter(|t| t.as_millis() <= until_ms) {
         d.handle_timeout(t);
         link.drain(d, t);
     }
-    link.connects
+}
+
+/// The broker delivers `cmnd/<topic>/Backlog` with a Status 0 (the biggest answer) and
+/// two power toggles; the device runs on for a minute.
+fn run_commands(d: &mut Device) {
+    let mut link = Link::default();
+    let now = d.now();
+    let cmd = Packet::Publish(packet::Publish {
+        topic: format!("cmnd/{}/Backlog", d.topic()),
+        payload: b"Status 0; Power TOGGLE; Power TOGGLE".to_vec(),
+        qos: 0,
+        retain: false,
+        dup: false,
+        packet_id: None,
+    });
+    d.handle_received(&cmd.encode(), now);
+    link.drain(d, now);
+    run_to(d, &mut link, now.as_millis() + 60_000);
 }
 
 struct Args {
@@ -187,6 +211,10 @@ fn main() -> ExitCode {
         connects += run_session(d, a.secs * 1000);
     }
     let connected = live() - base;
+    for d in &mut devices {
+        run_commands(d);
+    }
+    let commanded = live() - base;
     let wall = start.elapsed();
     if connects != a.devices {
         eprintln!("footprint: {connects} connects for {} devices: a session did not go as planned", a.devices);
@@ -203,7 +231,7 @@ fn main() -> ExitCode {
     println!();
     println!("| per device            | inline B | heap B | total B | total KiB |");
     println!("|-----------------------|---------:|-------:|--------:|----------:|");
-    for (what, heap) in [("booted", booted), ("connected and idle", connected)] {
+    for (what, heap) in [("booted", booted), ("connected and idle", connected), ("idle after commands", commanded)] {
         let per = heap / n;
         let total = inline + per;
         println!("| {what:<21} | {inline:>8} | {per:>6} | {total:>7} | {:>9.2} |", total as f64 / 1024.0);

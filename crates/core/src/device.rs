@@ -291,9 +291,15 @@ impl Device {
         self.halted
     }
 
-    /// The next output, if any.
+    /// The next output, if any. Once they are all taken the queue gives its memory back:
+    /// a burst (a connect, Status 0) grows it to dozens of outputs, and an idle device
+    /// should not keep that.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        let out = self.outputs.pop_front();
+        if out.is_none() && self.outputs.capacity() != 0 {
+            self.outputs = VecDeque::new();
+        }
+        out
     }
 
     /// Bytes typed on the serial console.

@@ -102,9 +102,13 @@ impl Client {
         matches!(self.phase, Phase::Linking | Phase::AwaitConnack { .. })
     }
 
-    /// The next thing to do, if any.
+    /// The next thing to do, if any; the queue's memory goes back once it is empty.
     pub fn poll(&mut self) -> Option<ClientOutput> {
-        self.out.pop_front()
+        let out = self.out.pop_front();
+        if out.is_none() && self.out.capacity() != 0 {
+            self.out = VecDeque::new();
+        }
+        out
     }
 
     /// `setKeepAlive`, `setSocketTimeout` (both in seconds).
@@ -203,6 +207,10 @@ impl Client {
             Ok(Some((packet, used))) => {
                 let raw_connack = used == 4 && self.rx[0] == 0x20 && self.rx[1] == 2;
                 self.rx.drain(..used);
+                if self.rx.is_empty() {
+                    // Nothing more buffered: give the memory back while idle.
+                    self.rx = Vec::new();
+                }
                 self.last_in = now;
                 self.handle_packet(packet, raw_connack, now);
                 true
