@@ -168,6 +168,10 @@ pub(crate) enum TlsLink {
     Up,
 }
 
+/// Outputs the queue makes room for when the first one comes after a drain: a command's
+/// answer over MQTT (`CMD:` line, two publishes with their lines and bytes, relays).
+const OUTPUTS_FIRST_CAPACITY: usize = 8;
+
 /// `ERROR` preset of every command response.
 pub(crate) const RESPONSE_ERROR: &str = "{\"Command\":\"Error\"}";
 
@@ -251,7 +255,7 @@ impl Device {
         );
         device.log(LogLevel::Info, banner);
         device.mqtt_init();
-        device.outputs.push_back(Output::Relays(power));
+        device.push_output(Output::Relays(power));
         device.handle_timeout(now);
         device
     }
@@ -291,13 +295,16 @@ impl Device {
         self.halted
     }
 
-    /// The next output, if any. Once they are all taken the queue gives its memory back:
-    /// a burst (a connect, Status 0) grows it to dozens of outputs, and an idle device
-    /// should not keep that.
+    /// The next output, if any. Once they are all taken the device gives back the
+    /// memory of its queues: a burst (a connect, Status 0) grows them to dozens of
+    /// entries, and an idle device should not keep that.
     pub fn poll_output(&mut self) -> Option<Output> {
         let out = self.outputs.pop_front();
-        if out.is_none() && self.outputs.capacity() != 0 {
-            self.outputs = VecDeque::new();
+        if out.is_none() {
+            if self.outputs.capacity() != 0 {
+                self.outputs = VecDeque::new();
+            }
+            self.mqtt.client.release_idle();
         }
         out
     }
@@ -353,7 +360,7 @@ impl Device {
             self.mqtt_publish_lib(&topic, &payload, false);
             self.mirroring = false;
         }
-        self.outputs.push_back(Output::Log(line));
+        self.push_output(Output::Log(line));
     }
 
     pub(crate) fn outputs_len(&self) -> usize {
@@ -366,6 +373,11 @@ impl Device {
     }
 
     pub(crate) fn push_output(&mut self, output: Output) {
+        if self.outputs.capacity() == 0 {
+            // The queue starts empty after every drain: room for a command's answer at
+            // once rather than growing 4, 8, 16.
+            self.outputs.reserve(OUTPUTS_FIRST_CAPACITY);
+        }
         self.outputs.push_back(output);
     }
 
@@ -416,7 +428,7 @@ impl Device {
             self.blink.power = !self.blink.power;
             let on = if self.blink.power { self.blink.mask } else { 0 };
             let now_power = (self.power & !self.blink.mask) | on;
-            self.outputs.push_back(Output::Relays(now_power));
+            self.push_output(Output::Relays(now_power));
         }
     }
 
@@ -464,7 +476,7 @@ impl Device {
         let now = Fingerprint::of(&self.settings);
         if now != self.saved {
             self.saved = now;
-            self.outputs.push_back(Output::SaveSettings(Box::new(self.settings.clone())));
+            self.push_output(Output::SaveSettings(Box::new(self.settings.clone())));
         }
     }
 
@@ -527,7 +539,7 @@ impl Device {
         // WifiShutdown -> MqttDisconnect: TCP close, no DISCONNECT.
         self.mqtt.client.disconnect();
         self.drain_client();
-        self.outputs.push_back(Output::Restart(kind));
+        self.push_output(Output::Restart(kind));
         self.halted = true;
     }
 
@@ -565,7 +577,7 @@ impl Device {
             format!("RSL: {last} = {payload}")
         };
         self.log(level, text);
-        self.outputs.push_back(Output::Publish(Publish { topic, payload, retain, sent }));
+        self.push_output(Output::Publish(Publish { topic, payload, retain, sent }));
     }
 
     /// `MqttPublishPayloadPrefixTopic_P`: `RESULT` replaces the subtopic of a result
@@ -622,7 +634,7 @@ impl Device {
 
     fn set_device_power(&mut self) {
         self.settings_dirty = true;
-        self.outputs.push_back(Output::Relays(self.power));
+        self.push_output(Output::Relays(self.power));
     }
 
     /// `ExecuteCommandPower(device, state)` for 0 off, 1 on, 2 toggle, 3 blink,

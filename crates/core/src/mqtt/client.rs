@@ -102,13 +102,20 @@ impl Client {
         matches!(self.phase, Phase::Linking | Phase::AwaitConnack { .. })
     }
 
-    /// The next thing to do, if any; the queue's memory goes back once it is empty.
+    /// The next thing to do, if any.
     pub fn poll(&mut self) -> Option<ClientOutput> {
-        let out = self.out.pop_front();
-        if out.is_none() && self.out.capacity() != 0 {
+        self.out.pop_front()
+    }
+
+    /// Gives back the memory of the output queue and the receive buffer while they are
+    /// empty (the device calls it once its driver has taken every output).
+    pub fn release_idle(&mut self) {
+        if self.out.is_empty() && self.out.capacity() != 0 {
             self.out = VecDeque::new();
         }
-        out
+        if self.rx.is_empty() && self.rx.capacity() != 0 {
+            self.rx = Vec::new();
+        }
     }
 
     /// `setKeepAlive`, `setSocketTimeout` (both in seconds).
@@ -207,10 +214,6 @@ impl Client {
             Ok(Some((packet, used))) => {
                 let raw_connack = used == 4 && self.rx[0] == 0x20 && self.rx[1] == 2;
                 self.rx.drain(..used);
-                if self.rx.is_empty() {
-                    // Nothing more buffered: give the memory back while idle.
-                    self.rx = Vec::new();
-                }
                 self.last_in = now;
                 self.handle_packet(packet, raw_connack, now);
                 true
