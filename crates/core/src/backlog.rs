@@ -65,10 +65,10 @@ impl Backlog {
         self.queue.extend(entries);
     }
 
-    /// Empties the queue; returns whether it held anything.
+    /// Empties the queue and gives its memory back; returns whether it held anything.
     pub fn clear(&mut self) -> bool {
         let had = !self.queue.is_empty();
-        self.queue.clear();
+        self.queue = VecDeque::new();
         had
     }
 
@@ -76,14 +76,20 @@ impl Backlog {
     /// command and whether a `NoDelay` came before it.
     pub fn pop(&mut self) -> Option<(String, bool)> {
         let mut nodelay = false;
+        let mut next = None;
         while let Some(entry) = self.queue.pop_front() {
             if starts_with_ignore_case(&entry, "NoDelay") {
                 nodelay = true;
                 continue;
             }
-            return Some((entry, nodelay));
+            next = Some((entry, nodelay));
+            break;
         }
-        None
+        if self.queue.is_empty() {
+            // Drained: the queue's memory goes back until the next Backlog.
+            self.queue = VecDeque::new();
+        }
+        next
     }
 }
 

@@ -80,7 +80,7 @@ impl SerialInput {
             self.overrun = false;
         }
         if byte > 127 {
-            self.buf.clear();
+            self.buf = Vec::new();
             return None;
         }
         if (0x20..0x7f).contains(&byte) {

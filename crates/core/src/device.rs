@@ -24,7 +24,7 @@ use crate::console::{LogLevel, LogLine, SerialEvent, SerialInput};
 use crate::identity::{format_token, sanitize_hostname};
 use crate::mqtt::{ConnectRequest, Mqtt};
 use crate::setoption as so;
-use crate::settings::{Settings, DEFAULT_HOSTNAME};
+use crate::settings::{Fingerprint, Settings, DEFAULT_HOSTNAME};
 use crate::telemetry::TELE_PERIOD_UNSET;
 use crate::time::Instant;
 use crate::topic::{Prefix, TopicContext, TopicKind};
@@ -109,7 +109,8 @@ struct Blink {
 #[derive(Debug)]
 pub struct Device {
     pub(crate) settings: Settings,
-    saved: Settings,
+    /// The settings last saved (on flash), as a fingerprint: enough to tell a change.
+    saved: Fingerprint,
     pub(crate) hw: Hardware,
     // Derived at boot, as `TasmotaGlobal.mqtt_client`, `.mqtt_topic`, `.hostname`.
     pub(crate) mqtt_client: String,
@@ -167,6 +168,10 @@ pub(crate) enum TlsLink {
     Up,
 }
 
+/// Outputs the queue makes room for when the first one comes after a drain: a command's
+/// answer over MQTT (`CMD:` line, two publishes with their lines and bytes, relays).
+const OUTPUTS_FIRST_CAPACITY: usize = 8;
+
 /// `ERROR` preset of every command response.
 pub(crate) const RESPONSE_ERROR: &str = "{\"Command\":\"Error\"}";
 
@@ -174,7 +179,7 @@ impl Device {
     /// Boots a device at `now` from saved settings.
     pub fn boot(hw: Hardware, mut settings: Settings, reason: BootReason, now: Instant) -> Device {
         // What is on flash; the boot count below makes the first tick save again.
-        let saved = settings.clone();
+        let saved = Fingerprint::of(&settings);
         settings.bootcount = settings.bootcount.wrapping_add(1);
         let mqtt_client = format_token(&settings.mqtt_client, &hw.mac);
         let topic = format_token(&settings.mqtt_topic, &hw.mac);
@@ -250,7 +255,7 @@ impl Device {
         );
         device.log(LogLevel::Info, banner);
         device.mqtt_init();
-        device.outputs.push_back(Output::Relays(power));
+        device.push_output(Output::Relays(power));
         device.handle_timeout(now);
         device
     }
@@ -290,9 +295,18 @@ impl Device {
         self.halted
     }
 
-    /// The next output, if any.
+    /// The next output, if any. Once they are all taken the device gives back the
+    /// memory of its queues: a burst (a connect, Status 0) grows them to dozens of
+    /// entries, and an idle device should not keep that.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        let out = self.outputs.pop_front();
+        if out.is_none() {
+            if self.outputs.capacity() != 0 {
+                self.outputs = VecDeque::new();
+            }
+            self.mqtt.client.release_idle();
+        }
+        out
     }
 
     /// Bytes typed on the serial console.
@@ -346,7 +360,7 @@ impl Device {
             self.mqtt_publish_lib(&topic, &payload, false);
             self.mirroring = false;
         }
-        self.outputs.push_back(Output::Log(line));
+        self.push_output(Output::Log(line));
     }
 
     pub(crate) fn outputs_len(&self) -> usize {
@@ -359,6 +373,11 @@ impl Device {
     }
 
     pub(crate) fn push_output(&mut self, output: Output) {
+        if self.outputs.capacity() == 0 {
+            // The queue starts empty after every drain: room for a command's answer at
+            // once rather than growing 4, 8, 16.
+            self.outputs.reserve(OUTPUTS_FIRST_CAPACITY);
+        }
         self.outputs.push_back(output);
     }
 
@@ -409,7 +428,7 @@ impl Device {
             self.blink.power = !self.blink.power;
             let on = if self.blink.power { self.blink.mask } else { 0 };
             let now_power = (self.power & !self.blink.mask) | on;
-            self.outputs.push_back(Output::Relays(now_power));
+            self.push_output(Output::Relays(now_power));
         }
     }
 
@@ -454,9 +473,10 @@ impl Device {
             return;
         }
         self.settings_dirty = false;
-        if self.settings != self.saved {
-            self.saved = self.settings.clone();
-            self.outputs.push_back(Output::SaveSettings(Box::new(self.saved.clone())));
+        let now = Fingerprint::of(&self.settings);
+        if now != self.saved {
+            self.saved = now;
+            self.push_output(Output::SaveSettings(Box::new(self.settings.clone())));
         }
     }
 
@@ -519,7 +539,7 @@ impl Device {
         // WifiShutdown -> MqttDisconnect: TCP close, no DISCONNECT.
         self.mqtt.client.disconnect();
         self.drain_client();
-        self.outputs.push_back(Output::Restart(kind));
+        self.push_output(Output::Restart(kind));
         self.halted = true;
     }
 
@@ -557,7 +577,7 @@ impl Device {
             format!("RSL: {last} = {payload}")
         };
         self.log(level, text);
-        self.outputs.push_back(Output::Publish(Publish { topic, payload, retain, sent }));
+        self.push_output(Output::Publish(Publish { topic, payload, retain, sent }));
     }
 
     /// `MqttPublishPayloadPrefixTopic_P`: `RESULT` replaces the subtopic of a result
@@ -614,7 +634,7 @@ impl Device {
 
     fn set_device_power(&mut self) {
         self.settings_dirty = true;
-        self.outputs.push_back(Output::Relays(self.power));
+        self.push_output(Output::Relays(self.power));
     }
 
     /// `ExecuteCommandPower(device, state)` for 0 off, 1 on, 2 toggle, 3 blink,

@@ -37,7 +37,7 @@ pub const SETOPTION_COUNT: u32 = 178;
 pub const PARAM_COUNT: usize = 18;
 
 /// One device's settings. Field names follow Tasmota's `Settings` struct.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub mqtt_host: String,
@@ -235,6 +235,63 @@ impl Settings {
     }
 }
 
+/// What the device remembers of the settings it last saved, to tell whether they changed
+/// (`SettingsSave` writes only then): 16 bytes instead of a second ~1 KB `Settings`.
+///
+/// It is taken over the stream `#[derive(Hash)]` feeds a hasher, every field in order:
+/// integers at their full width, each string's bytes followed by `0xFF` (a byte no UTF-8
+/// text contains, so no two string lists run together the same way), each array's length
+/// first. Two settings that differ therefore give two different streams, and the
+/// fingerprint keeps two things of that stream:
+///
+/// - its length: a change that makes any text longer or shorter is always seen;
+/// - its FNV-1a 64-bit hash. Each step, `h = (h ^ byte) * P` with `P` odd, is a bijection
+///   of `h` for a given byte and gives different `h` for different bytes, so two streams
+///   of the same length that differ in one byte (a flag, a number, a same-length text with
+///   one character changed) always hash differently. Streams that differ in several bytes
+///   and have the same length collide with a chance of about 2^-64 unless made to on
+///   purpose, and whoever can type commands on a device can already change what it saves.
+///
+/// FNV rather than a faster word hash: it runs at most once a second, only after a
+/// command, power change or reset marked the settings dirty, and only needs `core`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Fingerprint {
+    len: usize,
+    hash: u64,
+}
+
+impl Fingerprint {
+    pub(crate) fn of(settings: &Settings) -> Fingerprint {
+        let mut h = Fnv1a { len: 0, hash: Fnv1a::OFFSET };
+        core::hash::Hash::hash(settings, &mut h);
+        Fingerprint { len: h.len, hash: h.hash }
+    }
+}
+
+/// FNV-1a, 64 bits, counting the bytes it is fed.
+struct Fnv1a {
+    len: usize,
+    hash: u64,
+}
+
+impl Fnv1a {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+}
+
+impl core::hash::Hasher for Fnv1a {
+    fn write(&mut self, bytes: &[u8]) {
+        self.len += bytes.len();
+        for &b in bytes {
+            self.hash = (self.hash ^ u64::from(b)).wrapping_mul(Fnv1a::PRIME);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,6 +306,33 @@ mod tests {
         assert_eq!(s.option(177), 0);
         assert_eq!(s.flags[0], 0x0000_8009);
         assert_eq!(s.flags[1], 0x0000_0080);
+    }
+
+    #[test]
+    fn fingerprint_sees_every_kind_of_change() {
+        let base = Settings::default();
+        let fp = Fingerprint::of(&base);
+        assert_eq!(fp, Fingerprint::of(&base.clone()));
+        let changes: [fn(&mut Settings); 8] = [
+            |s| s.set_option(103, 1),
+            |s| s.param[2] = 201,
+            |s| s.mqtt_host.push('x'),
+            |s| s.mqtt_user = "DVES_USEr".into(),
+            // Text moved from one field to the next: the 0xFF after each string keeps
+            // the streams apart.
+            |s| {
+                s.button_topic.clear();
+                s.switch_topic = "00".into();
+            },
+            |s| s.friendlyname.swap(0, 1),
+            |s| s.ipv4_address[4][3] = 1,
+            |s| s.bootcount += 1,
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let mut s = base.clone();
+            change(&mut s);
+            assert_ne!(Fingerprint::of(&s), fp, "change {i} not seen");
+        }
     }
 
     #[test]

@@ -126,7 +126,8 @@ impl Device {
             let payload = core::mem::take(&mut self.response);
             self.publish_prefix_topic(Prefix::Stat, true, &subtopic, payload, false);
         }
-        self.response.clear();
+        // Empty, and holding no memory between commands.
+        self.response = String::new();
         self.fallback_topic_flag = false;
         self.no_mqtt_response = false;
     }

@@ -107,6 +107,17 @@ impl Client {
         self.out.pop_front()
     }
 
+    /// Gives back the memory of the output queue and the receive buffer while they are
+    /// empty (the device calls it once its driver has taken every output).
+    pub fn release_idle(&mut self) {
+        if self.out.is_empty() && self.out.capacity() != 0 {
+            self.out = VecDeque::new();
+        }
+        if self.rx.is_empty() && self.rx.capacity() != 0 {
+            self.rx = Vec::new();
+        }
+    }
+
     /// `setKeepAlive`, `setSocketTimeout` (both in seconds).
     pub fn set_timing(&mut self, keepalive_s: u16, socket_timeout_s: u16) {
         self.keepalive_ms = u64::from(keepalive_s) * 1000;
