@@ -39,6 +39,9 @@ use crate::scenario::operator::{self, OperatorEvent};
 use crate::scenario::BrokerUrl;
 use report::{encode_histogram, new_histogram, GroupResult, Histograms, Percentiles, Report};
 
+/// How many devices a command tries before it is skipped (all busy or down).
+const PICKS: usize = 8;
+
 /// A command not answered within this time is counted unanswered for good.
 const UNANSWERED_AFTER: Duration = Duration::from_secs(10);
 
@@ -505,7 +508,8 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
         if let (Some(at), Some(gap)) = (next_command, command_gap) {
             if now >= at && now < end {
                 next_command = Some(at + gap);
-                if !ready.is_empty() {
+                // A random connected device; a few more tries when the first is busy.
+                for _ in 0..if ready.is_empty() { 0 } else { PICKS } {
                     let i = ready[choices.below(ready.len())];
                     // A command unanswered for 10 s stays unanswered; the device may get
                     // another.
@@ -518,19 +522,21 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
                     let busy = pending[i].is_some()
                         || tally.borrow().connected_since[i].is_none()
                         || groups.last().is_some_and(|(_, a)| !a.contains(&i));
-                    if !busy {
-                        let topic = devices[i].core().map(|c| c.topic().to_string()).unwrap_or_default();
-                        let _ = op_tx.send(operator::Command {
-                            topic: format!("cmnd/{topic}/Power"),
-                            payload: "TOGGLE".into(),
-                            retain: false,
-                            qos: 0,
-                        });
-                        pending[i] = Some(now);
-                        pending_count += 1;
-                        sent += 1;
-                        delivered += 1;
+                    if busy {
+                        continue;
                     }
+                    let topic = devices[i].core().map(|c| c.topic().to_string()).unwrap_or_default();
+                    let _ = op_tx.send(operator::Command {
+                        topic: format!("cmnd/{topic}/Power"),
+                        payload: "TOGGLE".into(),
+                        retain: false,
+                        qos: 0,
+                    });
+                    pending[i] = Some(now);
+                    pending_count += 1;
+                    sent += 1;
+                    delivered += 1;
+                    break;
                 }
             }
         }
