@@ -119,6 +119,34 @@ impl core::fmt::Display for LimitError {
     }
 }
 
+/// The commands that store a text setting (the `command` each text names in
+/// [`each_text`]; a test keeps the two in step): only these can overflow the text pool.
+const TEXT_COMMANDS: [&str; 18] = [
+    "MqttHost",
+    "MqttUser",
+    "MqttPassword",
+    "MqttClient",
+    "Topic",
+    "FullTopic",
+    "ButtonTopic",
+    "SwitchTopic",
+    "Hostname",
+    "DeviceName",
+    "WebPassword",
+    "GroupTopic",
+    "Prefix",
+    "StateText",
+    "FriendlyName",
+    "FN",
+    "SSId",
+    "Password",
+];
+
+/// Whether the command (its canonical name) stores a text setting.
+pub fn stores_text(command: &str) -> bool {
+    TEXT_COMMANDS.contains(&command)
+}
+
 /// Calls `each` with every text setting: its field name, the command that sets it, its
 /// value and its limit.
 pub fn each_text(s: &Settings, mut each: impl FnMut(String, &'static str, &str, TextLimit)) {

@@ -108,9 +108,13 @@ impl Device {
         match found {
             Some(Found::Command(canon, handler)) => {
                 mb.command = String::from(canon);
-                let before = self.settings.clone();
+                // Only a command that stores a text can overflow the text pool: the others
+                // run without a copy of the settings.
+                let before = crate::limits::stores_text(canon).then(|| self.settings.clone());
                 handler(self, &mut mb);
-                self.refuse_text_overflow(before);
+                if let Some(before) = before {
+                    self.refuse_text_overflow(before);
+                }
             }
             Some(Found::Synonym(canon, n)) => {
                 mb.command = String::from(canon);
@@ -198,4 +202,40 @@ pub(crate) fn log_level(d: &mut Device, mb: &mut Mailbox, level: fn(&mut crate::
     }
     let now = *level(&mut d.settings);
     d.reply_number(mb, i64::from(now));
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::device::{BootReason, Device};
+    use crate::{Hardware, Instant, Settings};
+
+    /// Every command not in `limits::TEXT_COMMANDS` runs without a copy of the settings
+    /// for the text-pool check, so none may change a text setting: each command of both
+    /// tables, given a long text (plain and indexed), leaves the texts as they were.
+    #[test]
+    fn only_the_text_commands_change_texts() {
+        let long = "x".repeat(300);
+        for table in [&super::tasmota::TABLE, &super::mqtt::TABLE] {
+            for (name, _) in table.commands {
+                if crate::limits::stores_text(name) || *name == "Reset" {
+                    continue;
+                }
+                for typed in [format!("{name} {long}"), format!("{name}1 {long}"), format!("{name}2 {long}")] {
+                    let settings = Settings { mqtt_host: "broker.lan".into(), ..Settings::default() };
+                    let mut d =
+                        Device::boot(Hardware::default(), settings, BootReason::PowerOn, Instant::from_millis(0));
+                    let mut texts_before = alloc::vec::Vec::new();
+                    crate::limits::each_text(d.settings(), |f, _, v, _| {
+                        texts_before.push((f, alloc::string::String::from(v)))
+                    });
+                    d.handle_serial_line(&typed, Instant::from_millis(10));
+                    let mut texts_after = alloc::vec::Vec::new();
+                    crate::limits::each_text(d.settings(), |f, _, v, _| {
+                        texts_after.push((f, alloc::string::String::from(v)))
+                    });
+                    assert_eq!(texts_before, texts_after, "{typed} changed a text but is not in limits::TEXT_COMMANDS");
+                }
+            }
+        }
+    }
 }
