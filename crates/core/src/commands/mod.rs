@@ -108,9 +108,9 @@ impl Device {
         match found {
             Some(Found::Command(canon, handler)) => {
                 mb.command = String::from(canon);
-                // Only a command that stores a text can overflow the text pool: the others
-                // run without a copy of the settings.
-                let before = crate::limits::stores_text(canon).then(|| self.settings.clone());
+                // Only a command that stores a text (not a query) can overflow the text
+                // pool: the others run without a copy of the settings.
+                let before = (mb.data_len > 0 && crate::limits::stores_text(canon)).then(|| self.settings.clone());
                 handler(self, &mut mb);
                 if let Some(before) = before {
                     self.refuse_text_overflow(before);
