@@ -88,6 +88,10 @@ pub struct FleetArgs {
     /// The embedded broker restarts at AT and refuses connections for DOWN: 'AT/DOWN'.
     #[arg(long, value_name = "AT/DOWN", value_parser = parse_outage)]
     broker_outage: Option<(Duration, Duration)>,
+    /// A SetOption for every device: N=VALUE, like 59=1 (repeatable; see --fleet for
+    /// groups with settings).
+    #[arg(long = "setoption", value_name = "N=VALUE", conflicts_with = "fleet")]
+    setoptions: Vec<fleet::plan::SetOption>,
     /// Against an AWS IoT endpoint (*.amazonaws.com), go past AWS IoT Core's quotas
     /// (500 CONNECT/s per account; 100 publishes/s per connection).
     #[arg(long)]
@@ -197,7 +201,7 @@ pub fn run(args: FleetArgs) -> ExitCode {
                 Err(e) => return bad(e),
             };
             let base = args.mac_base.unwrap_or(Mac([0x5C, 0xCF, 0x7F, 0, 0, 0]));
-            match fleet::plan::single(n as usize, profile, base, args.tele_period) {
+            match fleet::plan::single(n as usize, profile, base, args.tele_period, &args.setoptions) {
                 Ok(g) => vec![g],
                 Err(e) => return bad(e),
             }

@@ -192,3 +192,25 @@ fn aws_quotas_refuse_a_workload_past_them_before_any_connect() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("500 CONNECT requests per second per account"));
 }
+
+#[test]
+fn setoptions_reach_every_device() {
+    // SetOption59: a power change also publishes tele/<topic>/STATE, so the same commands
+    // (same seed) make more device messages with it than without.
+    let base = ["--devices", "5", "--virtual", "--for", "30s", "--commands-per-second", "2", "-q"];
+    let plain = report(&base);
+    let mut with = base.to_vec();
+    with.extend(["--setoption", "59=1"]);
+    let so59 = report(&with);
+    assert_eq!(so59["commands_answered"], plain["commands_answered"]);
+    let answered = plain["commands_answered"].as_u64().unwrap();
+    assert!(answered > 0);
+    assert_eq!(
+        so59["messages_out"].as_u64().unwrap(),
+        plain["messages_out"].as_u64().unwrap() + answered,
+        "one STATE per toggle"
+    );
+    let out = fleet(&["--devices", "5", "--virtual", "--setoption", "300=1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--setoption"));
+}

@@ -66,13 +66,44 @@ pub struct PlanError {
 }
 
 /// One group from the command line's `--devices`, `--profile`, `--mac-base`, `--tele-period`.
-pub fn single(count: usize, profile: Profile, mac_base: Mac, tele_period: Option<u16>) -> Result<Group, String> {
+pub fn single(
+    count: usize,
+    profile: Profile,
+    mac_base: Mac,
+    tele_period: Option<u16>,
+    setoptions: &[SetOption],
+) -> Result<Group, String> {
     let mut settings = profile.initial_settings();
     if let Some(tp) = tele_period {
         check_tele_period(i64::from(tp)).map_err(|e| format!("--tele-period {tp}: {e}"))?;
         settings.tele_period = tp;
     }
+    for o in setoptions {
+        settings.set_option(o.number, o.value);
+    }
+    tasmota_core::limits::check(&settings).map_err(|e| format!("--setoption: {e}"))?;
     Ok(Group { count, profile, mac_base, settings })
+}
+
+/// A `--setoption N=V`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SetOption {
+    pub number: u32,
+    pub value: u32,
+}
+
+impl std::str::FromStr for SetOption {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("'{s}': expected N=VALUE with a SetOption number 0..177, like 59=1");
+        let (n, v) = s.split_once('=').ok_or_else(bad)?;
+        let number: u32 = n.trim().trim_start_matches("SetOption").parse().map_err(|_| bad())?;
+        if tasmota_core::settings::OptionSlot::of(number).is_none() {
+            return Err(bad());
+        }
+        let value = v.trim().parse().map_err(|_| format!("'{s}': '{v}' is not a whole number"))?;
+        Ok(SetOption { number, value })
+    }
 }
 
 fn check_tele_period(tp: i64) -> Result<u16, String> {
@@ -192,6 +223,16 @@ mod tests {
 
     fn parse_str(text: &str) -> Result<Vec<Group>, PlanError> {
         parse(text, Path::new("fleet.toml"))
+    }
+
+    #[test]
+    fn setoptions_from_the_command_line() {
+        assert_eq!("59=1".parse::<SetOption>(), Ok(SetOption { number: 59, value: 1 }));
+        assert!("200=1".parse::<SetOption>().unwrap_err().contains("0..177"));
+        assert!("59".parse::<SetOption>().is_err());
+        let g =
+            single(2, Profile::load("sonoff-basic").unwrap(), Mac::DEFAULT, None, &["59=1".parse().unwrap()]).unwrap();
+        assert!(g.settings.flag(59));
     }
 
     #[test]
