@@ -238,8 +238,8 @@ pub fn run(args: FleetArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return bad(e),
     };
-    if tasmota_sim::fleet::bill::Pricing::builtin().region(&args.aws_region).is_err() {
-        return bad(tasmota_sim::fleet::bill::Pricing::builtin().region(&args.aws_region).unwrap_err());
+    if let Err(e) = fleet::bill::Pricing::builtin().region(&args.aws_region) {
+        return bad(e);
     }
     let shaped_by = match aws_quotas(&target, &mut connect_rate, args.commands_per_second, args.exceed_aws_quotas) {
         Ok(notes) => notes,

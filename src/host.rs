@@ -370,17 +370,14 @@ impl<C: Console> HostDevice<C> {
 
     /// Carries out everything the core has asked for, until it asks nothing more: its
     /// outputs through [`drive`], then the link work in order, then a reboot if it
-    /// restarted. Returns whether there was anything.
-    pub async fn carry_out(&mut self) -> bool {
-        let mut any = false;
+    /// restarted (link work and restarts come only from outputs, so a drain that finds
+    /// none is the end).
+    pub async fn carry_out(&mut self) {
         while let Some(core) = &mut self.core {
-            let n = drive(core, &mut self.io);
-            let ops = std::mem::take(&mut self.io.ops);
-            if n == 0 && ops.is_empty() && self.io.restart.is_none() {
+            if drive(core, &mut self.io) == 0 {
                 break;
             }
-            any = true;
-            for op in ops {
+            for op in std::mem::take(&mut self.io.ops) {
                 self.do_link_op(op).await;
             }
             match self.io.restart.take() {
@@ -393,7 +390,6 @@ impl<C: Console> HostDevice<C> {
                 None => {}
             }
         }
-        any
     }
 
     async fn do_link_op(&mut self, op: LinkOp) {

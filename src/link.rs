@@ -146,6 +146,14 @@ pub fn load_ca_file(path: &Path) -> Result<RootCertStore, String> {
 }
 
 impl Connector {
+    /// A harness client's link (an operator's): plain or TLS with SNI and the
+    /// certificate check on `host`, no ALPN, 10 s to open.
+    pub async fn open_client(&self, host: &str, port: u16, tls: bool) -> Result<BoxStream, LinkFailure> {
+        let tls =
+            tls.then(|| TlsRequest { server_name: host.to_string(), alpn: None, validation: Validation::TrustAnchors });
+        self.open(&ConnectRequest { host: host.to_string(), port, tls, timeout_ms: 10_000 }).await
+    }
+
     /// Opens the link the core asked for.
     pub async fn open(&self, req: &ConnectRequest) -> Result<BoxStream, LinkFailure> {
         let addrs = self.lookup(&req.host, req.port).await?;

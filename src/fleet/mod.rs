@@ -110,13 +110,17 @@ pub struct Options {
 
 /// The MAC of device `index`: `base + index` as a 48-bit number.
 pub fn mac_of(base: Mac, index: usize) -> Mac {
-    let b = base.0;
-    let n = b.iter().fold(0u64, |acc, x| acc << 8 | u64::from(*x)).wrapping_add(index as u64);
+    let n = mac_number(base).wrapping_add(index as u64);
     let mut out = [0u8; 6];
     for (i, o) in out.iter_mut().enumerate() {
         *o = (n >> (8 * (5 - i))) as u8;
     }
     Mac(out)
+}
+
+/// A MAC as a 48-bit number.
+pub fn mac_number(m: Mac) -> u64 {
+    m.0.iter().fold(0u64, |acc, x| acc << 8 | u64::from(*x))
 }
 
 /// What the devices' console lines told, for the whole fleet.
@@ -282,11 +286,9 @@ struct Choices(u64);
 
 impl Choices {
     fn below(&mut self, n: usize) -> usize {
+        let z = tasmota_core::hardware::splitmix(self.0);
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) % n as u64) as usize
+        (z % n as u64) as usize
     }
 }
 
@@ -704,13 +706,7 @@ impl OperatorRoute {
             tokio::spawn(async move { b.serve(server, LinkInfo { peer: "fleet operator".into(), tls: None }).await });
             return Ok(Box::pin(client));
         }
-        let tls = self.tls.then(|| tasmota_core::mqtt::tls::TlsRequest {
-            server_name: self.host.clone(),
-            alpn: None,
-            validation: tasmota_core::mqtt::tls::Validation::TrustAnchors,
-        });
-        let req = ConnectRequest { host: self.host.clone(), port: self.port, tls, timeout_ms: 10_000 };
-        self.connector.open(&req).await.map_err(|f| {
+        self.connector.open_client(&self.host, self.port, self.tls).await.map_err(|f| {
             FleetError::Run(format!("the fleet's operator client cannot reach {}:{}: {f:?}", self.host, self.port))
         })
     }

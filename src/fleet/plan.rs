@@ -22,7 +22,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use tasmota_core::{Mac, Settings};
 
+use super::mac_number;
 use crate::profile::Profile;
+use crate::scenario::line_col;
 
 /// One group of alike devices.
 #[derive(Clone, Debug)]
@@ -204,17 +206,6 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Group>, PlanError> {
         groups.push(Group { count: count as usize, profile, mac_base, settings });
     }
     Ok(groups)
-}
-
-fn mac_number(m: Mac) -> u64 {
-    m.0.iter().fold(0u64, |acc, x| acc << 8 | u64::from(*x))
-}
-
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
 }
 
 #[cfg(test)]

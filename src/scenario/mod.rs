@@ -21,6 +21,7 @@ pub mod world;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub(crate) use file::line_col;
 pub use file::{FileError, Scenario};
 
 use crate::broker::Record;

@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tasmota_core::mqtt::tls::TlsRequest;
 use tasmota_core::{BootReason, ConnectRequest, Device, LinkFailure, LogLine, Settings};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -373,16 +372,12 @@ impl World {
         }
     }
 
-    /// Carries out every output the devices have, until none has more.
+    /// Carries out every output the devices have. One pass is enough: a device's
+    /// `carry_out` runs until that device asks nothing more, and one device's outputs
+    /// reach another only through the link tasks, as events.
     async fn pump(&mut self) {
-        loop {
-            let mut any = false;
-            for d in &mut self.devices {
-                any |= d.carry_out().await;
-            }
-            if !any {
-                return;
-            }
+        for d in &mut self.devices {
+            d.carry_out().await;
         }
     }
 }
@@ -406,15 +401,10 @@ async fn operator_link(net: &Net, broker: usize, name: &str) -> Result<BoxStream
             tokio::spawn(async move { broker.serve(server, link).await });
             Ok(Box::pin(client))
         }
-        Net::External { connector, url } => {
-            let tls = url.tls.then(|| TlsRequest {
-                server_name: url.host.clone(),
-                alpn: None,
-                validation: tasmota_core::mqtt::tls::Validation::TrustAnchors,
-            });
-            let req = ConnectRequest { host: url.host.clone(), port: url.port, tls, timeout_ms: 10_000 };
-            connector.open(&req).await.map_err(|f| format!("operator '{name}' cannot reach {url}: {f:?}"))
-        }
+        Net::External { connector, url } => connector
+            .open_client(&url.host, url.port, url.tls)
+            .await
+            .map_err(|f| format!("operator '{name}' cannot reach {url}: {f:?}")),
     }
 }
 

@@ -128,8 +128,9 @@ fn within(v: i64, min: i32, max: i32) -> i32 {
     v.max(i64::from(min)).min(i64::from(max)) as i32
 }
 
-/// SplitMix64: one seeded, portable number per step.
-fn splitmix(x: u64) -> u64 {
+/// SplitMix64: one seeded, portable number per step (sensor walks; the fleet's
+/// workload choices).
+pub fn splitmix(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
