@@ -79,7 +79,7 @@ pub async fn run(opts: Options) -> Result<Ending> {
         index: 0,
         name: opts.hardware.mac.to_string(),
         hardware: opts.hardware,
-        flash: opts.settings,
+        flash: crate::host::Flash::new(&opts.settings),
         store: Some(opts.state),
         console: Terminal::default(),
         network: Arc::new(opts.connector),

@@ -30,7 +30,7 @@ use tasmota_core::platform::{drive, Platform};
 use tasmota_core::{
     BootReason, ConnectRequest, Device, Hardware, Instant, LinkFailure, LogLine, Publish, RestartKind, Settings,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWriteExt, WriteHalf};
 use tokio::task::JoinHandle;
 
 use crate::link::{BoxStream, Connector};
@@ -50,9 +50,44 @@ pub fn runtime(virtual_clock: bool) -> std::io::Result<tokio::runtime::Runtime> 
 /// How long a link read may be: one TCP segment's worth is plenty for MQTT 3.1.1.
 const READ_BUFFER: usize = 4096;
 
+std::thread_local! {
+    /// The one read buffer of this thread's links: a link waiting for bytes holds none
+    /// (ten thousand idle links would otherwise hold 40 MB of empty buffers).
+    static READ_SPACE: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0u8; READ_BUFFER].into_boxed_slice());
+}
+
 /// A link being opened, as a future that resolves to the open stream or the firmware's
 /// failure code.
 pub type Opening = Pin<Box<dyn Future<Output = Result<BoxStream, LinkFailure>> + Send>>;
+
+/// What a device's flash holds: its settings as bytes, in the ESP32-C3 firmware's
+/// encoding (postcard, `firmware/esp32c3/src/store.rs`): about 300 bytes for a
+/// device near its defaults, against about 1.2 KB for a decoded [`Settings`]. Devices
+/// may share one until they save (a fleet's group starts from one).
+#[derive(Clone, Debug)]
+pub struct Flash(Arc<[u8]>);
+
+impl Flash {
+    pub fn new(settings: &Settings) -> Flash {
+        // Settings has no map, no untagged enum and no unknown-length sequence: postcard
+        // cannot fail on it.
+        Flash(postcard::to_allocvec(settings).expect("postcard encodes every Settings").into())
+    }
+
+    /// The settings a boot reads.
+    pub fn settings(&self) -> Settings {
+        postcard::from_bytes(&self.0).expect("Flash holds only what Flash::new wrote")
+    }
+
+    /// How many bytes it holds.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// Where a device's links go: real sockets through a [`Connector`], or the embedded
 /// brokers over in-memory duplexes (`scenario::world::EmbeddedNet`).
@@ -151,7 +186,7 @@ pub struct HostIo<C> {
     console: C,
     t0: tokio::time::Instant,
     /// What flash holds: the settings of the last save (a restart boots from these).
-    flash: Settings,
+    flash: Flash,
     /// Where saves are also written (`--state DIR`), with the device's MAC.
     store: Option<(StateDir, tasmota_core::Mac)>,
     ops: Vec<LinkOp>,
@@ -188,7 +223,7 @@ impl<C: Console> Platform for HostIo<C> {
     }
 
     fn save_settings(&mut self, settings: &Settings) {
-        self.flash = settings.clone();
+        self.flash = Flash::new(settings);
         if let Some((store, mac)) = &self.store {
             if let Err(e) = store.save(mac, settings) {
                 eprintln!("tasmota-sim: {e}");
@@ -212,8 +247,9 @@ pub struct HostSetup<C> {
     /// Its name in diagnostics and in the broker's logs (`device <name>`).
     pub name: String,
     pub hardware: Hardware,
-    /// What flash holds at power-on.
-    pub flash: Settings,
+    /// What flash holds at power-on (devices may share one [`Flash`]; a save gives the
+    /// device its own).
+    pub flash: Flash,
     /// Persist saves here too (`tasmota-sim device --state`).
     pub store: Option<StateDir>,
     pub console: C,
@@ -280,8 +316,8 @@ impl<C: Console> HostDevice<C> {
     }
 
     /// What flash holds: the settings of the last save.
-    pub fn flash(&self) -> &Settings {
-        &self.io.flash
+    pub fn flash(&self) -> Settings {
+        self.io.flash.settings()
     }
 
     /// The device's time now: milliseconds since the host's time zero.
@@ -296,7 +332,7 @@ impl<C: Console> HostDevice<C> {
         self.io.ops.clear();
         self.io.restart = None;
         let now = self.now();
-        self.core = Some(Device::boot(self.hw.clone(), self.io.flash.clone(), reason, now));
+        self.core = Some(Device::boot(self.hw.clone(), self.io.flash.settings(), reason, now));
     }
 
     /// Removes power: the link drops with no DISCONNECT (the broker sends the will).
@@ -442,12 +478,24 @@ impl<C> Drop for HostDevice<C> {
     }
 }
 
-/// Reads a link until it ends, reporting what arrives.
+/// Reads a link until it ends, reporting what arrives. A poll borrows this thread's
+/// read buffer only while the link has bytes, and copies out what it read.
 async fn read_link(mut reader: tokio::io::ReadHalf<BoxStream>, device: usize, gen: u64, events: EventSink) {
-    let mut buf = vec![0u8; READ_BUFFER];
+    use std::task::Poll;
     loop {
-        match reader.read(&mut buf).await {
-            Ok(n) if n > 0 => events(LinkEvent { device, gen, kind: LinkEventKind::Bytes(buf[..n].to_vec()) }),
+        let read = std::future::poll_fn(|cx| {
+            READ_SPACE.with_borrow_mut(|space| {
+                let mut buf = tokio::io::ReadBuf::new(space);
+                match Pin::new(&mut reader).poll_read(cx, &mut buf) {
+                    Poll::Ready(Ok(())) => Poll::Ready(Ok(buf.filled().to_vec())),
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+        })
+        .await;
+        match read {
+            Ok(bytes) if !bytes.is_empty() => events(LinkEvent { device, gen, kind: LinkEventKind::Bytes(bytes) }),
             _ => {
                 events(LinkEvent { device, gen, kind: LinkEventKind::Closed });
                 return;
@@ -474,7 +522,7 @@ mod tests {
             name: "d".into(),
             console: Lines::default(),
             t0: tokio::time::Instant::now(),
-            flash: Settings::default(),
+            flash: Flash::new(&Settings::default()),
             store: None,
             ops: Vec::new(),
             restart: None,
@@ -494,6 +542,22 @@ mod tests {
             io.ops,
             [LinkOp::Write(b"abc".to_vec()), LinkOp::Close, LinkOp::Connect(req), LinkOp::Write(b"d".to_vec())]
         );
+    }
+
+    #[test]
+    fn flash_gives_back_the_settings_it_was_given() {
+        let mut s = Settings::default();
+        s.mqtt_host = "a1b2c3d4e5f6g7-ats.iot.eu-central-1.amazonaws.com".into();
+        s.mqtt_port = 443;
+        s.mqtt_pwd = "YknLuSd2tBY2HodwI/7RqA==".into();
+        s.tele_period = 10;
+        s.set_option(103, 1);
+        s.bootcount = 7;
+        let flash = Flash::new(&s);
+        assert_eq!(flash.settings(), s);
+        assert_ne!(flash.settings(), Settings::default());
+        // Smaller than the decoded settings it stands for.
+        assert!(flash.len() < std::mem::size_of::<Settings>(), "{} bytes", flash.len());
     }
 
     #[tokio::test]

@@ -17,6 +17,7 @@
 //! on a loopback socket in real time; `--broker URL` uses any MQTT 3.1.1 broker.
 
 pub mod bill;
+pub mod gate;
 pub mod plan;
 pub mod report;
 
@@ -33,7 +34,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::broker::{Broker, Config, LinkInfo, ProfileName};
-use crate::host::{Console, HostDevice, HostSetup, LinkEvent, Network, Opening};
+use crate::host::{Console, Flash, HostDevice, HostSetup, LinkEvent, Network, Opening};
 use crate::link::{BoxStream, Connector};
 use crate::scenario::operator::{self, OperatorEvent};
 use crate::scenario::BrokerUrl;
@@ -92,8 +93,9 @@ pub struct Options {
     pub login: Option<(String, String)>,
     /// Devices booted per second (`None`: all at once).
     pub connect_rate: Option<f64>,
-    /// At most this many devices booted and not yet connected at once.
-    pub in_flight: usize,
+    /// At most this many device links between connect and CONNACK at once
+    /// ([`gate`]; `None`: no cap).
+    pub in_flight: Option<usize>,
     pub commands_per_second: f64,
     pub group_commands: Vec<GroupCommand>,
     pub run_for: Duration,
@@ -331,6 +333,10 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
         ));
     }
 
+    let network: Arc<dyn Network> = match opts.in_flight {
+        Some(k) => Arc::new(gate::Gate::new(network, k)),
+        None => network,
+    };
     let tally = Rc::new(RefCell::new(Tally::new(n)));
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
     // Each group's settings, pointed at the fleet's broker.
@@ -355,7 +361,8 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
     let mut group_topics: Vec<String> = group_settings.iter().map(|s| s.mqtt_grp_topic[0].clone()).collect();
     group_topics.sort();
     group_topics.dedup();
-    let members = opts.groups.iter().zip(&group_settings).flat_map(|(g, s)| (0..g.count).map(move |j| (g, s, j)));
+    let group_flash: Vec<Flash> = group_settings.iter().map(Flash::new).collect();
+    let members = opts.groups.iter().zip(&group_flash).flat_map(|(g, s)| (0..g.count).map(move |j| (g, s, j)));
     let mut devices: Vec<HostDevice<FleetConsole>> = members
         .enumerate()
         .map(|(index, (group, settings, j))| {
@@ -469,11 +476,10 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
         if now >= end && (!in_flight || now >= end + UNANSWERED_AFTER) {
             break;
         }
-        // Boot the next devices as the ramp and the in-flight cap allow.
+        // Boot the next devices as the ramp allows.
         while booted < n && operator_ready {
             let due = boot_gap.map_or(t0, |g| t0 + g.mul_f64(booted as f64));
-            let pending_connects = booted - tally.borrow().ever_count;
-            if due > now || pending_connects >= opts.in_flight {
+            if due > now {
                 break;
             }
             devices[booted].power_on(BootReason::PowerOn);

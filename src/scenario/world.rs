@@ -136,7 +136,7 @@ impl World {
                     index,
                     name: d.name.clone(),
                     hardware: d.hardware.clone(),
-                    flash: d.settings.clone(),
+                    flash: crate::host::Flash::new(&d.settings),
                     store: None,
                     console: Transcript { prefix: named.then(|| d.name.clone()), lines: Vec::new() },
                     network: network.clone(),
@@ -263,9 +263,9 @@ impl World {
     }
 
     /// Device `i`'s settings: the running core's, or what its flash holds.
-    pub fn device_settings(&self, i: usize) -> &Settings {
+    pub fn device_settings(&self, i: usize) -> std::borrow::Cow<'_, Settings> {
         let d = &self.devices[i];
-        d.core().map_or(d.flash(), Device::settings)
+        d.core().map_or_else(|| std::borrow::Cow::Owned(d.flash()), |c| std::borrow::Cow::Borrowed(c.settings()))
     }
 
     pub fn operator_publish(&mut self, i: usize, cmd: operator::Command) -> Result<(), String> {
