@@ -433,20 +433,6 @@ pub(super) fn cmnd_switchmode(d: &mut Device, mb: &mut Mailbox) {
     d.reply_idx_number(mb, i64::from(d.settings.switchmode[i]));
 }
 
-/// `CmndStatusRetain`: setting 0 clears every retained STATUS message first.
-pub(super) fn cmnd_status_retain(d: &mut Device, mb: &mut Mailbox) {
-    if (0..=1).contains(&mb.payload) {
-        if mb.payload == 0 && d.settings.flag(so::MQTT_STATUS_RETAIN) {
-            for n in 0..=13u32 {
-                let sub = if n == 0 { String::from("STATUS") } else { format!("STATUS{n}") };
-                d.publish_prefix_topic(Prefix::Stat, false, &sub, String::new(), true);
-            }
-        }
-        d.settings.set_option(so::MQTT_STATUS_RETAIN, mb.payload as u32);
-    }
-    d.reply_state_text(mb, d.settings.option(so::MQTT_STATUS_RETAIN));
-}
-
 /// `CmndIpAddress<1..5>`: a dotted address sets it (and restarts); IPAddress1 also shows
 /// the address in use.
 pub(super) fn cmnd_ipaddress(d: &mut Device, mb: &mut Mailbox) {
