@@ -203,9 +203,6 @@ fn publish_old_lwt(d: &mut Device) {
 fn cmnd_fulltopic(d: &mut Device, mb: &mut Mailbox) {
     if mb.data_len > 0 {
         mb.data = valid_mqtt_delete(&mb.data);
-        if mb.data == d.mqtt_client {
-            mb.set_shortcut_default();
-        }
         let new = String::from(if mb.shortcut() == Shortcut::Default { DEFAULT_FULLTOPIC } else { mb.data.as_str() });
         let new = String::from(crate::topic::truncate(&new, limits::FULLTOPIC.max.unwrap_or(usize::MAX)));
         if new != d.settings.mqtt_fulltopic {
@@ -238,17 +235,23 @@ fn cmnd_prefix(d: &mut Device, mb: &mut Mailbox) {
     d.reply_idx_text(mb, &v);
 }
 
+/// `CmndPublish`: the topic is the text up to the first space (at most 150 characters,
+/// `#` standing for a space), the payload everything after that space (none: an empty
+/// message); `Publish2` retains. It answers nothing, and with no argument at all leaves
+/// the `{"Command":"Error"}` preset.
 fn cmnd_publish(d: &mut Device, mb: &mut Mailbox) {
-    if mb.data_len > 0 {
-        let data = mb.data.trim_start_matches(' ');
-        let (topic, payload) = match data.find(' ') {
-            Some(i) => (&data[..i], &data[i + 1..]),
-            None => (data, ""),
-        };
-        if !topic.is_empty() {
-            let topic = String::from(crate::topic::truncate(topic, crate::topic::TOPSZ - 1)).replace('#', " ");
-            d.publish(topic, String::from(payload), mb.index == 2);
-        }
+    if mb.data_len == 0 {
+        return;
+    }
+    // strtok_r(data, " "): leading spaces skipped, the token ends at the next space.
+    let data = mb.data.trim_start_matches(' ');
+    let (topic, payload) = match data.find(' ') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, ""),
+    };
+    if !topic.is_empty() {
+        let topic = String::from(crate::topic::truncate(topic, crate::topic::TOPSZ - 1)).replace('#', " ");
+        d.publish(topic, String::from(payload), mb.index == 2);
     }
     d.response.clear();
 }
@@ -259,7 +262,10 @@ fn cmnd_grouptopic(d: &mut Device, mb: &mut Mailbox) {
     }
     if mb.data_len > 0 {
         mb.data = valid_mqtt_replace(&mb.data);
-        if mb.data == d.mqtt_client {
+        // CmndGroupTopic: a group topic equal to the device's (expanded) Topic would
+        // make every group command arrive twice.
+        if mb.data == d.mqtt_topic {
+            d.log(crate::LogLevel::Info, String::from("MQT: Error: GroupTopic must differ from Topic"));
             mb.set_shortcut_default();
         }
         let value = String::from(text_value(mb, DEFAULT_GROUPTOPIC));
@@ -287,9 +293,6 @@ fn cmnd_grouptopic(d: &mut Device, mb: &mut Mailbox) {
 fn cmnd_topic(d: &mut Device, mb: &mut Mailbox) {
     if !mb.grpflg && mb.data_len > 0 {
         mb.data = valid_mqtt_replace(&mb.data);
-        if mb.data == d.mqtt_client {
-            mb.set_shortcut_default();
-        }
         let new = String::from(if mb.shortcut() == Shortcut::Default { DEFAULT_TOPIC } else { mb.data.as_str() });
         let new = String::from(crate::topic::truncate(&new, limits::TOPIC.max.unwrap_or(usize::MAX)));
         if new != d.settings.mqtt_topic {
@@ -308,9 +311,6 @@ fn key_topic(d: &Device, mb: &mut Mailbox) -> Option<String> {
         return None;
     }
     mb.data = valid_mqtt_replace(&mb.data);
-    if mb.data == d.mqtt_client {
-        mb.set_shortcut_default();
-    }
     Some(match mb.shortcut() {
         Shortcut::Clear => String::new(),
         Shortcut::Default => d.mqtt_topic.clone(),
