@@ -119,8 +119,9 @@ pub(crate) enum Key {
 pub(crate) const CLEAR_RETAIN: u32 = 9;
 
 impl Device {
-    /// A button was pressed (and released), as `ButtonHandler` sees it with no ButtonTopic:
-    /// presses within 0.5 s of each other (`DOUBLE_CLICK_WINDOW`) count together, and when
+    /// A button was pressed (and released), as `ButtonHandler` sees it: a single press
+    /// goes to an active ButtonTopic while MQTT is connected ([`Device::send_key`]);
+    /// otherwise presses within 0.5 s of each other (`DOUBLE_CLICK_WINDOW`) count together, and when
     /// the window closes a single press toggles relay n (`ExecuteCommandPower(n,
     /// POWER_TOGGLE, SRC_BUTTON)`), a k-fold press relay n+k-1 if the device has it.
     /// SetOption13 acts at once, single presses only.
