@@ -740,9 +740,6 @@ impl Device {
             self.pulse.reserve_exact(1);
         }
         self.pulse.push((index as u8, self.now.plus_millis(ms)));
-        if self.pulse.is_empty() {
-            self.pulse = Vec::new();
-        }
     }
 
     /// `GetPulseTimer(index)`: what is left, in the unit PulseTime was given in.
@@ -765,15 +762,15 @@ impl Device {
     /// PowerOnState 5), lowest index first.
     fn pulse_loop(&mut self) {
         let now = self.now;
-        let mut due: Vec<u8> = self.pulse.iter().filter(|(_, at)| *at <= now).map(|(i, _)| *i).collect();
-        due.sort_unstable();
+        // Bit i: timer i ran out (MAX_PULSETIMERS is 32).
+        let due = self.pulse.iter().filter(|(_, at)| *at <= now).fold(0u32, |bits, (i, _)| bits | (1 << (i & 31)));
         self.pulse.retain(|(_, at)| *at > now);
         if self.pulse.is_empty() {
             self.pulse = Vec::new();
         }
         let state = if self.settings.poweronstate == POWER_ALL_OFF_PULSETIME_ON { 1 } else { 0 };
-        for i in due {
-            let mut device = u32::from(i) + 1;
+        for i in (0..MAX_PULSETIMERS as u32).filter(|i| due & (1 << i) != 0) {
+            let mut device = i + 1;
             while device <= u32::from(self.hw.relays) {
                 self.execute_command_power(device, state);
                 device += MAX_PULSETIMERS as u32;

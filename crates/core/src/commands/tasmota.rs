@@ -131,10 +131,16 @@ fn cmnd_pulsetime(d: &mut Device, mb: &mut Mailbox) {
         return;
     }
     if !mb.usridx && mb.data_len == 0 {
-        let set: alloc::vec::Vec<String> =
-            (0..MAX_PULSETIMERS).map(|i| format!("{}", d.settings.pulse_time(i))).collect();
-        let left: alloc::vec::Vec<String> = (0..MAX_PULSETIMERS).map(|i| format!("{}", d.pulse_remaining(i))).collect();
-        d.response = format!("{{\"PulseTime\":{{\"Set\":[{}],\"Remaining\":[{}]}}}}", set.join(","), left.join(","));
+        let mut out = String::from("{\"PulseTime\":{\"Set\":[");
+        for i in 0..MAX_PULSETIMERS {
+            out.push_str(&format!("{}{}", if i > 0 { "," } else { "" }, d.settings.pulse_time(i)));
+        }
+        out.push_str("],\"Remaining\":[");
+        for i in 0..MAX_PULSETIMERS {
+            out.push_str(&format!("{}{}", if i > 0 { "," } else { "" }, d.pulse_remaining(i)));
+        }
+        out.push_str("]}}");
+        d.response = out;
         return;
     }
     let i = mb.index as usize - 1;
