@@ -24,7 +24,7 @@ use crate::console::{LogLevel, LogLine, SerialEvent, SerialInput};
 use crate::identity::{format_token, sanitize_hostname};
 use crate::mqtt::{ConnectRequest, Mqtt};
 use crate::setoption as so;
-use crate::settings::{Fingerprint, Settings, DEFAULT_HOSTNAME};
+use crate::settings::{Fingerprint, Settings, DEFAULT_HOSTNAME, MAX_PULSETIMERS};
 use crate::telemetry::TELE_PERIOD_UNSET;
 use crate::time::Instant;
 use crate::topic::{Prefix, TopicContext, TopicKind};
@@ -133,6 +133,9 @@ pub struct Device {
     /// the once-a-second save check compares only then.
     pub(crate) settings_dirty: bool,
     blink: Blink,
+    /// Running pulse timers (`TasmotaGlobal.pulse_timer`): index and deadline, only the
+    /// armed ones.
+    pulse: Vec<(u8, Instant)>,
     boot_reason: BootReason,
     pub(crate) network_up: bool,
     /// `TasmotaGlobal.uptime` in seconds.
@@ -227,6 +230,7 @@ impl Device {
             power,
             settings_dirty: true,
             blink: Blink::default(),
+            pulse: Vec::new(),
             boot_reason: reason,
             network_up: false,
             uptime_s: 0,
@@ -254,6 +258,14 @@ impl Device {
             device.settings.devicename, VERSION, IMAGE_NAME, CORE_RELEASE, BUILD_DATE_TIME
         );
         device.log(LogLevel::Info, banner);
+        // SetPowerOnState: the pulse timer of every relay that is on (of all with
+        // PowerOnState 5) starts at boot.
+        for i in 0..u32::from(device.hw.relays) {
+            if (power >> i) & 1 != 0 || device.settings.poweronstate == POWER_ALL_OFF_PULSETIME_ON {
+                let index = (i as usize) % MAX_PULSETIMERS;
+                device.set_pulse_timer(index, device.settings.pulse_time(index));
+            }
+        }
         device.mqtt_init();
         device.push_output(Output::Relays(power));
         device.handle_timeout(now);
@@ -428,7 +440,7 @@ impl Device {
             self.blink.power = !self.blink.power;
             let on = if self.blink.power { self.blink.mask } else { 0 };
             let now_power = (self.power & !self.blink.mask) | on;
-            self.push_output(Output::Relays(now_power));
+            self.set_device_power_to(now_power);
         }
     }
 
@@ -632,16 +644,40 @@ impl Device {
         self.publish_prefix_topic(Prefix::Stat, true, "POWER", format!("{{\"{key}\":\"Blink {state}\"}}"), false);
     }
 
+    /// `SetDevicePower(TasmotaGlobal.power)`.
     fn set_device_power(&mut self) {
         self.settings_dirty = true;
-        self.push_output(Output::Relays(self.power));
+        self.set_device_power_to(self.power);
+    }
+
+    /// `SetDevicePower(rpower)`: PowerOnState 4 ("always on") turns every relay on
+    /// whatever was asked, and keeps the power state so.
+    fn set_device_power_to(&mut self, rpower: u32) {
+        let rpower = if self.settings.poweronstate == POWER_ALL_ALWAYS_ON {
+            self.power = relays_mask(self.hw.relays);
+            self.power
+        } else {
+            rpower
+        };
+        self.push_output(Output::Relays(rpower));
     }
 
     /// `ExecuteCommandPower(device, state)` for 0 off, 1 on, 2 toggle, 3 blink,
-    /// 4 blink off and anything else to show the state.
+    /// 4 blink off and anything else to show the state. A relay locked by PowerLock only
+    /// shows its state (`CMD: Power<n> is LOCKED`); every change restarts the relay's
+    /// PulseTime.
     pub(crate) fn execute_command_power(&mut self, device: u32, state: i32) {
         let device = if device < 1 || device > u32::from(self.hw.relays) { 1 } else { device };
         let mask = 1u32 << (device - 1);
+        let mut state = state;
+        if self.settings.power_lock & mask != 0 {
+            self.log(LogLevel::Info, format!("CMD: Power{device} is LOCKED"));
+            state = POWER_SHOW_STATE;
+        }
+        let pulse_index = (device as usize - 1) % MAX_PULSETIMERS;
+        if state != POWER_SHOW_STATE {
+            self.set_pulse_timer(pulse_index, 0);
+        }
         match state {
             0..=2 => {
                 if self.blink.mask & mask != 0 {
@@ -654,6 +690,11 @@ impl Device {
                     _ => self.power ^= mask,
                 }
                 self.set_device_power();
+                // Restart PulseTime if powered on (off, with PowerOnState 5).
+                let on =
+                    if self.settings.poweronstate == POWER_ALL_OFF_PULSETIME_ON { !self.power } else { self.power };
+                let time = if on & mask != 0 { self.settings.pulse_time(pulse_index) } else { 0 };
+                self.set_pulse_timer(pulse_index, time);
             }
             3 => {
                 if self.blink.mask & mask == 0 {
@@ -686,6 +727,57 @@ impl Device {
         }
     }
 
+    /// `SetPulseTimer(index, time)`: `time` 1..111 is tenths of a second, above that
+    /// seconds + 100; 0 stops the timer.
+    pub(crate) fn set_pulse_timer(&mut self, index: usize, time: u16) {
+        self.pulse.retain(|(i, _)| usize::from(*i) != index);
+        let ms = match u64::from(time) {
+            0 => return,
+            t @ 1..=111 => 100 * t,
+            t => 1000 * (t - 100),
+        };
+        if self.pulse.capacity() == 0 {
+            self.pulse.reserve_exact(1);
+        }
+        self.pulse.push((index as u8, self.now.plus_millis(ms)));
+    }
+
+    /// `GetPulseTimer(index)`: what is left, in the unit PulseTime was given in.
+    pub(crate) fn pulse_remaining(&self, index: usize) -> u32 {
+        let Some((_, at)) = self.pulse.iter().find(|(i, _)| usize::from(*i) == index) else {
+            return 0;
+        };
+        let left = at.millis_since(self.now);
+        (if left > 11_100 { left / 1000 + 100 } else { left / 100 }) as u32
+    }
+
+    /// The first 100 ms tick (`Every100mSeconds`) at or after the earliest pulse timer.
+    fn pulse_due(&self) -> Option<Instant> {
+        let at = self.pulse.iter().map(|(_, at)| *at).min()?;
+        let since = at.millis_since(self.boot_at);
+        Some(self.boot_at.plus_millis(since.div_ceil(100) * 100))
+    }
+
+    /// `Every100mSeconds`: each pulse timer that ran out switches its relay off (on, with
+    /// PowerOnState 5), lowest index first.
+    fn pulse_loop(&mut self) {
+        let now = self.now;
+        // Bit i: timer i ran out (MAX_PULSETIMERS is 32).
+        let due = self.pulse.iter().filter(|(_, at)| *at <= now).fold(0u32, |bits, (i, _)| bits | (1 << (i & 31)));
+        self.pulse.retain(|(_, at)| *at > now);
+        if self.pulse.is_empty() {
+            self.pulse = Vec::new();
+        }
+        let state = if self.settings.poweronstate == POWER_ALL_OFF_PULSETIME_ON { 1 } else { 0 };
+        for i in (0..MAX_PULSETIMERS as u32).filter(|i| due & (1 << i) != 0) {
+            let mut device = i + 1;
+            while device <= u32::from(self.hw.relays) {
+                self.execute_command_power(device, state);
+                device += MAX_PULSETIMERS as u32;
+            }
+        }
+    }
+
     fn stop_all_power_blink(&mut self) {
         for device in 1..=u32::from(self.hw.relays) {
             let mask = 1u32 << (device - 1);
@@ -698,13 +790,15 @@ impl Device {
         }
     }
 
-    /// `SetAllPower(state)` for Power0: 0 off, 1 on, 2 toggle, else show.
+    /// `SetAllPower(state)` for Power0: 0 off, 1 on, 2 toggle, else show. Relays locked
+    /// by PowerLock keep their state.
     pub(crate) fn set_all_power(&mut self, state: i32) {
         let all = relays_mask(self.hw.relays);
+        let lock = self.settings.power_lock;
         match state {
-            0 => self.power = 0,
-            1 => self.power = all,
-            2 => self.power ^= all,
+            0 => self.power &= lock,
+            1 => self.power = (self.power & lock) | (all & !lock),
+            2 => self.power ^= !lock & all,
             _ => {}
         }
         if (0..=2).contains(&state) {
@@ -715,6 +809,13 @@ impl Device {
         }
     }
 }
+
+/// `POWER_SHOW_STATE`: ExecuteCommandPower only reports.
+pub(crate) const POWER_SHOW_STATE: i32 = 16;
+/// PowerOnState 4 (`POWER_ALL_ALWAYS_ON`): every relay on, whatever asks otherwise.
+pub(crate) const POWER_ALL_ALWAYS_ON: u8 = 4;
+/// PowerOnState 5 (`POWER_ALL_OFF_PULSETIME_ON`): PulseTime switches relays on.
+pub(crate) const POWER_ALL_OFF_PULSETIME_ON: u8 = 5;
 
 fn relays_mask(relays: u8) -> u32 {
     if relays >= 32 {

@@ -275,6 +275,16 @@ pub fn check(s: &Settings) -> Result<(), LimitError> {
     }
     number("timezone_minutes", i64::from(s.timezone_minutes), &range::TIMEZONE_MINUTES, "CmndTimezone")?;
     number("sta_active", i64::from(s.sta_active), &range::STA_ACTIVE, "CmndAp")?;
+    if s.pulse_timer.len() > crate::settings::MAX_PULSETIMERS {
+        return Err(LimitError {
+            field: String::from("pulse_timer"),
+            problem: format!(
+                "has {} values; the firmware keeps {} (MAX_PULSETIMERS, CmndPulsetime)",
+                s.pulse_timer.len(),
+                crate::settings::MAX_PULSETIMERS
+            ),
+        });
+    }
     for (i, mode) in s.switchmode.iter().enumerate() {
         number(&format!("switchmode[{i}]"), i64::from(*mode), &range::SWITCH_MODE, "CmndSwitchMode")?;
     }

@@ -108,9 +108,20 @@ pub fn fixed(milli: i64, decimals: u32) -> String {
     format!("{sign}{}.{:0width$}", rounded / unit, rounded % unit, width = decimals as usize)
 }
 
+/// `KEY_BUTTON` / `KEY_SWITCH` of `SendKey`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Key {
+    Button,
+    Switch,
+}
+
+/// `CLEAR_RETAIN`: SendKey publishes an empty message (ButtonRetain/SwitchRetain 0).
+pub(crate) const CLEAR_RETAIN: u32 = 9;
+
 impl Device {
-    /// A button was pressed (and released), as `ButtonHandler` sees it with no ButtonTopic:
-    /// presses within 0.5 s of each other (`DOUBLE_CLICK_WINDOW`) count together, and when
+    /// A button was pressed (and released), as `ButtonHandler` sees it: a single press
+    /// goes to an active ButtonTopic while MQTT is connected ([`Device::send_key`]);
+    /// otherwise presses within 0.5 s of each other (`DOUBLE_CLICK_WINDOW`) count together, and when
     /// the window closes a single press toggles relay n (`ExecuteCommandPower(n,
     /// POWER_TOGGLE, SRC_BUTTON)`), a k-fold press relay n+k-1 if the device has it.
     /// SetOption13 acts at once, single presses only.
@@ -158,6 +169,11 @@ impl Device {
         if count >= 6 {
             return;
         }
+        // ButtonHandler: a single press goes out as a command to an active ButtonTopic
+        // first (SendKey); only when it did not is the relay toggled here.
+        if count == 1 && !self.settings.flag(so::MQTT_BUTTONS) && self.send_key(Key::Button, u32::from(button), 2) {
+            return;
+        }
         let relay = u32::from(button) + u32::from(count) - 1;
         if relay <= u32::from(self.hw.relays) {
             self.execute_command_power(relay, 2);
@@ -193,10 +209,64 @@ impl Device {
             self.publish_prefix_topic(crate::topic::Prefix::Stat, true, "RESULT", payload, false);
             return Ok(());
         }
+        // SwitchHandler: SendKey first; the relay changes here only when no SwitchTopic
+        // took the command.
+        if self.send_key(Key::Switch, u32::from(switch), state as u32) {
+            return Ok(());
+        }
         if u32::from(switch) <= u32::from(self.hw.relays) {
             self.execute_command_power(u32::from(switch), state);
         }
         Ok(())
+    }
+
+    /// `SendKey(key, device, state)`: with MQTT connected and the key's topic active
+    /// (ButtonTopic/SwitchTopic neither empty nor `0`, after `Format`), publishes the
+    /// state text to `cmnd/<key topic>/POWER<n>` (empty with [`CLEAR_RETAIN`]) and says
+    /// whether that replaces the local action (not with SetOption61). A TOGGLE to the
+    /// device's own topic or its first GroupTopic is sent as the state it toggles to.
+    pub(crate) fn send_key(&mut self, key: Key, device: u32, state: u32) -> bool {
+        let raw = match key {
+            Key::Button => &self.settings.button_topic,
+            Key::Switch => &self.settings.switch_topic,
+        };
+        let key_topic = crate::identity::format_token(raw, &self.hw.mac);
+        if !self.settings.flag(so::MQTT_ENABLED)
+            || !self.mqtt_is_connected()
+            || key_topic.is_empty()
+            || key_topic == "0"
+        {
+            // The firmware answers {"Button1":{"State":2}} to the rules only.
+            return false;
+        }
+        let mut device = device;
+        if key == Key::Button && device > u32::from(self.hw.relays) {
+            device = 1;
+        }
+        let option = u32::from(key == Key::Switch) + self.settings.option(so::DEVICE_INDEX_ENABLE);
+        let command =
+            if u32::from(self.hw.relays) + option > 1 { format!("POWER{device}") } else { String::from("POWER") };
+        let topic =
+            self.topic_context().topic(crate::topic::Prefix::Cmnd, crate::topic::TopicKind::Full(&key_topic), &command);
+        let mut state = state;
+        let payload = if state == CLEAR_RETAIN {
+            String::new()
+        } else {
+            let local = self.settings.flag(so::BUTTON_SWITCH_FORCE_LOCAL)
+                || key_topic == self.mqtt_topic
+                || key_topic == self.settings.mqtt_grp_topic[0];
+            if local && state == 2 {
+                state = !(self.power >> ((device - 1) % 32)) & 1;
+            }
+            String::from(self.settings.state_text(state))
+        };
+        let flag = match key {
+            Key::Button => so::MQTT_BUTTON_RETAIN,
+            Key::Switch => so::MQTT_SWITCH_RETAIN,
+        };
+        let retain = self.settings.flag(flag) && (state != 3 || !self.settings.flag(so::NO_HOLD_RETAIN));
+        self.publish(topic, payload, retain);
+        !self.settings.flag(so::BUTTON_SWITCH_FORCE_LOCAL)
     }
 
     /// Sets a sensor value (thousandths) from now on, overriding its model. `index` is

@@ -39,6 +39,11 @@ pub const DEVICE_INDEX_ENABLE: u32 = 26;
 pub const HASS_LIGHT: u32 = 30;
 /// SetOption59 `hass_tele_on_power`: a power change also sends `tele/<topic>/STATE`.
 pub const HASS_TELE_ON_POWER: u32 = 59;
+/// SetOption61 `button_switch_force_local`: a ButtonTopic/SwitchTopic press also acts
+/// locally.
+pub const BUTTON_SWITCH_FORCE_LOCAL: u32 = 61;
+/// SetOption62 `no_hold_retain`: HOLD messages of buttons and switches are not retained.
+pub const NO_HOLD_RETAIN: u32 = 62;
 /// SetOption68 `pwm_multi_channels`: PWM channels as separate lights.
 pub const PWM_MULTI_CHANNELS: u32 = 68;
 /// SetOption73 `mqtt_buttons`: buttons detached from relays, announced in discovery.

@@ -29,6 +29,10 @@ pub const DEFAULT_FRIENDLY_NAME: &str = "Tasmota";
 pub const DEFAULT_MQTT_PORT: u16 = 1883;
 /// `TELE_PERIOD`
 pub const DEFAULT_TELE_PERIOD: u16 = 300;
+/// `APP_TIMEZONE` (my_user_config.h): +1 hour (Amsterdam).
+pub const DEFAULT_TIMEZONE: i8 = 1;
+/// `MAX_PULSETIMERS` (tasmota.h): PulseTime1..32.
+pub const MAX_PULSETIMERS: usize = 32;
 /// `MQTT_RETRY_SECS`, also the smallest MqttRetry allowed.
 pub const MQTT_RETRY_SECS: u16 = 10;
 /// Number of SetOptions the firmware stores (SetOption0 .. SetOption177).
@@ -66,6 +70,12 @@ pub struct Settings {
     pub poweronstate: u8,
     /// Saved relay state (bit n = relay n+1), restored by PowerOnState 3.
     pub power: u32,
+    /// `PowerLock`: a set bit n keeps relay n+1 as it is (`Settings->power_lock`).
+    pub power_lock: u32,
+    /// `PulseTime1..32` (`Settings->pulse_timer`): 0 off, 1..111 tenths of a second,
+    /// 112.. seconds + 100. Kept without trailing zeros, so a device that never sets
+    /// one holds no memory for them; read and write through [`Settings::pulse_time`].
+    pub pulse_timer: alloc::vec::Vec<u16>,
     pub blinktime: u16,
     pub blinkcount: u16,
     pub bootcount: u16,
@@ -160,6 +170,8 @@ impl Default for Settings {
             save_data: 1,
             poweronstate: 3,
             power: 0,
+            power_lock: 0,
+            pulse_timer: alloc::vec::Vec::new(),
             blinktime: 10,
             blinkcount: 10,
             bootcount: 0,
@@ -175,7 +187,7 @@ impl Default for Settings {
             ledstate: 1,
             save_count: 0,
             time_format: 1,
-            timezone: 0,
+            timezone: DEFAULT_TIMEZONE,
             timezone_minutes: 0,
             flags: [0; 5],
             param: [0; PARAM_COUNT],
@@ -227,6 +239,28 @@ impl Settings {
     pub fn state_text(&self, state: u32) -> &str {
         let i = if state >= 4 { 1 } else { state as usize };
         &self.state_text[i]
+    }
+
+    /// `Settings->pulse_timer[i]` (0 beyond what was ever set).
+    pub fn pulse_time(&self, i: usize) -> u16 {
+        self.pulse_timer.get(i).copied().unwrap_or(0)
+    }
+
+    /// Stores `PulseTime<i+1>`; `i` must be below [`MAX_PULSETIMERS`].
+    pub fn set_pulse_time(&mut self, i: usize, value: u16) {
+        if i >= MAX_PULSETIMERS {
+            return;
+        }
+        if self.pulse_timer.len() <= i {
+            self.pulse_timer.resize(i + 1, 0);
+        }
+        self.pulse_timer[i] = value;
+        while self.pulse_timer.last() == Some(&0) {
+            self.pulse_timer.pop();
+        }
+        if self.pulse_timer.is_empty() {
+            self.pulse_timer = alloc::vec::Vec::new();
+        }
     }
 
     /// The Backlog delay in milliseconds (SetOption34).

@@ -5,6 +5,8 @@
 //! first, then the MQTT driver's (`kMqttCommands`), which only answer while SetOption3
 //! is on. A name matches case-insensitively and the reply uses the table's spelling.
 
+#[cfg(test)]
+mod ledger;
 mod mqtt;
 mod status;
 mod tasmota;

@@ -54,7 +54,7 @@ pub(crate) static TABLE: Table = Table {
         ("SensorRetain", cmnd_sensor_retain),
         ("InfoRetain", cmnd_info_retain),
         ("StateRetain", cmnd_state_retain),
-        ("StatusRetain", super::status::cmnd_status_retain),
+        ("StatusRetain", cmnd_status_retain),
         ("Discover", cmnd_discover),
     ],
 };
@@ -203,9 +203,6 @@ fn publish_old_lwt(d: &mut Device) {
 fn cmnd_fulltopic(d: &mut Device, mb: &mut Mailbox) {
     if mb.data_len > 0 {
         mb.data = valid_mqtt_delete(&mb.data);
-        if mb.data == d.mqtt_client {
-            mb.set_shortcut_default();
-        }
         let new = String::from(if mb.shortcut() == Shortcut::Default { DEFAULT_FULLTOPIC } else { mb.data.as_str() });
         let new = String::from(crate::topic::truncate(&new, limits::FULLTOPIC.max.unwrap_or(usize::MAX)));
         if new != d.settings.mqtt_fulltopic {
@@ -238,17 +235,23 @@ fn cmnd_prefix(d: &mut Device, mb: &mut Mailbox) {
     d.reply_idx_text(mb, &v);
 }
 
+/// `CmndPublish`: the topic is the text up to the first space (at most 150 characters,
+/// `#` standing for a space), the payload everything after that space (none: an empty
+/// message); `Publish2` retains. It answers nothing, and with no argument at all leaves
+/// the `{"Command":"Error"}` preset.
 fn cmnd_publish(d: &mut Device, mb: &mut Mailbox) {
-    if mb.data_len > 0 {
-        let data = mb.data.trim_start_matches(' ');
-        let (topic, payload) = match data.find(' ') {
-            Some(i) => (&data[..i], &data[i + 1..]),
-            None => (data, ""),
-        };
-        if !topic.is_empty() {
-            let topic = String::from(crate::topic::truncate(topic, crate::topic::TOPSZ - 1)).replace('#', " ");
-            d.publish(topic, String::from(payload), mb.index == 2);
-        }
+    if mb.data_len == 0 {
+        return;
+    }
+    // strtok_r(data, " "): leading spaces skipped, the token ends at the next space.
+    let data = mb.data.trim_start_matches(' ');
+    let (topic, payload) = match data.find(' ') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, ""),
+    };
+    if !topic.is_empty() {
+        let topic = String::from(crate::topic::truncate(topic, crate::topic::TOPSZ - 1)).replace('#', " ");
+        d.publish(topic, String::from(payload), mb.index == 2);
     }
     d.response.clear();
 }
@@ -259,7 +262,10 @@ fn cmnd_grouptopic(d: &mut Device, mb: &mut Mailbox) {
     }
     if mb.data_len > 0 {
         mb.data = valid_mqtt_replace(&mb.data);
-        if mb.data == d.mqtt_client {
+        // CmndGroupTopic: a group topic equal to the device's (expanded) Topic would
+        // make every group command arrive twice.
+        if mb.data == d.mqtt_topic {
+            d.log(crate::LogLevel::Info, String::from("MQT: Error: GroupTopic must differ from Topic"));
             mb.set_shortcut_default();
         }
         let value = String::from(text_value(mb, DEFAULT_GROUPTOPIC));
@@ -287,9 +293,6 @@ fn cmnd_grouptopic(d: &mut Device, mb: &mut Mailbox) {
 fn cmnd_topic(d: &mut Device, mb: &mut Mailbox) {
     if !mb.grpflg && mb.data_len > 0 {
         mb.data = valid_mqtt_replace(&mb.data);
-        if mb.data == d.mqtt_client {
-            mb.set_shortcut_default();
-        }
         let new = String::from(if mb.shortcut() == Shortcut::Default { DEFAULT_TOPIC } else { mb.data.as_str() });
         let new = String::from(crate::topic::truncate(&new, limits::TOPIC.max.unwrap_or(usize::MAX)));
         if new != d.settings.mqtt_topic {
@@ -308,9 +311,6 @@ fn key_topic(d: &Device, mb: &mut Mailbox) -> Option<String> {
         return None;
     }
     mb.data = valid_mqtt_replace(&mb.data);
-    if mb.data == d.mqtt_client {
-        mb.set_shortcut_default();
-    }
     Some(match mb.shortcut() {
         Shortcut::Clear => String::new(),
         Shortcut::Default => d.mqtt_topic.clone(),
@@ -335,71 +335,99 @@ fn cmnd_switch_topic(d: &mut Device, mb: &mut Mailbox) {
     d.reply_text(mb, &v);
 }
 
-/// Sets a retain flag from a 0/1 payload; returns whether it was set to 0 (the caller
-/// then clears what it had retained).
-fn set_retain(d: &mut Device, mb: &Mailbox, option: u32) -> bool {
-    if (0..=1).contains(&mb.payload) {
-        d.settings.set_option(option, mb.payload as u32);
-        return mb.payload == 0;
+/// `MAX_KEYS` / `MAX_SWITCHES` of the build: 8 on ESP8266, 28 on ESP32 (tasmota.h).
+fn max_keys(d: &Device) -> u32 {
+    if d.hw.chip.is_esp32() {
+        28
+    } else {
+        8
     }
-    false
 }
 
-fn cmnd_button_retain(d: &mut Device, mb: &mut Mailbox) {
-    // Clearing button retains publishes only to an active ButtonTopic while connected.
-    set_retain(d, mb, so::MQTT_BUTTON_RETAIN);
-    d.reply_state_text(mb, d.settings.option(so::MQTT_BUTTON_RETAIN));
-}
-
-fn cmnd_switch_retain(d: &mut Device, mb: &mut Mailbox) {
-    set_retain(d, mb, so::MQTT_SWITCH_RETAIN);
-    d.reply_state_text(mb, d.settings.option(so::MQTT_SWITCH_RETAIN));
-}
-
-fn cmnd_power_retain(d: &mut Device, mb: &mut Mailbox) {
+/// The `*Retain` commands: 0 or 1 sets the flag, anything else shows it. Setting 0 first
+/// runs `clear` (the firmware's empty retained publishes), while the flag is still as it
+/// was.
+fn retain_command(d: &mut Device, mb: &mut Mailbox, option: u32, clear: fn(&mut Device)) {
     if (0..=1).contains(&mb.payload) {
         if mb.payload == 0 {
-            let retain = d.settings.flag(so::MQTT_POWER_RETAIN);
-            for device in 1..=u32::from(d.hw.relays) {
-                let key = d.power_key(device);
-                let topic = d.own_topic(Prefix::Stat, &key);
-                d.publish(topic, String::new(), retain);
-            }
+            clear(d);
         }
-        d.settings.set_option(so::MQTT_POWER_RETAIN, mb.payload as u32);
-        if mb.payload == 1 {
-            d.settings.set_option(so::ONLY_JSON_MESSAGE, 0);
-        }
+        d.settings.set_option(option, mb.payload as u32);
     }
-    d.reply_state_text(mb, d.settings.option(so::MQTT_POWER_RETAIN));
+    d.reply_state_text(mb, d.settings.option(option));
 }
 
+/// An empty retained message to `<prefix>/<topic>/<subtopic>` (`MqttPublishPrefixTopic_P`
+/// with the response cleared and retain set).
+fn clear_retained(d: &mut Device, prefix: Prefix, subtopic: &str) {
+    d.publish_prefix_topic(prefix, false, subtopic, String::new(), true);
+}
+
+/// `CmndButtonRetain`: 0 sends `SendKey(KEY_BUTTON, 1..MAX_KEYS, CLEAR_RETAIN)`, which
+/// publishes only to an active ButtonTopic while connected, retained only if ButtonRetain
+/// was on.
+fn cmnd_button_retain(d: &mut Device, mb: &mut Mailbox) {
+    retain_command(d, mb, so::MQTT_BUTTON_RETAIN, |d| {
+        for i in 1..=max_keys(d) {
+            d.send_key(crate::sensors::Key::Button, i, crate::sensors::CLEAR_RETAIN);
+        }
+    });
+}
+
+/// `CmndSwitchRetain`: as ButtonRetain, for `SendKey(KEY_SWITCH, 1..MAX_SWITCHES, ..)`.
+fn cmnd_switch_retain(d: &mut Device, mb: &mut Mailbox) {
+    retain_command(d, mb, so::MQTT_SWITCH_RETAIN, |d| {
+        for i in 1..=max_keys(d) {
+            d.send_key(crate::sensors::Key::Switch, i, crate::sensors::CLEAR_RETAIN);
+        }
+    });
+}
+
+/// `CmndPowerRetain`: 0 clears `stat/<topic>/POWER<n>` of every relay; 1 also turns
+/// SetOption90 off.
+fn cmnd_power_retain(d: &mut Device, mb: &mut Mailbox) {
+    retain_command(d, mb, so::MQTT_POWER_RETAIN, |d| {
+        for device in 1..=u32::from(d.hw.relays) {
+            let key = d.power_key(device);
+            let topic = d.own_topic(Prefix::Stat, &key);
+            d.publish(topic, String::new(), true);
+        }
+    });
+    if mb.payload == 1 {
+        d.settings.set_option(so::ONLY_JSON_MESSAGE, 0);
+    }
+}
+
+/// `CmndSensorRetain`: 0 clears `tele/<topic>/SENSOR` and `ENERGY`.
 fn cmnd_sensor_retain(d: &mut Device, mb: &mut Mailbox) {
-    if mb.payload == 0 {
-        let retain = d.settings.flag(so::MQTT_SENSOR_RETAIN);
-        d.publish_prefix_topic(Prefix::Tele, false, "SENSOR", String::new(), retain);
-        d.publish_prefix_topic(Prefix::Tele, false, "ENERGY", String::new(), retain);
-    }
-    set_retain(d, mb, so::MQTT_SENSOR_RETAIN);
-    d.reply_state_text(mb, d.settings.option(so::MQTT_SENSOR_RETAIN));
+    retain_command(d, mb, so::MQTT_SENSOR_RETAIN, |d| {
+        clear_retained(d, Prefix::Tele, "SENSOR");
+        clear_retained(d, Prefix::Tele, "ENERGY");
+    });
 }
 
+/// `CmndInfoRetain`: 0 clears `tele/<topic>/INFO1..3`.
 fn cmnd_info_retain(d: &mut Device, mb: &mut Mailbox) {
-    if mb.payload == 0 {
-        let retain = d.settings.flag(so::MQTT_INFO_RETAIN);
-        d.publish_prefix_topic(Prefix::Tele, false, "INFO", String::new(), retain);
-    }
-    set_retain(d, mb, so::MQTT_INFO_RETAIN);
-    d.reply_state_text(mb, d.settings.option(so::MQTT_INFO_RETAIN));
+    retain_command(d, mb, so::MQTT_INFO_RETAIN, |d| {
+        for sub in ["INFO1", "INFO2", "INFO3"] {
+            clear_retained(d, Prefix::Tele, sub);
+        }
+    });
 }
 
+/// `CmndStateRetain`: 0 clears `stat/<topic>/STATE` (stat, as the source has it).
 fn cmnd_state_retain(d: &mut Device, mb: &mut Mailbox) {
-    if mb.payload == 0 {
-        let retain = d.settings.flag(so::MQTT_STATE_RETAIN);
-        d.publish_prefix_topic(Prefix::Stat, false, "STATE", String::new(), retain);
-    }
-    set_retain(d, mb, so::MQTT_STATE_RETAIN);
-    d.reply_state_text(mb, d.settings.option(so::MQTT_STATE_RETAIN));
+    retain_command(d, mb, so::MQTT_STATE_RETAIN, |d| clear_retained(d, Prefix::Stat, "STATE"));
+}
+
+/// `CmndStatusRetain`: 0 clears `stat/<topic>/STATUS` and `STATUS0..13`.
+pub(super) fn cmnd_status_retain(d: &mut Device, mb: &mut Mailbox) {
+    retain_command(d, mb, so::MQTT_STATUS_RETAIN, |d| {
+        clear_retained(d, Prefix::Stat, "STATUS");
+        for i in 0..=13 {
+            clear_retained(d, Prefix::Stat, &format!("STATUS{i}"));
+        }
+    });
 }
 
 /// `CmndMqttFingerprint`: twenty hex bytes separated by spaces.

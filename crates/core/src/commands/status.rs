@@ -14,6 +14,9 @@ use crate::setoption as so;
 use crate::telemetry::{duration_text, iso_time};
 use crate::topic::Prefix;
 
+/// `START_VALID_TIME` (tasmota.h): 2016-01-01; the RTC is "set" only past it.
+const START_VALID_TIME: u64 = 1_451_602_800;
+
 /// The firmware's fixed figures of a stock `tasmota` build, by chip.
 struct Build {
     core: &'static str,
@@ -84,7 +87,7 @@ impl Device {
             quoted(&s.devicename),
             quoted(&self.mqtt_topic),
             quoted(&s.button_topic),
-            "0".repeat(relays),
+            super::tasmota::binary_digits(s.power_lock, relays as u32),
             s.poweronstate,
             s.ledstate,
             s.save_data,
@@ -229,9 +232,15 @@ impl Device {
         (i64::from(self.uptime_s) + self.rtc_offset_s).max(0) as u64
     }
 
-    /// Local time: UTC plus the Timezone (99, DST rules, is treated as +00:00).
+    /// Local time (`RtcSecond`): UTC plus the Timezone, but only once the clock holds a
+    /// valid time (after 2016-01-01, `START_VALID_TIME`); before that local is UTC. 99
+    /// (DST rules) is treated as +00:00.
     pub(crate) fn local_secs(&self) -> u64 {
-        (self.utc_secs() as i64 + self.timezone_offset_s()).max(0) as u64
+        let utc = self.utc_secs();
+        if utc <= START_VALID_TIME {
+            return utc;
+        }
+        (utc as i64 + self.timezone_offset_s()).max(0) as u64
     }
 
     fn timezone_offset_s(&self) -> i64 {
@@ -331,20 +340,39 @@ pub(super) fn cmnd_time(d: &mut Device, mb: &mut Mailbox) {
     };
 }
 
-/// `CmndTimezone`: `-13..14[:mm]` or `99`.
+/// `CmndTimezone`: any number from -13 sets it; below 15 the minutes after a `:` are
+/// taken (capped at 59), 15 and above store 99 (the TimeStd/TimeDst rules).
 pub(super) fn cmnd_timezone(d: &mut Device, mb: &mut Mailbox) {
-    if mb.data_len > 0 && (range::TIMEZONE.contains(&mb.payload) || mb.payload == range::TIMEZONE_RULES) {
-        d.settings.timezone = mb.payload as i8;
+    if mb.data_len > 0 && mb.payload >= *range::TIMEZONE.start() {
         d.settings.timezone_minutes = 0;
-        if mb.payload != range::TIMEZONE_RULES {
-            if let Some((_, mm)) = mb.data.split_once(':') {
-                let mm: u32 = mm.trim().parse().unwrap_or(0);
-                // Whole quarters of an hour, at most 45.
-                d.settings.timezone_minutes = (mm.min(59) / 15 * 15) as u8;
+        if mb.payload < 15 {
+            d.settings.timezone = mb.payload as i8;
+            // strtok(data, ":") then strtol(next token, 10).
+            if let Some(mm) = mb.data.split(':').filter(|t| !t.is_empty()).nth(1) {
+                d.settings.timezone_minutes = c_strtol10(mm).clamp(0, 59) as u8;
             }
+        } else {
+            d.settings.timezone = range::TIMEZONE_RULES as i8;
         }
     }
     d.response = format!("{{\"Timezone\":{}}}", d.timezone_json());
+}
+
+/// `strtol(s, nullptr, 10)`: leading spaces, a sign, digits; 0 when there are none.
+fn c_strtol10(s: &str) -> i64 {
+    let t = s.trim_start_matches(crate::grammar::is_c_space);
+    let (neg, digits) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let n =
+        digits.bytes().take_while(u8::is_ascii_digit).fold(0i64, |n, b| (n * 10 + i64::from(b - b'0')).min(1 << 40));
+    if neg {
+        -n
+    } else {
+        n
+    }
 }
 
 /// `SerialLog`, `WebLog` (and `MqttLog`, in the MQTT table): 0..4.
@@ -403,20 +431,6 @@ pub(super) fn cmnd_switchmode(d: &mut Device, mb: &mut Mailbox) {
         d.settings.switchmode[i] = mb.payload as u8;
     }
     d.reply_idx_number(mb, i64::from(d.settings.switchmode[i]));
-}
-
-/// `CmndStatusRetain`: setting 0 clears every retained STATUS message first.
-pub(super) fn cmnd_status_retain(d: &mut Device, mb: &mut Mailbox) {
-    if (0..=1).contains(&mb.payload) {
-        if mb.payload == 0 && d.settings.flag(so::MQTT_STATUS_RETAIN) {
-            for n in 0..=13u32 {
-                let sub = if n == 0 { String::from("STATUS") } else { format!("STATUS{n}") };
-                d.publish_prefix_topic(Prefix::Stat, false, &sub, String::new(), true);
-            }
-        }
-        d.settings.set_option(so::MQTT_STATUS_RETAIN, mb.payload as u32);
-    }
-    d.reply_state_text(mb, d.settings.option(so::MQTT_STATUS_RETAIN));
 }
 
 /// `CmndIpAddress<1..5>`: a dotted address sets it (and restarts); IPAddress1 also shows

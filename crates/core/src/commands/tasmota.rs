@@ -9,7 +9,7 @@ use crate::backlog;
 use crate::device::{Device, RestartKind};
 use crate::grammar::Shortcut;
 use crate::limits::range;
-use crate::settings::{OptionSlot, DEFAULT_HOSTNAME, DEFAULT_TELE_PERIOD};
+use crate::settings::{OptionSlot, DEFAULT_HOSTNAME, DEFAULT_TELE_PERIOD, MAX_PULSETIMERS};
 
 pub(crate) static TABLE: Table = Table {
     synonyms: &[("WifiNoSleep", 127)],
@@ -18,7 +18,9 @@ pub(crate) static TABLE: Table = Table {
         ("Backlog", cmnd_backlog),
         ("Delay", cmnd_delay),
         ("Power", cmnd_power),
+        ("PowerLock", cmnd_power_lock),
         ("PowerOnState", cmnd_power_on_state),
+        ("PulseTime", cmnd_pulsetime),
         ("BlinkTime", cmnd_blinktime),
         ("BlinkCount", cmnd_blinkcount),
         ("StateText", super::mqtt::cmnd_state_text),
@@ -44,6 +46,7 @@ pub(crate) static TABLE: Table = Table {
         ("SSId", super::status::cmnd_ssid),
         ("Password", super::status::cmnd_wifi_password),
         ("Reset", cmnd_reset),
+        ("Json", cmnd_json),
     ],
 };
 
@@ -86,6 +89,140 @@ fn cmnd_power(d: &mut Device, mb: &mut Mailbox) {
         d.set_all_power(state);
         d.response.clear();
     }
+}
+
+/// `CmndPowerLock`: `PowerLock<n> 0|1` unlocks or locks relay n, `PowerLock0` all of
+/// them; the reply is the lock bits as a binary number of one digit per relay.
+fn cmnd_power_lock(d: &mut Device, mb: &mut Mailbox) {
+    let relays = u32::from(d.hw.relays);
+    if mb.index > relays {
+        return;
+    }
+    if mb.payload >= 0 {
+        let on = mb.payload & 1 == 1;
+        if mb.index == 0 {
+            d.settings.power_lock = if on { relays_bits(relays) } else { 0 };
+        } else {
+            let bit = 1u32 << (mb.index - 1);
+            d.settings.power_lock = if on { d.settings.power_lock | bit } else { d.settings.power_lock & !bit };
+        }
+    }
+    let bits = binary_digits(d.settings.power_lock, relays);
+    d.reply_text(mb, &bits);
+}
+
+/// `%*_b` of `ext_snprintf_P`: `value` in binary, `width` digits (relay 1 last).
+pub(crate) fn binary_digits(value: u32, width: u32) -> String {
+    (0..width.max(1)).rev().map(|i| if i < 32 && (value >> i) & 1 != 0 { '1' } else { '0' }).collect()
+}
+
+fn relays_bits(relays: u32) -> u32 {
+    if relays >= 32 {
+        u32::MAX
+    } else {
+        (1u32 << relays) - 1
+    }
+}
+
+/// `CmndPulsetime`: `PulseTime<n> <v>` sets timer n (0 off, 1..111 tenths of a second,
+/// 112..65535 seconds + 100) and starts it; `PulseTime` alone lists all 32.
+fn cmnd_pulsetime(d: &mut Device, mb: &mut Mailbox) {
+    if mb.index < 1 || mb.index as usize > MAX_PULSETIMERS {
+        return;
+    }
+    if !mb.usridx && mb.data_len == 0 {
+        let mut out = String::from("{\"PulseTime\":{\"Set\":[");
+        for i in 0..MAX_PULSETIMERS {
+            out.push_str(&format!("{}{}", if i > 0 { "," } else { "" }, d.settings.pulse_time(i)));
+        }
+        out.push_str("],\"Remaining\":[");
+        for i in 0..MAX_PULSETIMERS {
+            out.push_str(&format!("{}{}", if i > 0 { "," } else { "" }, d.pulse_remaining(i)));
+        }
+        out.push_str("]}}");
+        d.response = out;
+        return;
+    }
+    let i = mb.index as usize - 1;
+    if (0..65536).contains(&mb.payload) {
+        d.settings.set_pulse_time(i, mb.payload as u16);
+        d.set_pulse_timer(i, mb.payload as u16);
+    }
+    d.response = format!(
+        "{{\"{}{}\":{{\"Set\":{},\"Remaining\":{}}}}}",
+        mb.command,
+        mb.index,
+        d.settings.pulse_time(i),
+        d.pulse_remaining(i)
+    );
+}
+
+/// `CmndJson`: `{"cmd":value,...}` runs as a `Backlog0` of `cmd value` entries (an
+/// array `[a,b]` gives `cmd1 a;cmd2 b`, a nested object becomes the text of its JSON); a
+/// value holding `;` runs at once instead. Anything but a JSON object answers `Empty`.
+fn cmnd_json(d: &mut Device, mb: &mut Mailbox) {
+    let data = escape_second_level(if mb.data_len == 0 { "" } else { &mb.data });
+    let Some(members) = crate::json::parse_object(&data) else {
+        d.reply_text(mb, "Empty");
+        return;
+    };
+    let mut backlog = String::new();
+    let add = |entry: &str, backlog: &mut String| {
+        if !backlog.is_empty() {
+            backlog.push(';');
+        }
+        backlog.push_str(entry);
+    };
+    for (command, value) in members {
+        match value {
+            crate::json::Value::Array(items) => {
+                for (n, item) in items.iter().enumerate() {
+                    add(&format!("{command}{} {}", n + 1, item.text()), &mut backlog);
+                }
+            }
+            crate::json::Value::Object => {}
+            value => {
+                let entry = format!("{command} {}", value.text());
+                if entry.contains(';') {
+                    d.execute_command(&entry);
+                } else {
+                    add(&entry, &mut backlog);
+                }
+            }
+        }
+    }
+    if !backlog.is_empty() {
+        mb.data = backlog;
+        mb.data_len = 1;
+        mb.index = 0;
+        cmnd_backlog(d, mb);
+    }
+}
+
+/// CmndJson's first pass: every object below the top level becomes a string (quoted,
+/// its quotes escaped), so `{"Template":{"NAME":..}}` passes the template's JSON on.
+fn escape_second_level(data: &str) -> String {
+    let mut out = String::with_capacity(data.len() + 8);
+    let mut bracket: u32 = 0;
+    for c in data.chars() {
+        if c == '{' {
+            bracket = bracket.wrapping_add(1);
+            if bracket == 2 {
+                out.push('"');
+            }
+        }
+        if bracket > 1 && c == '"' {
+            out.push('\\');
+        }
+        out.push(c);
+        if c == '}' {
+            bracket = bracket.wrapping_sub(1);
+            if bracket == 1 {
+                out.push('"');
+            }
+        }
+    }
+    out
 }
 
 fn cmnd_power_on_state(d: &mut Device, mb: &mut Mailbox) {

@@ -21,6 +21,8 @@ const QUIET_LOOKAHEAD_S: u32 = 3600;
 pub(crate) enum Timer {
     /// The next Backlog entry (`backlog_timer`).
     Backlog,
+    /// A PulseTime runs out, on the 100 ms ticks (`pulse_timer`).
+    Pulse,
     /// The next blink step, on the 100 ms ticks (`blink_timer`).
     Blink,
     /// The multi-press window of a button closes (`DOUBLE_CLICK_WINDOW`).
@@ -45,8 +47,8 @@ struct Spec {
 impl Timer {
     /// Every timer, in the order timers due at the same instant run: the firmware's loop
     /// order, which the transcripts depend on.
-    pub(crate) const VALUES: [Timer; 5] =
-        [Timer::Backlog, Timer::Blink, Timer::ButtonWindow, Timer::MqttClient, Timer::Tick];
+    pub(crate) const VALUES: [Timer; 6] =
+        [Timer::Backlog, Timer::Pulse, Timer::Blink, Timer::ButtonWindow, Timer::MqttClient, Timer::Tick];
 
     /// The timer table.
     fn spec(self) -> Spec {
@@ -56,6 +58,7 @@ impl Timer {
                 run: Device::backlog_loop,
                 busy: true,
             },
+            Timer::Pulse => Spec { due: Device::pulse_due, run: Device::pulse_loop, busy: true },
             Timer::Blink => {
                 Spec { due: |d| (d.blink.mask != 0).then(|| d.blink_due()), run: Device::blink_loop, busy: true }
             }

@@ -38,6 +38,9 @@ pub(crate) struct Mqtt {
     /// MqttHost is an AWS IoT endpoint (read at boot).
     pub aws_iot: bool,
     attempt_at: Instant,
+    /// The link of this attempt failed before MQTT and said so (`TLS connection error`
+    /// logged, or a DNS failure, which logs none).
+    link_failure_logged: bool,
     /// [`Device::drain_client`] is running.
     draining: bool,
     pub client: Client,
@@ -54,6 +57,7 @@ impl Default for Mqtt {
             tls: false,
             aws_iot: false,
             attempt_at: Instant::default(),
+            link_failure_logged: false,
             draining: false,
             client: Client::default(),
         }
@@ -355,7 +359,15 @@ impl Device {
                     }
                     self.mqtt_connected();
                 }
-                ClientOutput::ConnectFailed(state) => self.mqtt_disconnected(state),
+                ClientOutput::ConnectFailed(state) => {
+                    // MqttReconnect: with TLS every failed connect logs the TLS client's
+                    // last error first; 0 when the handshake worked and MQTT failed.
+                    if self.mqtt.tls && !core::mem::take(&mut self.mqtt.link_failure_logged) {
+                        self.log(LogLevel::Info, String::from("MQT: TLS connection error: 0"));
+                    }
+                    self.mqtt.link_failure_logged = false;
+                    self.mqtt_disconnected(state)
+                }
                 // MqttCheck notices the lost link within a second and reconnects.
                 ClientOutput::Lost(_) => {}
                 ClientOutput::Message { topic, payload, puback } => {
@@ -402,6 +414,7 @@ impl Device {
                 LinkFailure::Dns => {}
             }
         }
+        self.mqtt.link_failure_logged = true;
         self.tls_link = TlsLink::None;
         self.mqtt.client.link_failed(rc);
         self.drain_client();
