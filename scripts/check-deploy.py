@@ -11,7 +11,10 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
+try:
+    import tomllib
+except ImportError:  # Python < 3.11: the same parser from PyPI
+    import tomli as tomllib
 
 try:
     import yaml
@@ -312,7 +315,8 @@ def check_dockerfile(root):
 
     with open(os.path.join(root, "rust-toolchain.toml"), "rb") as t:
         channel = tomllib.load(t)["toolchain"]["channel"]
-    froms = [l.split()[1] for l in lines if l.upper().startswith("FROM ")]
+    froms = [next(w for w in l.split()[1:] if not w.startswith("--"))
+             for l in lines if l.upper().startswith("FROM ")]
     rust = [img for img in froms if re.match(r"(docker\.io/)?(library/)?rust:", img)]
     if not rust:
         problem(f, f"FROM: no rust:{channel} builder image")
@@ -321,6 +325,11 @@ def check_dockerfile(root):
         version = tag.split("-")[0]
         if version != channel:
             problem(f, f"FROM {img}: the builder's Rust is {version}, but rust-toolchain.toml pins {channel}")
+
+    for l in lines:
+        m = re.match(r"ENV\s+RUSTUP_TOOLCHAIN[= ](\S+)", l)
+        if m and m.group(1).strip("\"'") != channel:
+            problem(f, f"ENV RUSTUP_TOOLCHAIN={m.group(1)}: but rust-toolchain.toml pins {channel}")
 
     builds = [l for l in lines if re.search(r"\bcargo build\b", l)]
     if not builds:
