@@ -7,6 +7,7 @@ use std::time::Duration;
 use tasmota_core::Mac;
 use tasmota_sim::duration::parse_duration;
 use tasmota_sim::fleet::{self, report, GroupCommand, Target};
+use tasmota_sim::broker::ProfileName;
 use tasmota_sim::scenario::BrokerUrl;
 
 pub const EXAMPLES: &str = "\
@@ -26,6 +27,10 @@ Examples:
 
   # The reconnect storm: the embedded broker goes away at 2 min for 30 s
   tasmota-sim fleet --devices 1000 --virtual --for 10m --broker-outage 2m/30s
+
+  # 200 devices in AWS IoT light mode (TLS on 443, ALPN mqtt, TasmotaAuth) against the
+  # embedded aws-iot broker, on the virtual clock
+  tasmota-sim fleet --devices 200 --virtual aws-iot --for 5m --commands-per-second 5
 
 MACs count up from --mac-base (default 5C:CF:7F:00:00:00: topics tasmota_000000,
 tasmota_000001, ...). Exit codes: 0 ok, 1 an --slo term missed or the run failed,
@@ -47,12 +52,14 @@ pub struct FleetArgs {
     /// The first device's MAC; the others count up from it (default 5C:CF:7F:00:00:00).
     #[arg(long, value_name = "MAC")]
     mac_base: Option<Mac>,
-    /// Devices and an embedded plain broker over in-memory links, on the virtual clock.
-    #[arg(long = "virtual", group = "target")]
-    virtual_clock: bool,
-    /// An embedded plain broker in this process, on a loopback socket, in real time.
-    #[arg(long, group = "target")]
-    embedded: bool,
+    /// Devices and an embedded broker (plain, or aws-iot: TLS on 443, ALPN mqtt,
+    /// TasmotaAuth) over in-memory links, on the virtual clock.
+    #[arg(long = "virtual", value_name = "PROFILE", group = "target", num_args = 0..=1, default_missing_value = "plain")]
+    virtual_clock: Option<ProfileName>,
+    /// An embedded broker (plain, or aws-iot) in this process, on a loopback socket, in
+    /// real time.
+    #[arg(long, value_name = "PROFILE", group = "target", num_args = 0..=1, default_missing_value = "plain")]
+    embedded: Option<ProfileName>,
     /// A broker at URL (mqtt://HOST:PORT or mqtts://HOST:PORT), in real time.
     #[arg(long, value_name = "URL", group = "target")]
     broker: Option<BrokerUrl>,
@@ -185,9 +192,9 @@ fn aws_quotas(
 pub fn run(args: FleetArgs) -> ExitCode {
     let target = match (&args.broker, args.embedded, args.virtual_clock) {
         (Some(url), _, _) => Target::Broker(url.clone()),
-        (None, true, _) => Target::Embedded,
-        (None, false, true) => Target::Virtual,
-        (None, false, false) => return bad("say where the devices connect: --virtual, --embedded or --broker URL"),
+        (None, Some(p), _) => Target::Embedded(p),
+        (None, None, Some(p)) => Target::Virtual(p),
+        (None, None, None) => return bad("say where the devices connect: --virtual, --embedded or --broker URL"),
     };
     let groups = match (&args.fleet, args.devices) {
         (Some(path), _) => match fleet::plan::load(path) {
@@ -221,8 +228,8 @@ pub fn run(args: FleetArgs) -> ExitCode {
     }
     // Each device holds one socket; the embedded broker holds the other end in this process.
     let sockets = match target {
-        Target::Virtual => 0,
-        Target::Embedded => 2 * devices,
+        Target::Virtual(_) => 0,
+        Target::Embedded(_) => 2 * devices,
         Target::Broker(_) => devices,
     };
     if let Some(limit) = open_file_limit() {
@@ -251,7 +258,7 @@ pub fn run(args: FleetArgs) -> ExitCode {
             eprintln!("tasmota-sim fleet: {note}");
         }
     }
-    let virtual_clock = matches!(target, Target::Virtual);
+    let virtual_clock = matches!(target, Target::Virtual(_));
     let opts = fleet::Options {
         groups,
         target,

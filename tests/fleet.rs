@@ -211,3 +211,25 @@ fn setoptions_reach_every_device() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--setoption"));
 }
+
+#[test]
+fn an_aws_iot_fleet_takes_the_firmware_aws_path_through_the_custom_authorizer() {
+    // TLS on 443 with ALPN mqtt, SNI the endpoint, TasmotaAuth: every device connects,
+    // answers, and its retained LWT is no problem (the firmware turns retain off).
+    let args = ["--devices", "40", "--virtual", "aws-iot", "--for", "90s", "--commands-per-second", "2"];
+    let r = report(&[&args[..], &["--group-command", "Power ON@60s", "-q"]].concat());
+    assert_eq!((r["devices"].as_u64(), r["connected"].as_u64(), r["connects"].as_u64()), (Some(40), Some(40), Some(40)));
+    assert_eq!(r["failures"], serde_json::json!({}));
+    assert_eq!(r["commands_answered"], r["commands_sent"]);
+    assert_eq!(r["group_commands"][0]["answered"], 40);
+    assert!(r["target"].as_str().unwrap().contains("aws-iot"), "{}", r["target"]);
+    // Naming an authorizer the endpoint does not have: AWS closes every connect after the
+    // handshake with no CONNACK, which the firmware logs as TLS error 0 (the handshake
+    // worked) and rc -4 (MQTT_CONNECTION_TIMEOUT), every attempt.
+    let out = fleet(&[&args[..], &["--user", "tasmota?x-amz-customauthorizer-name=Other", "--password", "x", "-q", "--json", "-"]].concat());
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["connected"], 0, "{r}");
+    let failures = r["failures"].as_object().unwrap();
+    assert_eq!(failures.keys().collect::<Vec<_>>(), ["rc -4", "tls 0"], "{r}");
+    assert_eq!(failures["rc -4"], failures["tls 0"]);
+}

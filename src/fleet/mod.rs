@@ -17,6 +17,7 @@
 //! on a loopback socket in real time; `--broker URL` uses any MQTT 3.1.1 broker.
 
 pub mod bill;
+pub mod embedded;
 pub mod gate;
 pub mod plan;
 pub mod report;
@@ -29,12 +30,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use tasmota_core::{BootReason, ConnectRequest, LinkFailure, LogLine, Mac, Settings};
+use tasmota_core::{BootReason, LogLine, Mac, Settings};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::broker::{Broker, Config, LinkInfo, ProfileName};
-use crate::host::{Console, Flash, HostDevice, HostSetup, LinkEvent, Network, Opening};
+use crate::broker::ProfileName;
+use embedded::FleetBroker;
+use crate::host::{Console, Flash, HostDevice, HostSetup, LinkEvent, Network};
 use crate::link::{BoxStream, Connector};
 use crate::scenario::operator::{self, OperatorEvent};
 use crate::scenario::BrokerUrl;
@@ -46,16 +48,13 @@ const PICKS: usize = 8;
 /// A command not answered within this time is counted unanswered for good.
 const UNANSWERED_AFTER: Duration = Duration::from_secs(10);
 
-/// The host name devices use for the broker of a `--virtual` fleet.
-pub const VIRTUAL_BROKER_HOST: &str = "broker.fleet";
-
 /// Where the fleet's devices connect.
 #[derive(Clone, Debug)]
 pub enum Target {
-    /// An embedded `plain` broker over in-memory links, on the virtual clock.
-    Virtual,
-    /// An embedded `plain` broker on a loopback socket, in real time.
-    Embedded,
+    /// An embedded broker of this profile over in-memory links, on the virtual clock.
+    Virtual(ProfileName),
+    /// An embedded broker of this profile on a loopback socket, in real time.
+    Embedded(ProfileName),
     /// A broker at this URL (mqtt:// or mqtts://), in real time.
     Broker(BrokerUrl),
 }
@@ -219,28 +218,6 @@ impl Console for FleetConsole {
     }
 }
 
-/// In-memory links to the embedded broker of a `--virtual` fleet.
-struct VirtualNet {
-    broker: Broker,
-}
-
-impl Network for VirtualNet {
-    fn open(&self, req: ConnectRequest, peer: String, _tls_time: Duration) -> Opening {
-        let broker = self.broker.clone();
-        Box::pin(async move {
-            if !req.host.eq_ignore_ascii_case(VIRTUAL_BROKER_HOST) {
-                return Err(LinkFailure::Dns);
-            }
-            if req.port != 1883 || broker.is_down() || req.tls.is_some() {
-                return Err(LinkFailure::Tcp);
-            }
-            let (client, server) = tokio::io::duplex(4096);
-            tokio::spawn(async move { broker.serve(server, LinkInfo { peer, tls: None }).await });
-            Ok(Box::pin(client) as BoxStream)
-        })
-    }
-}
-
 /// The devices' timers, earliest first; stale entries are skipped when they surface.
 struct Timers {
     heap: BinaryHeap<Reverse<(Instant, usize)>>,
@@ -310,23 +287,37 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
     let t0 = Instant::now();
     let n: usize = opts.groups.iter().map(|g| g.count).sum();
     // The broker, and where devices and the operator reach it.
-    let (broker, network, host, port, tls): (Option<Broker>, Arc<dyn Network>, String, u16, bool) = match &opts.target {
-        Target::Virtual => {
-            let b = Broker::new(Config::new(ProfileName::Plain));
-            (Some(b.clone()), Arc::new(VirtualNet { broker: b }), VIRTUAL_BROKER_HOST.into(), 1883, false)
+    let token = opts.login.as_ref().map_or(embedded::DEFAULT_TOKEN, |l| l.1.as_str());
+    let (own, network, host, port, tls): (Option<FleetBroker>, Arc<dyn Network>, String, u16, bool) = match &opts.target
+    {
+        Target::Broker(url) => (None, Arc::new(opts.connector.clone()), url.host.clone(), url.port, url.tls),
+        Target::Virtual(p) => {
+            let b = FleetBroker::new(*p, token).map_err(FleetError::Input)?;
+            let net: Arc<dyn Network> = Arc::new(Arc::new(b.virtual_net(&opts.connector)));
+            let (host, port, tls) = (b.host.clone(), b.port, b.tls.is_some());
+            (Some(b), net, host, port, tls)
         }
-        Target::Embedded => {
-            let b = Broker::new(Config::new(ProfileName::Plain));
+        Target::Embedded(p) => {
+            let b = FleetBroker::new(*p, token).map_err(FleetError::Input)?;
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .map_err(|e| FleetError::Run(format!("cannot listen on 127.0.0.1: {e}")))?;
-            let port = listener.local_addr().map_err(|e| FleetError::Run(e.to_string()))?.port();
-            let server = b.clone();
-            tokio::spawn(async move { server.listen(listener, None).await });
-            (Some(b), Arc::new(opts.connector.clone()), "127.0.0.1".into(), port, false)
+            let bound = listener.local_addr().map_err(|e| FleetError::Run(e.to_string()))?.port();
+            let (server, listen) = (b.broker.clone(), b.tls.clone());
+            tokio::spawn(async move { server.listen(listener, listen).await });
+            if b.tls.is_some() {
+                // Devices keep the endpoint's name (SNI, the certificate, the firmware's
+                // AWS path) and port 443; the connector sends them to the listener.
+                let mut client = b.client(&opts.connector);
+                client.connect_to.insert((b.host.to_ascii_lowercase(), b.port), ("127.0.0.1".into(), bound));
+                let (host, port) = (b.host.clone(), b.port);
+                (Some(b), Arc::new(client), host, port, true)
+            } else {
+                (Some(b), Arc::new(opts.connector.clone()), "127.0.0.1".into(), bound, false)
+            }
         }
-        Target::Broker(url) => (None, Arc::new(opts.connector.clone()), url.host.clone(), url.port, url.tls),
     };
+    let broker = own.as_ref().map(|b| b.broker.clone());
     if opts.broker_outage.is_some() && broker.is_none() {
         return Err(FleetError::Input(
             "--broker-outage needs --embedded or --virtual (a real broker is not ours to restart)".into(),
@@ -345,14 +336,19 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
         .iter()
         .map(|g| {
             let mut settings = g.settings.clone();
-            settings.mqtt_host = host.clone();
-            settings.mqtt_port = port;
-            if let Some((user, password)) = &opts.login {
-                settings.mqtt_user = user.clone();
-                settings.mqtt_pwd = password.clone();
-            }
-            if tls {
-                settings.set_option(103, 1);
+            match &own {
+                Some(b) => b.configure(&mut settings, opts.login.as_ref()),
+                None => {
+                    settings.mqtt_host = host.clone();
+                    settings.mqtt_port = port;
+                    if let Some((user, password)) = &opts.login {
+                        settings.mqtt_user = user.clone();
+                        settings.mqtt_pwd = password.clone();
+                    }
+                    if tls {
+                        settings.set_option(103, 1);
+                    }
+                }
             }
             settings
         })
@@ -388,7 +384,12 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
     // The operator: sends the commands, sees the answers.
     let (op_tx, mut op_rx) = mpsc::unbounded_channel::<operator::Command>();
     let route = OperatorRoute {
-        broker: if matches!(opts.target, Target::Virtual) { broker.clone() } else { None },
+        // In memory, except to a plain broker on a socket (the commands then take the
+        // devices' path).
+        own: match (&opts.target, own) {
+            (Target::Embedded(ProfileName::Plain), _) => None,
+            (_, own) => own,
+        },
         connector: opts.connector.clone(),
         host: host.clone(),
         port,
@@ -654,8 +655,8 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
     }
     Ok(Report {
         target: match &opts.target {
-            Target::Virtual => "virtual".into(),
-            Target::Embedded => format!("embedded plain broker on 127.0.0.1:{port}"),
+            Target::Virtual(p) => format!("virtual, embedded {} broker", profile_name(*p)),
+            Target::Embedded(p) => format!("embedded {} broker on 127.0.0.1", profile_name(*p)),
             Target::Broker(url) => url.to_string(),
         },
         devices: n as u64,
@@ -694,10 +695,17 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
     })
 }
 
+fn profile_name(p: ProfileName) -> &'static str {
+    match p {
+        ProfileName::Plain => "plain",
+        ProfileName::AwsIot => "aws-iot",
+    }
+}
+
 /// How the fleet's operator reaches the broker.
 struct OperatorRoute {
-    /// `--virtual`: the embedded broker, over an in-memory link.
-    broker: Option<Broker>,
+    /// The fleet's own broker, over an in-memory link.
+    own: Option<FleetBroker>,
     connector: Connector,
     host: String,
     port: u16,
@@ -706,11 +714,8 @@ struct OperatorRoute {
 
 impl OperatorRoute {
     async fn open(&self) -> Result<BoxStream, FleetError> {
-        if let Some(b) = &self.broker {
-            let (client, server) = tokio::io::duplex(1 << 16);
-            let b = b.clone();
-            tokio::spawn(async move { b.serve(server, LinkInfo { peer: "fleet operator".into(), tls: None }).await });
-            return Ok(Box::pin(client));
+        if let Some(b) = &self.own {
+            return Ok(b.operator_link());
         }
         self.connector.open_client(&self.host, self.port, self.tls).await.map_err(|f| {
             FleetError::Run(format!("the fleet's operator client cannot reach {}:{}: {f:?}", self.host, self.port))
