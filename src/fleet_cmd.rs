@@ -84,6 +84,10 @@ pub struct FleetArgs {
     /// answer on stat/<topic>/RESULT is matched to its command.
     #[arg(long, value_name = "R", default_value_t = 0.0)]
     commands_per_second: f64,
+    /// When the commands start (fleet time, e.g. 30s): after the connect storm and the
+    /// devices' first discovery and telemetry, for steady-state latency.
+    #[arg(long, value_name = "TIME", default_value = "0s", value_parser = parse_duration)]
+    commands_from: Duration,
     /// A command on the group topic at a point of the run: 'Power ON@30s' (repeatable).
     #[arg(long, value_name = "CMD@TIME")]
     group_command: Vec<GroupCommand>,
@@ -267,6 +271,7 @@ pub fn run(args: FleetArgs) -> ExitCode {
         connect_rate,
         in_flight: (args.in_flight > 0).then_some(args.in_flight),
         commands_per_second: args.commands_per_second,
+        commands_from: args.commands_from,
         group_commands: args.group_command,
         run_for: args.run_for,
         broker_outage: args.broker_outage,

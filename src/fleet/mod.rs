@@ -96,6 +96,9 @@ pub struct Options {
     /// ([`gate`]; `None`: no cap).
     pub in_flight: Option<usize>,
     pub commands_per_second: f64,
+    /// When the commands start (fleet time): after the connect storm, for steady-state
+    /// latency.
+    pub commands_from: Duration,
     pub group_commands: Vec<GroupCommand>,
     pub run_for: Duration,
     /// `--broker-outage AT/DOWNTIME` (embedded brokers only).
@@ -447,7 +450,7 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
     let mut booted = 0usize;
     let boot_gap = opts.connect_rate.map(|r| Duration::from_secs_f64(1.0 / r.max(1e-9)));
     let command_gap = (opts.commands_per_second > 0.0).then(|| Duration::from_secs_f64(1.0 / opts.commands_per_second));
-    let mut next_command = command_gap.map(|g| t0 + g);
+    let mut next_command = command_gap.map(|g| t0 + opts.commands_from + g);
     let mut operator_ready = false;
     let mut operator_down = 0u64;
     let end = t0 + opts.run_for;
