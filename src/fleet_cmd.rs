@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use tasmota_core::Mac;
+use tasmota_sim::broker::ProfileName;
 use tasmota_sim::duration::parse_duration;
 use tasmota_sim::fleet::{self, report, GroupCommand, Target};
-use tasmota_sim::broker::ProfileName;
 use tasmota_sim::scenario::BrokerUrl;
 
 pub const EXAMPLES: &str = "\
@@ -77,8 +77,9 @@ pub struct FleetArgs {
     /// At most K device links between the start of their connect and the broker's
     /// CONNACK at once (0: no cap). A link waits for its turn before its TCP connect
     /// starts, so a broker's full accept queue does not fail the firmware's 200 ms
-    /// connect; the wait counts in the connect latency.
-    #[arg(long, value_name = "K", default_value_t = 256)]
+    /// connect; the wait counts in the connect latency. The default stays below
+    /// Mosquitto's accept backlog of 100.
+    #[arg(long, value_name = "K", default_value_t = 64)]
     in_flight: usize,
     /// 'Power TOGGLE' commands per second, each to a random connected device; every
     /// answer on stat/<topic>/RESULT is matched to its command.

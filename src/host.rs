@@ -454,7 +454,11 @@ impl<C: Console> HostDevice<C> {
                 if let Link::Open { writer, .. } = &mut self.link {
                     // A TLS stream may keep records it could not send yet: flush, or a
                     // PINGREQ can wait there until the broker's keepalive runs out.
-                    let written = async { writer.write_all(&bytes).await?; writer.flush().await }.await;
+                    let written = async {
+                        writer.write_all(&bytes).await?;
+                        writer.flush().await
+                    }
+                    .await;
                     if let Err(e) = written {
                         tracing::debug!(device = %self.io.name, error = %e, "write failed; the link is closed");
                         self.link_lost();

@@ -35,11 +35,11 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::broker::ProfileName;
-use embedded::FleetBroker;
 use crate::host::{Console, Flash, HostDevice, HostSetup, LinkEvent, Network};
 use crate::link::{BoxStream, Connector};
 use crate::scenario::operator::{self, OperatorEvent};
 use crate::scenario::BrokerUrl;
+use embedded::FleetBroker;
 use report::{encode_histogram, new_histogram, GroupResult, Histograms, Percentiles, Report};
 
 /// How many devices a command tries before it is skipped (all busy or down).
