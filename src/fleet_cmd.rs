@@ -60,15 +60,35 @@ pub struct FleetArgs {
     /// real time.
     #[arg(long, value_name = "PROFILE", group = "target", num_args = 0..=1, default_missing_value = "plain")]
     embedded: Option<ProfileName>,
-    /// A broker at URL (mqtt://HOST:PORT or mqtts://HOST:PORT), in real time.
-    #[arg(long, value_name = "URL", group = "target")]
-    broker: Option<BrokerUrl>,
+    /// A broker at URL (mqtt://HOST:PORT or mqtts://HOST:PORT), in real time. Several
+    /// (repeated, or a comma-separated list): device i connects to broker i mod their
+    /// number, and the fleet has an operator on each.
+    #[arg(long, value_name = "URL", group = "target", env = "TASMOTA_SIM_BROKER", value_delimiter = ',')]
+    broker: Vec<BrokerUrl>,
     /// MqttUser for every device and the operator.
-    #[arg(long, value_name = "NAME", requires = "password")]
+    #[arg(long, value_name = "NAME", env = "TASMOTA_SIM_USER")]
     user: Option<String>,
     /// MqttPassword for every device and the operator (never printed).
-    #[arg(long, value_name = "PASSWORD", requires = "user")]
+    #[arg(long, value_name = "PASSWORD", env = "TASMOTA_SIM_PASSWORD", hide_env_values = true)]
     password: Option<String>,
+    /// Run only shard I of N (0-based): the I-th slice of the device index range (MACs
+    /// and topics from the global index, so shards never collide), with its share of
+    /// --connect-rate and --commands-per-second; only shard 0 publishes the group
+    /// commands. Merge the shards' reports with `fleet merge`.
+    #[arg(long, value_name = "I/N", conflicts_with_all = ["shards", "processes"])]
+    shard: Option<fleet::merge::Shard>,
+    /// This process is shard JOB_COMPLETION_INDEX (what Kubernetes sets in an Indexed
+    /// Job) of N.
+    #[arg(long, value_name = "N", conflicts_with = "processes", value_parser = clap::value_parser!(u32).range(1..))]
+    shards: Option<u32>,
+    /// Run the fleet as K worker processes of this binary (each a shard), with one
+    /// progress line and one merged report; 'auto': enough that none needs more sockets
+    /// than the open-file limit allows (one per CPU with --virtual).
+    #[arg(long, value_name = "K|auto")]
+    processes: Option<Processes>,
+    /// (For --processes' workers.) Progress as JSON lines on stdout.
+    #[arg(long, hide = true)]
+    progress_lines: bool,
     #[command(flatten)]
     tls: crate::device_cmd::TlsArgs,
     /// Devices booted per second (default: all at once).
@@ -115,7 +135,71 @@ pub struct FleetArgs {
     /// Region whose AWS IoT Core prices the bill uses (us-east-1, eu-central-1).
     #[arg(long, value_name = "REGION", default_value = "us-east-1")]
     aws_region: String,
-    /// Write the report as JSON (with serialized histograms) to FILE ('-': stdout).
+    #[command(flatten)]
+    out: Outputs,
+    #[command(subcommand)]
+    command: Option<FleetCommand>,
+}
+
+/// `--processes K|auto`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Processes {
+    Auto,
+    Count(u32),
+}
+
+impl std::str::FromStr for Processes {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Processes::Auto),
+            n => match n.parse::<u32>() {
+                Ok(k) if (1..=1024).contains(&k) => Ok(Processes::Count(k)),
+                _ => Err(format!("'{s}': a number of processes from 1 to 1024, or auto")),
+            },
+        }
+    }
+}
+
+/// `tasmota-sim fleet merge`.
+#[derive(clap::Subcommand)]
+pub enum FleetCommand {
+    /// Merge shards' reports into one fleet's: counts add, percentiles from the merged
+    /// histograms, the AWS IoT bill from the merged counts.
+    #[command(after_help = MERGE_EXAMPLES)]
+    Merge(MergeArgs),
+}
+
+pub const MERGE_EXAMPLES: &str = "\
+Examples:
+  # Three shards run anywhere (three machines, or one), then one report
+  tasmota-sim fleet --devices 30000 --broker mqtt://10.0.0.5:1883 --shard 0/3 --json r0.json
+  tasmota-sim fleet merge r0.json r1.json r2.json --json fleet.json --html fleet.html
+
+  # The pods of a Kubernetes Indexed Job, each printing its report as one JSON line
+  kubectl logs -l job-name=tasmota-sim-fleet --tail=-1 | grep '^{' > reports.jsonl
+  tasmota-sim fleet merge reports.jsonl
+
+A REPORT file holds one report (--json FILE) or JSON lines, one report a line (--json -).
+Exit codes: 0 merged, 1 an --slo term missed, 2 bad input (a line that is no report, a
+shard twice, a shard missing without --partial).";
+
+#[derive(clap::Args)]
+pub struct MergeArgs {
+    /// Reports of `tasmota-sim fleet --json` (one JSON document, or one per line).
+    #[arg(value_name = "REPORT", required = true)]
+    reports: Vec<PathBuf>,
+    /// Merge even if some shards of the fleet are missing (they are listed).
+    #[arg(long)]
+    partial: bool,
+    #[command(flatten)]
+    out: Outputs,
+}
+
+/// Where a report goes, and what it must meet.
+#[derive(clap::Args)]
+pub struct Outputs {
+    /// Write the report as JSON (with serialized histograms) to FILE ('-': stdout, one line).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
     /// Write the report as one self-contained HTML page with plots (connects per second,
@@ -141,13 +225,6 @@ fn bad(e: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// The open-file limit of this process (soft), from /proc.
-fn open_file_limit() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
-}
-
 /// AWS IoT Core's CONNECT requests per second per account (adjustable; the spec's
 /// aws-iot.md "Rates and quotas", AWS General Reference "AWS IoT Core endpoints and quotas").
 const AWS_CONNECTS_PER_SECOND: f64 = 500.0;
@@ -162,8 +239,8 @@ fn aws_quotas(
     commands: f64,
     exceed: bool,
 ) -> Result<Vec<String>, String> {
-    let Target::Broker(url) = target else { return Ok(Vec::new()) };
-    if !url.host.to_ascii_lowercase().ends_with(".amazonaws.com") {
+    let Target::Brokers(urls) = target else { return Ok(Vec::new()) };
+    if !urls.iter().any(|u| u.host.to_ascii_lowercase().ends_with(".amazonaws.com")) {
         return Ok(Vec::new());
     }
     let mut notes = Vec::new();
@@ -194,12 +271,46 @@ fn aws_quotas(
     Ok(notes)
 }
 
+/// Raises this process's soft open-file limit to its hard limit (containers often start
+/// with a soft 1,024 under a hard limit far above it), and returns the limit.
+fn raise_open_file_limit() -> Option<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return Some(hard);
+    }
+    Some(soft)
+}
+
+/// The shard this process runs: `--shard I/N`, or `--shards N` with JOB_COMPLETION_INDEX.
+fn shard_of(args: &FleetArgs) -> Result<Option<fleet::merge::Shard>, String> {
+    if let Some(s) = args.shard {
+        return Ok(Some(s));
+    }
+    let Some(n) = args.shards else { return Ok(None) };
+    let index = std::env::var("JOB_COMPLETION_INDEX").map_err(|_| {
+        format!("--shards {n}: JOB_COMPLETION_INDEX is not set (Kubernetes sets it in an Indexed Job); or give --shard I/{n}")
+    })?;
+    let shard = format!("{}/{n}", index.trim()).parse::<fleet::merge::Shard>();
+    shard.map(Some).map_err(|e| format!("--shards {n} with JOB_COMPLETION_INDEX={index}: {e}"))
+}
+
 pub fn run(args: FleetArgs) -> ExitCode {
-    let target = match (&args.broker, args.embedded, args.virtual_clock) {
-        (Some(url), _, _) => Target::Broker(url.clone()),
-        (None, Some(p), _) => Target::Embedded(p),
-        (None, None, Some(p)) => Target::Virtual(p),
-        (None, None, None) => return bad("say where the devices connect: --virtual, --embedded or --broker URL"),
+    if let Some(FleetCommand::Merge(m)) = args.command {
+        return merge(m);
+    }
+    let target = match (args.broker.is_empty(), args.embedded, args.virtual_clock) {
+        (false, _, _) => Target::Brokers(args.broker.clone()),
+        (true, Some(p), _) => Target::Embedded(p),
+        (true, None, Some(p)) => Target::Virtual(p),
+        (true, None, None) => return bad("say where the devices connect: --virtual, --embedded or --broker URL"),
+    };
+    if args.user.is_some() != args.password.is_some() {
+        return bad("--user and --password go together (or TASMOTA_SIM_USER and TASMOTA_SIM_PASSWORD)");
+    }
+    let shard = match shard_of(&args) {
+        Ok(s) => s,
+        Err(e) => return bad(e),
     };
     let groups = match (&args.fleet, args.devices) {
         (Some(path), _) => match fleet::plan::load(path) {
@@ -221,7 +332,7 @@ pub fn run(args: FleetArgs) -> ExitCode {
         }
         (None, None) => return bad("--devices N or --fleet FILE.toml"),
     };
-    let devices: u64 = groups.iter().map(|g| g.count as u64).sum();
+    let fleet_devices: u64 = groups.iter().map(|g| g.count as u64).sum();
     if !(args.commands_per_second >= 0.0 && args.commands_per_second.is_finite()) {
         return bad("--commands-per-second: a rate of 0 or more");
     }
@@ -231,19 +342,27 @@ pub fn run(args: FleetArgs) -> ExitCode {
             return bad("--connect-rate: a rate above 0");
         }
     }
+    let limit = raise_open_file_limit();
+    let per_device =
+        fleet::workers::sockets_per_device(matches!(target, Target::Embedded(_)), matches!(target, Target::Virtual(_)));
+    if let Some(p) = args.processes {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+        let k = match p {
+            Processes::Count(k) => k,
+            Processes::Auto => fleet::workers::auto_processes(fleet_devices, per_device, limit.unwrap_or(1024), cpus),
+        };
+        return run_workers(&args.out, k, fleet_devices);
+    }
+    let devices = fleet::shard_range(fleet_devices as usize, shard).len() as u64;
     // Each device holds one socket; the embedded broker holds the other end in this process.
-    let sockets = match target {
-        Target::Virtual(_) => 0,
-        Target::Embedded(_) => 2 * devices,
-        Target::Broker(_) => devices,
-    };
-    if let Some(limit) = open_file_limit() {
-        if sockets + 64 > limit {
+    let sockets = per_device * devices;
+    if let Some(limit) = limit {
+        if sockets + fleet::workers::SPARE_FILES > limit {
             return bad(format!(
                 "{} devices need about {} open sockets here, over this process's open-file limit of {limit}: \
-                 use fewer devices, --virtual, or split the fleet over several processes",
+                 use --processes auto (workers of this process), --virtual, or fewer devices",
                 devices,
-                sockets + 64
+                sockets + fleet::workers::SPARE_FILES
             ));
         }
     }
@@ -258,28 +377,37 @@ pub fn run(args: FleetArgs) -> ExitCode {
         Ok(notes) => notes,
         Err(e) => return bad(e),
     };
-    if !args.quiet {
+    if !args.out.quiet {
         for note in &shaped_by {
             eprintln!("tasmota-sim fleet: {note}");
         }
     }
+    // The ramp and the workload are the fleet's: a shard does its share.
+    let share = shard.map_or(1.0, |s| f64::from(s.count));
     let virtual_clock = matches!(target, Target::Virtual(_));
     let opts = fleet::Options {
         groups,
         target,
         connector,
         login: args.user.zip(args.password),
-        connect_rate,
+        connect_rate: connect_rate.map(|r| r / share),
         in_flight: (args.in_flight > 0).then_some(args.in_flight),
-        commands_per_second: args.commands_per_second,
+        commands_per_second: args.commands_per_second / share,
         commands_from: args.commands_from,
         group_commands: args.group_command,
         run_for: args.run_for,
         broker_outage: args.broker_outage,
-        progress: !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        seed: args.seed,
+        progress: if args.progress_lines {
+            fleet::Progress::Lines
+        } else if !args.out.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            fleet::Progress::Bar
+        } else {
+            fleet::Progress::Off
+        },
+        seed: args.seed.wrapping_add(shard.map_or(0, |s| u64::from(s.index))),
         aws_region: args.aws_region,
         shaped_by,
+        shard,
     };
     let runtime = match tasmota_sim::host::runtime(virtual_clock) {
         Ok(r) => r,
@@ -291,26 +419,116 @@ pub fn run(args: FleetArgs) -> ExitCode {
     let result = runtime.block_on(fleet::run(opts));
     // Tasks of the devices and the broker end with the runtime.
     drop(runtime);
-    let report = match result {
-        Ok(r) => r,
-        Err(fleet::FleetError::Input(e)) => return bad(e),
+    match result {
+        Ok(r) => finish(&r, &args.out),
+        Err(fleet::FleetError::Input(e)) => bad(e),
         Err(fleet::FleetError::Run(e)) => {
             eprintln!("tasmota-sim fleet: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `--processes K`: K workers of this binary, one merged report.
+fn run_workers(out: &Outputs, k: u32, devices: u64) -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("tasmota-sim fleet: cannot find this program to start workers: {e}");
             return ExitCode::from(1);
         }
     };
-    if !args.quiet {
-        print!("{}", report.human());
+    // The parent's own arguments after `fleet`.
+    let all: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let Some(at) = all.iter().position(|a| a == "fleet") else {
+        return bad("--processes: cannot find 'fleet' in this program's arguments");
+    };
+    let parent_args = &all[at + 1..];
+    if !out.quiet {
+        eprintln!("tasmota-sim fleet: {devices} devices in {k} worker processes (shards 0/{k} .. {}/{k})", k - 1);
     }
-    if let Some(path) = &args.json {
-        let text = match serde_json::to_string_pretty(&report) {
+    let bar =
+        (!out.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| fleet::progress_bar(devices));
+    let runtime = match tasmota_sim::host::runtime(false) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tasmota-sim fleet: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let outcome = runtime.block_on(fleet::workers::run(&exe, parent_args, k, bar));
+    drop(runtime);
+    for d in &outcome.died {
+        eprintln!("tasmota-sim fleet: {d}");
+    }
+    if outcome.stopped {
+        eprintln!("tasmota-sim fleet: stopped by a signal; every worker was stopped");
+        return ExitCode::from(130);
+    }
+    if outcome.reports.is_empty() {
+        eprintln!("tasmota-sim fleet: no worker finished its run");
+        return ExitCode::from(1);
+    }
+    let merged = match fleet::merge::merge(&outcome.reports, true) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tasmota-sim fleet: cannot merge the workers' reports: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = finish(&merged, out);
+    if outcome.died.is_empty() {
+        code
+    } else {
+        eprintln!(
+            "tasmota-sim fleet: {} of {k} workers did not finish: the report lacks their shards",
+            outcome.died.len()
+        );
+        ExitCode::from(1)
+    }
+}
+
+/// `tasmota-sim fleet merge`.
+fn merge(args: MergeArgs) -> ExitCode {
+    let mut inputs = Vec::new();
+    for path in &args.reports {
+        let shown = path.display().to_string();
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => return bad(format!("{shown}: {e}")),
+        };
+        match fleet::merge::read_reports(&text, &shown) {
+            Ok(r) => inputs.extend(r),
+            Err(e) => return bad(e),
+        }
+    }
+    match fleet::merge::merge(&inputs, args.partial) {
+        Ok(r) => finish(&r, &args.out),
+        Err(e) => bad(e),
+    }
+}
+
+/// The report where it was asked for, and the SLO's verdict.
+fn finish(report: &report::Report, out: &Outputs) -> ExitCode {
+    let json_to_stdout = out.json.as_deref().is_some_and(|p| p.as_os_str() == "-");
+    if !out.quiet {
+        // With the JSON on stdout, the table goes to stderr.
+        if json_to_stdout {
+            eprint!("{}", report.human());
+        } else {
+            print!("{}", report.human());
+        }
+    }
+    if let Some(path) = &out.json {
+        let text = if json_to_stdout { serde_json::to_string(report) } else { serde_json::to_string_pretty(report) };
+        let text = match text {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("tasmota-sim fleet: cannot write the report: {e}");
                 return ExitCode::from(1);
             }
         };
-        let written = if path.as_os_str() == "-" {
+        let written = if json_to_stdout {
             use std::io::Write as _;
             writeln!(std::io::stdout(), "{text}")
         } else {
@@ -321,14 +539,14 @@ pub fn run(args: FleetArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    if let Some(path) = &args.html {
+    if let Some(path) = &out.html {
         if let Err(e) = std::fs::write(path, report.html()) {
             eprintln!("tasmota-sim fleet: --html {}: {e}", path.display());
             return ExitCode::from(1);
         }
     }
-    if let Some(slo) = &args.slo {
-        let missed = report::check_slo(&report, &slo.0);
+    if let Some(slo) = &out.slo {
+        let missed = report::check_slo(report, &slo.0);
         if !missed.is_empty() {
             for m in &missed {
                 eprintln!("tasmota-sim fleet: SLO missed: {m}");
@@ -344,7 +562,7 @@ mod tests {
     use super::*;
 
     fn aws() -> Target {
-        Target::Broker("mqtts://a1b2c3d4e5f6g7-ats.iot.eu-central-1.amazonaws.com:443".parse().unwrap())
+        Target::Brokers(vec!["mqtts://a1b2c3d4e5f6g7-ats.iot.eu-central-1.amazonaws.com:443".parse().unwrap()])
     }
 
     #[test]
@@ -361,7 +579,7 @@ mod tests {
         let mut rate = Some(2000.0);
         assert!(aws_quotas(&aws(), &mut rate, 1000.0, true).unwrap().is_empty());
         assert_eq!(rate, Some(2000.0));
-        let mosquitto = Target::Broker("mqtt://127.0.0.1:1883".parse().unwrap());
+        let mosquitto = Target::Brokers(vec!["mqtt://127.0.0.1:1883".parse().unwrap()]);
         assert!(aws_quotas(&mosquitto, &mut None, 1000.0, false).unwrap().is_empty());
     }
 }

@@ -45,7 +45,7 @@ enum Command {
     Broker(Box<broker_cmd::BrokerArgs>),
     /// Run a fleet of devices with a command workload; report latency, failures and the
     /// AWS IoT bill.
-    #[command(after_help = fleet_cmd::EXAMPLES)]
+    #[command(after_help = fleet_cmd::EXAMPLES, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Fleet(Box<fleet_cmd::FleetArgs>),
 }
 

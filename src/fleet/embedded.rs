@@ -34,6 +34,7 @@ pub const AWS_USER: &str = "tasmota?x-amz-customauthorizer-name=TasmotaAuth";
 pub const DEFAULT_TOKEN: &str = "tasmota-sim-fleet";
 
 /// The fleet's broker and how to reach it.
+#[derive(Clone)]
 pub struct FleetBroker {
     pub broker: Broker,
     pub profile: ProfileName,
@@ -84,10 +85,9 @@ impl FleetBroker {
         }
     }
 
-    /// Points a device's settings at this broker (`login`: `--user`/`--password`).
+    /// Sets a device up for this broker's profile (`login`: `--user`/`--password`); the
+    /// caller has set MqttHost and MqttPort (the socket's, with `--embedded` plain).
     pub fn configure(&self, settings: &mut Settings, login: Option<&(String, String)>) {
-        settings.mqtt_host = self.host.clone();
-        settings.mqtt_port = self.port;
         match self.profile {
             ProfileName::Plain => {
                 if let Some((user, password)) = login {

@@ -19,8 +19,10 @@
 pub mod bill;
 pub mod embedded;
 pub mod gate;
+pub mod merge;
 pub mod plan;
 pub mod report;
+pub mod workers;
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
@@ -55,8 +57,9 @@ pub enum Target {
     Virtual(ProfileName),
     /// An embedded broker of this profile on a loopback socket, in real time.
     Embedded(ProfileName),
-    /// A broker at this URL (mqtt:// or mqtts://), in real time.
-    Broker(BrokerUrl),
+    /// Brokers at these URLs (mqtt:// or mqtts://), in real time: device `i` (global
+    /// index) connects to broker `i % len`.
+    Brokers(Vec<BrokerUrl>),
 }
 
 /// A command published on the group topic at a point of the run.
@@ -103,13 +106,51 @@ pub struct Options {
     pub run_for: Duration,
     /// `--broker-outage AT/DOWNTIME` (embedded brokers only).
     pub broker_outage: Option<(Duration, Duration)>,
-    /// Draw a progress line on stderr.
-    pub progress: bool,
+    /// How the run shows its progress.
+    pub progress: Progress,
     /// Seed of the command workload's choices.
     pub seed: u64,
     pub aws_region: String,
     /// Which quotas shaped the run (AWS IoT Core's, against an AWS endpoint).
     pub shaped_by: Vec<String>,
+    /// Run only this slice of the fleet's devices (`--shard I/N`): MACs and topics come
+    /// from the global index; only shard 0 publishes the group commands.
+    pub shard: Option<merge::Shard>,
+}
+
+/// The global device indices of `shard` among `total` devices: `[lo, hi)`, the shards'
+/// slices cover every device once and differ in size by at most one.
+pub fn shard_range(total: usize, shard: Option<merge::Shard>) -> std::ops::Range<usize> {
+    match shard {
+        None => 0..total,
+        Some(s) => {
+            let at = |i: u32| (total as u128 * u128::from(i) / u128::from(s.count)) as usize;
+            at(s.index)..at(s.index + 1)
+        }
+    }
+}
+
+/// How a run shows its progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    Off,
+    /// A progress line on stderr (indicatif).
+    Bar,
+    /// A [`ProgressLine`] as JSON on stdout, at most every 250 ms of wall time: what a
+    /// worker of `--processes` tells its parent.
+    Lines,
+}
+
+/// Where a run is, as a worker tells its parent (one JSON line).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProgressLine {
+    pub devices: u64,
+    pub connected: u64,
+    pub messages_out: u64,
+    pub sent: u64,
+    pub answered: u64,
+    /// Command → reply p99 so far (µs).
+    pub p99_us: u64,
 }
 
 /// The MAC of device `index`: `base + index` as a 48-bit number.
@@ -260,7 +301,8 @@ impl Timers {
 
 enum Event {
     Link(LinkEvent),
-    Operator(OperatorEvent),
+    /// From the operator of broker `.0`.
+    Operator(usize, OperatorEvent),
 }
 
 /// SplitMix64: the workload's choices, the same for the same `--seed`.
@@ -288,17 +330,22 @@ pub enum FleetError {
 pub async fn run(opts: Options) -> Result<Report, FleetError> {
     let wall = std::time::Instant::now();
     let t0 = Instant::now();
-    let n: usize = opts.groups.iter().map(|g| g.count).sum();
+    let range = shard_range(opts.groups.iter().map(|g| g.count).sum(), opts.shard);
+    let n = range.len();
     // The broker, and where devices and the operator reach it.
     let token = opts.login.as_ref().map_or(embedded::DEFAULT_TOKEN, |l| l.1.as_str());
-    let (own, network, host, port, tls): (Option<FleetBroker>, Arc<dyn Network>, String, u16, bool) = match &opts.target
+    // Where each broker is (the devices' MqttHost, MqttPort and TLS): several only with
+    // `--broker` given several times.
+    let (own, network, brokers): (Option<FleetBroker>, Arc<dyn Network>, Vec<(String, u16, bool)>) = match &opts.target
     {
-        Target::Broker(url) => (None, Arc::new(opts.connector.clone()), url.host.clone(), url.port, url.tls),
+        Target::Brokers(urls) => {
+            (None, Arc::new(opts.connector.clone()), urls.iter().map(|u| (u.host.clone(), u.port, u.tls)).collect())
+        }
         Target::Virtual(p) => {
             let b = FleetBroker::new(*p, token).map_err(FleetError::Input)?;
             let net: Arc<dyn Network> = Arc::new(Arc::new(b.virtual_net(&opts.connector)));
-            let (host, port, tls) = (b.host.clone(), b.port, b.tls.is_some());
-            (Some(b), net, host, port, tls)
+            let at = vec![(b.host.clone(), b.port, b.tls.is_some())];
+            (Some(b), net, at)
         }
         Target::Embedded(p) => {
             let b = FleetBroker::new(*p, token).map_err(FleetError::Input)?;
@@ -313,10 +360,10 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
                 // AWS path) and port 443; the connector sends them to the listener.
                 let mut client = b.client(&opts.connector);
                 client.connect_to.insert((b.host.to_ascii_lowercase(), b.port), ("127.0.0.1".into(), bound));
-                let (host, port) = (b.host.clone(), b.port);
-                (Some(b), Arc::new(client), host, port, true)
+                let at = vec![(b.host.clone(), b.port, true)];
+                (Some(b), Arc::new(client), at)
             } else {
-                (Some(b), Arc::new(opts.connector.clone()), "127.0.0.1".into(), bound, false)
+                (Some(b), Arc::new(opts.connector.clone()), vec![("127.0.0.1".into(), bound, false)])
             }
         }
     };
@@ -333,45 +380,55 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
     };
     let tally = Rc::new(RefCell::new(Tally::new(n)));
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
-    // Each group's settings, pointed at the fleet's broker.
-    let group_settings: Vec<Settings> = opts
+    // Each group's settings, pointed at each broker.
+    let group_settings: Vec<Vec<Settings>> = opts
         .groups
         .iter()
         .map(|g| {
-            let mut settings = g.settings.clone();
-            match &own {
-                Some(b) => b.configure(&mut settings, opts.login.as_ref()),
-                None => {
+            brokers
+                .iter()
+                .map(|(host, port, tls)| {
+                    let mut settings = g.settings.clone();
                     settings.mqtt_host = host.clone();
-                    settings.mqtt_port = port;
-                    if let Some((user, password)) = &opts.login {
-                        settings.mqtt_user = user.clone();
-                        settings.mqtt_pwd = password.clone();
+                    settings.mqtt_port = *port;
+                    match &own {
+                        Some(b) => b.configure(&mut settings, opts.login.as_ref()),
+                        None => {
+                            if let Some((user, password)) = &opts.login {
+                                settings.mqtt_user = user.clone();
+                                settings.mqtt_pwd = password.clone();
+                            }
+                            if *tls {
+                                settings.set_option(103, 1);
+                            }
+                        }
                     }
-                    if tls {
-                        settings.set_option(103, 1);
-                    }
-                }
-            }
-            settings
+                    settings
+                })
+                .collect()
         })
         .collect();
     // Every group topic in use (GroupTopic1), each told the group commands once.
-    let mut group_topics: Vec<String> = group_settings.iter().map(|s| s.mqtt_grp_topic[0].clone()).collect();
+    let mut group_topics: Vec<String> = group_settings.iter().map(|s| s[0].mqtt_grp_topic[0].clone()).collect();
     group_topics.sort();
     group_topics.dedup();
-    let group_flash: Vec<Flash> = group_settings.iter().map(Flash::new).collect();
+    let group_flash: Vec<Vec<Flash>> = group_settings.iter().map(|b| b.iter().map(Flash::new).collect()).collect();
     let members = opts.groups.iter().zip(&group_flash).flat_map(|(g, s)| (0..g.count).map(move |j| (g, s, j)));
+    // This shard's slice of the fleet; `index` is the device's place in it, `global` its
+    // place in the whole fleet (its MAC, its broker).
     let mut devices: Vec<HostDevice<FleetConsole>> = members
         .enumerate()
-        .map(|(index, (group, settings, j))| {
+        .skip(range.start)
+        .take(n)
+        .enumerate()
+        .map(|(index, (global, (group, flash, j)))| {
             let tx = tx.clone();
             let hardware = group.profile.clone().with_mac(mac_of(group.mac_base, j)).hardware;
             HostDevice::new(HostSetup {
                 index,
-                name: format!("{index}"),
+                name: format!("{global}"),
                 hardware,
-                flash: settings.clone(),
+                flash: flash[global % flash.len()].clone(),
                 store: None,
                 console: FleetConsole { index, tally: tally.clone() },
                 network: network.clone(),
@@ -384,28 +441,37 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
         })
         .collect();
 
-    // The operator: sends the commands, sees the answers.
-    let (op_tx, mut op_rx) = mpsc::unbounded_channel::<operator::Command>();
-    let route = OperatorRoute {
-        // In memory, except to a plain broker on a socket (the commands then take the
-        // devices' path).
-        own: match (&opts.target, own) {
-            (Target::Embedded(ProfileName::Plain), _) => None,
-            (_, own) => own,
-        },
-        connector: opts.connector.clone(),
-        host: host.clone(),
-        port,
-        tls,
-    };
-    // The first link must open: a broker the operator cannot reach is the user's error.
-    let first = route.open().await?;
-    let operator_task = {
+    // The operators, one per broker: send the commands, see the answers.
+    let mut op_txs = Vec::new();
+    let mut operator_tasks = Vec::new();
+    for (k, (host, port, tls)) in brokers.iter().enumerate() {
+        let (op_tx, mut op_rx) = mpsc::unbounded_channel::<operator::Command>();
+        op_txs.push(op_tx);
+        let route = OperatorRoute {
+            // In memory, except to a plain broker on a socket (the commands then take the
+            // devices' path).
+            own: match (&opts.target, &own) {
+                (Target::Embedded(ProfileName::Plain), _) => None,
+                (_, own) => own.clone(),
+            },
+            connector: opts.connector.clone(),
+            host: host.clone(),
+            port: *port,
+            tls: *tls,
+        };
+        // The first link must open: a broker the operator cannot reach is the user's error.
+        let first = route.open().await?;
+        // Shards of one fleet on one broker each have their own client id (one would
+        // take the other's session over).
+        let id = match opts.shard {
+            Some(s) => format!("tasmota-sim-fleet-operator-{}", s.index),
+            None => "tasmota-sim-fleet-operator".to_string(),
+        };
         let tx = tx.clone();
         let login = opts.login.clone();
-        tokio::spawn(async move {
+        operator_tasks.push(tokio::spawn(async move {
             let events = move |e| {
-                let _ = tx.send(Event::Operator(e));
+                let _ = tx.send(Event::Operator(k, e));
             };
             let filters = vec!["stat/+/RESULT".to_string(), "tele/+/INFO1".to_string()];
             let mut link = Some(first);
@@ -418,8 +484,7 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
                 };
                 match stream {
                     Ok(stream) => {
-                        let (id, login) = ("tasmota-sim-fleet-operator".to_string(), login.clone());
-                        operator::run(stream, id, login, filters.clone(), &mut op_rx, &events).await;
+                        operator::run(stream, id.clone(), login.clone(), filters.clone(), &mut op_rx, &events).await;
                         if op_rx.is_closed() {
                             return;
                         }
@@ -428,8 +493,9 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-        })
-    };
+        }));
+    }
+    let mut operators_ready = vec![false; brokers.len()];
 
     let mut timers = Timers { heap: BinaryHeap::new(), due: vec![None; n] };
     let mut dirty: Vec<usize> = Vec::new();
@@ -454,8 +520,9 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
     let mut operator_ready = false;
     let mut operator_down = 0u64;
     let end = t0 + opts.run_for;
-    let progress = opts.progress.then(|| progress_bar(n));
+    let progress = (opts.progress == Progress::Bar).then(|| progress_bar(n as u64));
     let mut next_progress = t0;
+    let mut next_line = std::time::Instant::now();
 
     macro_rules! touch {
         ($i:expr) => {{
@@ -506,13 +573,18 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
         }
         while let Some(g) = group_plan.next_if(|g| now >= t0 + g.at) {
             let (cmd, payload) = g.command.split_once(' ').unwrap_or((&g.command, ""));
-            for group_topic in &group_topics {
-                let _ = op_tx.send(operator::Command {
-                    topic: format!("cmnd/{group_topic}/{cmd}"),
-                    payload: payload.to_string(),
-                    retain: false,
-                    qos: 0,
-                });
+            // One publish per broker reaches every shard's devices on it: on brokers the
+            // shards share, shard 0 sends it; every shard counts its own devices' answers.
+            // A shard's own embedded broker has only its devices.
+            if own.is_some() || opts.shard.is_none_or(|s| s.index == 0) {
+                for (group_topic, op_tx) in group_topics.iter().flat_map(|t| op_txs.iter().map(move |o| (t, o))) {
+                    let _ = op_tx.send(operator::Command {
+                        topic: format!("cmnd/{group_topic}/{cmd}"),
+                        payload: payload.to_string(),
+                        retain: false,
+                        qos: 0,
+                    });
+                }
             }
             delivered += tally.borrow().connected_now as u64;
             groups.push((g, HashSet::new()));
@@ -538,7 +610,7 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
                         continue;
                     }
                     let topic = devices[i].core().map(|c| c.topic().to_string()).unwrap_or_default();
-                    let _ = op_tx.send(operator::Command {
+                    let _ = op_txs[(range.start + i) % op_txs.len()].send(operator::Command {
                         topic: format!("cmnd/{topic}/Power"),
                         payload: "TOGGLE".into(),
                         retain: false,
@@ -553,15 +625,24 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
             }
         }
         if now >= next_progress {
+            let t = tally.borrow();
+            let line = ProgressLine {
+                devices: n as u64,
+                connected: t.connected_now as u64,
+                messages_out: t.messages_out,
+                sent,
+                answered,
+                p99_us: if latency.is_empty() { 0 } else { latency.value_at_quantile(0.99) },
+            };
             if let Some(bar) = &progress {
-                let t = tally.borrow();
-                let p99 = if latency.is_empty() { 0 } else { latency.value_at_quantile(0.99) };
-                bar.set_position(t.connected_now as u64);
-                bar.set_message(format!(
-                    "{} msgs out, {sent} commands, {answered} answered, p99 {:.2} ms",
-                    t.messages_out,
-                    p99 as f64 / 1000.0
-                ));
+                show_progress(bar, &line);
+            }
+            if opts.progress == Progress::Lines && std::time::Instant::now() >= next_line {
+                use std::io::Write as _;
+                if let Ok(text) = serde_json::to_string(&line) {
+                    let _ = writeln!(std::io::stdout().lock(), "{text}");
+                }
+                next_line = std::time::Instant::now() + Duration::from_millis(250);
             }
             next_progress = now + Duration::from_millis(250);
         }
@@ -592,16 +673,19 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
                     devices[i].handle_link_event(ev);
                     touch!(i);
                 }
-                Some(Event::Operator(OperatorEvent::Ready)) => operator_ready = true,
-                Some(Event::Operator(OperatorEvent::Refused(what))) => {
+                Some(Event::Operator(k, OperatorEvent::Ready)) => {
+                    operators_ready[k] = true;
+                    operator_ready = operators_ready.iter().all(|r| *r);
+                }
+                Some(Event::Operator(_, OperatorEvent::Refused(what))) => {
                     // Without its subscriptions the operator sees no answer: nothing to measure.
                     return Err(FleetError::Run(format!("the fleet's operator client {what}")));
                 }
-                Some(Event::Operator(OperatorEvent::Down(why))) => {
+                Some(Event::Operator(_, OperatorEvent::Down(why))) => {
                     tracing::info!(%why, "the fleet's operator lost its link; it connects again in 1 s");
                     operator_down += 1;
                 }
-                Some(Event::Operator(OperatorEvent::Message(m))) => {
+                Some(Event::Operator(_, OperatorEvent::Message(m))) => {
                     let mut parts = m.topic.split('/');
                     let (prefix, topic, last) = (parts.next(), parts.next().unwrap_or(""), parts.next());
                     let Some(&i) = topics.get(topic) else { continue };
@@ -635,7 +719,9 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
         }
     }
 
-    operator_task.abort();
+    for task in &operator_tasks {
+        task.abort();
+    }
     // The end: connections still up are metered to the end of `--for` (the wait for the
     // last answers is not part of the fleet's time).
     let run_time = opts.run_for;
@@ -660,7 +746,7 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
         target: match &opts.target {
             Target::Virtual(p) => format!("virtual, embedded {} broker", profile_name(*p)),
             Target::Embedded(p) => format!("embedded {} broker on 127.0.0.1", profile_name(*p)),
-            Target::Broker(url) => url.to_string(),
+            Target::Brokers(urls) => urls.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
         },
         devices: n as u64,
         connected: connected_at_end,
@@ -694,6 +780,8 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
         cpu_us_per_device: if n > 0 { cpu_us / n as u64 } else { 0 },
         aws_iot,
         shaped_by: opts.shaped_by.clone(),
+        shards: opts.shard.into_iter().collect(),
+        missing_shards: Vec::new(),
         histograms: Histograms { latency_us: encode_histogram(&latency), connect_us: encode_histogram(&t.connect_us) },
     })
 }
@@ -726,8 +814,20 @@ impl OperatorRoute {
     }
 }
 
-fn progress_bar(n: usize) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(n as u64);
+/// Shows where a run (or the sum of a fleet's workers) is.
+pub fn show_progress(bar: &indicatif::ProgressBar, line: &ProgressLine) {
+    bar.set_position(line.connected);
+    bar.set_message(format!(
+        "{} msgs out, {} commands, {} answered, p99 {:.2} ms",
+        line.messages_out,
+        line.sent,
+        line.answered,
+        line.p99_us as f64 / 1000.0
+    ));
+}
+
+pub fn progress_bar(n: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(n);
     let style = indicatif::ProgressStyle::with_template("{elapsed_precise} connected {pos}/{len} {msg}")
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     bar.set_style(style);

@@ -113,6 +113,13 @@ pub struct Report {
     /// endpoint).
     #[serde(default)]
     pub shaped_by: Vec<String>,
+    /// The shards this report covers (`--shard I/N`; several after `fleet merge`; none
+    /// for a whole fleet in one run).
+    #[serde(default)]
+    pub shards: Vec<super::merge::Shard>,
+    /// Shards a `fleet merge --partial` did not have.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_shards: Vec<super::merge::Shard>,
     pub histograms: Histograms,
 }
 
@@ -131,6 +138,14 @@ impl Report {
         let connect =
             self.connect_seconds.map_or("never (not every device connected)".to_string(), |t| format!("{t:.3} s"));
         let _ = writeln!(s, "fleet: {} devices on {}", self.devices, self.target);
+        if !self.shards.is_empty() {
+            let list: Vec<String> = self.shards.iter().map(ToString::to_string).collect();
+            let _ = writeln!(s, "  shards               {}", list.join(", "));
+        }
+        if !self.missing_shards.is_empty() {
+            let list: Vec<String> = self.missing_shards.iter().map(ToString::to_string).collect();
+            let _ = writeln!(s, "  MISSING shards       {} (a partial merge)", list.join(", "));
+        }
         let _ = writeln!(
             s,
             "  connected            {} of {} (all connected after {connect})",
@@ -222,7 +237,7 @@ impl Report {
             }
             _ => h.push_str("<p>No command was answered.</p>"),
         }
-        if self.target == "virtual" {
+        if self.target.starts_with("virtual") {
             h.push_str("<p>On the virtual clock links are in memory and take no time: a reply comes at the instant of its command.</p>");
         }
         h.push_str("</body></html>\n");
