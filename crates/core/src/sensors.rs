@@ -16,8 +16,12 @@ use crate::time::Instant;
 /// Input and sensor state a device keeps (small: a few words per sensor).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Inputs {
-    /// Switch states, bit n for Switch n+1 (1 = closed/ON).
+    /// Switch states as the switch handler last acted on them (`Switch.last_state`),
+    /// bit n for Switch n+1 (1 = closed/ON).
     pub switches: u32,
+    /// The switch pins now. They differ from `switches` only during the hold-off after
+    /// boot ([`GPIO_HOLD_OFF_S`]), until the handler catches up.
+    pub switch_pins: u32,
     /// Per sensor: the walk state of temperature and humidity, and overrides set by the
     /// driver (`sensor` scenario step).
     pub sensors: Vec<SensorState>,
@@ -115,6 +119,13 @@ pub(crate) enum Key {
     Switch,
 }
 
+/// `ButtonHandler`, `ButtonProbe`, `SwitchHandler` and `SwitchProbe` (support_button.ino,
+/// support_switch.ino) return at once while `TasmotaGlobal.uptime < 4` ("Block GPIO for 4
+/// seconds after poweron to workaround Wemos D1 / Obi RTS circuit"): a press in that time
+/// is never seen, and a switch's new level is acted on only once uptime reaches 4 s,
+/// against its level at boot (`SwitchInit` set `last_state` from the pin).
+pub(crate) const GPIO_HOLD_OFF_S: u32 = 4;
+
 /// `CLEAR_RETAIN`: SendKey publishes an empty message (ButtonRetain/SwitchRetain 0).
 pub(crate) const CLEAR_RETAIN: u32 = 9;
 
@@ -130,7 +141,7 @@ impl Device {
         if button == 0 || button > self.hw.buttons {
             return Err(NoSuchSensor(format!("Button{button} (the device has {})", self.hw.buttons)));
         }
-        if self.is_stopped() {
+        if self.is_stopped() || self.uptime_s < GPIO_HOLD_OFF_S {
             return Ok(());
         }
         if self.settings.flag(so::BUTTON_SINGLE) {
@@ -182,16 +193,43 @@ impl Device {
 
     /// A switch changed to `on` (`SwitchHandler`): SwitchMode 0 toggles the relay on every
     /// change, 1 makes it follow, 2 follow inverted; with SetOption114 the relay is left
-    /// alone and `{"Switch<n>":{"Action":"ON|OFF"}}` is published instead.
+    /// alone and `{"Switch<n>":{"Action":"ON|OFF"}}` is published instead. In the first
+    /// [`GPIO_HOLD_OFF_S`] seconds of uptime only the pin changes; the handler acts when
+    /// the hold-off ends ([`Device::switch_hold_off_ended`]).
     pub fn handle_switch(&mut self, switch: u8, on: bool, now: Instant) -> Result<(), NoSuchSensor> {
         self.catch_up(now);
         if switch == 0 || switch > self.hw.switches {
             return Err(NoSuchSensor(format!("Switch{switch} (the device has {})", self.hw.switches)));
         }
         let bit = 1u32 << (switch - 1);
+        self.inputs.switch_pins = if on { self.inputs.switch_pins | bit } else { self.inputs.switch_pins & !bit };
+        if self.uptime_s < GPIO_HOLD_OFF_S {
+            return Ok(());
+        }
+        self.switch_handler(switch, on);
+        Ok(())
+    }
+
+    /// Whether a switch moved during the hold-off and waits for the handler.
+    pub(crate) fn switch_pending(&self) -> bool {
+        self.uptime_s < GPIO_HOLD_OFF_S && self.inputs.switch_pins != self.inputs.switches
+    }
+
+    /// Uptime reached [`GPIO_HOLD_OFF_S`]: the handler sees each switch whose pin differs
+    /// from its state at boot, in switch order.
+    pub(crate) fn switch_hold_off_ended(&mut self) {
+        for n in 1..=self.hw.switches {
+            let on = (self.inputs.switch_pins >> (n - 1)) & 1 != 0;
+            self.switch_handler(n, on);
+        }
+    }
+
+    /// `SwitchHandler` for one switch whose debounced state is `on`.
+    fn switch_handler(&mut self, switch: u8, on: bool) {
+        let bit = 1u32 << (switch - 1);
         let was = self.inputs.switches & bit != 0;
         if was == on || self.is_stopped() {
-            return Ok(());
+            return;
         }
         self.inputs.switches ^= bit;
         let mode = self.settings.switchmode[usize::from(switch - 1)];
@@ -201,23 +239,22 @@ impl Device {
             2 => i32::from(!on),
             // Push-button modes act on closing only.
             3 | 4 if on => 2,
-            _ => return Ok(()),
+            _ => return,
         };
         if self.settings.flag(so::MQTT_SWITCHES) {
             let text = String::from(self.settings.state_text(u32::from(on)));
             let payload = format!("{{\"Switch{switch}\":{{\"Action\":\"{}\"}}}}", escape(&text));
             self.publish_prefix_topic(crate::topic::Prefix::Stat, true, "RESULT", payload, false);
-            return Ok(());
+            return;
         }
         // SwitchHandler: SendKey first; the relay changes here only when no SwitchTopic
         // took the command.
         if self.send_key(Key::Switch, u32::from(switch), state as u32) {
-            return Ok(());
+            return;
         }
         if u32::from(switch) <= u32::from(self.hw.relays) {
             self.execute_command_power(u32::from(switch), state);
         }
-        Ok(())
     }
 
     /// `SendKey(key, device, state)`: with MQTT connected and the key's topic active

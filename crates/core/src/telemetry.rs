@@ -70,6 +70,9 @@ impl Device {
     /// `PerformEverySecond()`: uptime and the TelePeriod countdown.
     pub(crate) fn perform_every_second(&mut self) {
         self.uptime_s = self.uptime_s.wrapping_add(1);
+        if self.uptime_s == crate::sensors::GPIO_HOLD_OFF_S {
+            self.switch_hold_off_ended();
+        }
         self.energy_every_second();
         self.discovery_every_second();
         if self.settings.tele_period == 0 {

@@ -22,6 +22,7 @@
 extern crate alloc;
 
 mod store;
+mod tls_client_only;
 
 use alloc::boxed::Box;
 use alloc::ffi::CString;

@@ -221,8 +221,12 @@ impl Device {
             6 => self.status6_json(),
             7 => self.status7_json(),
             8 | 10 => format!("\"StatusSNS\":{}", self.sensor_json()),
-            // Energy margins: none are set on a simulated plug.
-            9 => String::from("\"StatusPTH\":{\"PowerDelta\":[0,0,0],\"PowerLow\":0,\"PowerHigh\":0,\"VoltageLow\":0,\"VoltageHigh\":0,\"CurrentLow\":0,\"CurrentHigh\":0}"),
+            // EnergyMarginStatus (xdrv_03_energy.ino; xdrv_03_esp32_energy.ino prints the
+            // same for one phase): PowerDelta is a plain number with one phase, and
+            // USE_ENERGY_POWER_LIMIT (on in my_user_config.h) adds the five limits. Margins
+            // are not modelled, so they are the SettingsDefaultSet2 values: 0, and
+            // MAX_POWER_HOLD 10 / MAX_POWER_WINDOW 30 (tasmota.h).
+            9 => String::from("\"StatusPTH\":{\"PowerDelta\":0,\"PowerLow\":0,\"PowerHigh\":0,\"VoltageLow\":0,\"VoltageHigh\":0,\"CurrentLow\":0,\"CurrentHigh\":0,\"MaxPower\":0,\"MaxPowerHold\":10,\"MaxPowerWindow\":30,\"MaxEnergy\":0,\"MaxEnergyStart\":0}"),
             _ => format!("\"StatusSTS\":{}", self.mqtt_show_state()),
         }
     }
@@ -271,7 +275,8 @@ fn gateway_of(ip: &str) -> String {
 }
 
 /// `CmndStatus`: `Status` one message, `Status n` one message `STATUS<n>`, `Status 0`
-/// twelve messages, `Status0` one merged `STATUS0` (spec §5a).
+/// one message per part (STATUS9 too on an energy device), `Status0` one merged
+/// `STATUS0` (spec §5a; support_command.ino CmndStatus and CmndStatusResponse).
 pub(super) fn cmnd_status(d: &mut Device, mb: &mut Mailbox) {
     let payload = mb.payload;
     let merged = mb.usridx && mb.index == 0;
@@ -289,7 +294,13 @@ pub(super) fn cmnd_status(d: &mut Device, mb: &mut Mailbox) {
     }
     let retain = d.settings.flag(so::MQTT_STATUS_RETAIN);
     d.response.clear();
-    let all: Vec<u32> = [0u32, 1, 2, 3, 4, 5, 6, 7, 10, 11].into_iter().filter(|n| *n != 6 || mqtt_on).collect();
+    // CmndStatus's order: 0..7, 9 (EnergyMarginStatus, only with an energy driver), 10
+    // (8 is 10's sensor JSON under another name), 11.
+    let energy = d.hw.energy.is_some();
+    let all: Vec<u32> = [0u32, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11]
+        .into_iter()
+        .filter(|n| (*n != 6 || mqtt_on) && (*n != 9 || energy))
+        .collect();
     if merged {
         let parts: Vec<String> = all.iter().map(|n| d.status_json(*n)).collect();
         let body = format!("{{{}}}", parts.join(","));

@@ -90,11 +90,13 @@ impl Device {
         (timer.spec().due)(self)
     }
 
-    /// Whether something is still under way: a pending restart, or a busy timer armed (a
-    /// Backlog, a blink, a button's multi-press window).
+    /// Whether something is still under way: a pending restart, a busy timer armed (a
+    /// Backlog, a blink, a button's multi-press window), or a switch that moved during
+    /// the hold-off after boot.
     pub fn is_busy(&self) -> bool {
         !self.halted
             && (self.restart_flag != 0
+                || self.switch_pending()
                 || Timer::VALUES.into_iter().any(|t| t.spec().busy && self.deadline(t).is_some()))
     }
 
