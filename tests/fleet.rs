@@ -240,3 +240,187 @@ fn an_aws_iot_fleet_takes_the_firmware_aws_path_through_the_custom_authorizer() 
     assert_eq!(failures.keys().collect::<Vec<_>>(), ["rc -4", "tls 0"], "{r}");
     assert_eq!(failures["rc -4"], failures["tls 0"]);
 }
+
+/// The processes whose parent is `pid`, from /proc.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        // pid (comm) state ppid ...: comm may hold spaces, so read after the last ')'.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        if after.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+/// Whether `pid` still runs (a zombie waiting for its reaper does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
+        .unwrap_or(false)
+}
+
+/// Starts a fleet of workers and waits until all `k` workers run.
+fn start_workers(args: &[&str], k: usize) -> (std::process::Child, Vec<u32>) {
+    let parent = Command::new(BIN)
+        .arg("fleet")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let workers = children_of(parent.id());
+        if workers.len() == k {
+            return (parent, workers);
+        }
+        assert!(std::time::Instant::now() < deadline, "{} of {k} workers after 20 s", workers.len());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn wait_gone(pids: &[u32]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while pids.iter().any(|p| running(*p)) {
+        assert!(std::time::Instant::now() < deadline, "workers still running: {pids:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn three_shards_merged_count_what_one_run_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--devices", "90", "--virtual", "--for", "90s", "--group-command", "Power ON@60s", "-q"];
+    let whole = report(&args);
+    let mut files = Vec::new();
+    for i in 0..3 {
+        let shard = format!("{i}/3");
+        let r = report(&[&args[..], &["--shard", &shard]].concat());
+        assert_eq!(r["devices"], 30);
+        assert_eq!(r["shards"], serde_json::json!([{"index": i, "count": 3}]));
+        let f = dir.path().join(format!("r{i}.json"));
+        std::fs::write(&f, r.to_string()).unwrap();
+        files.push(f.to_str().unwrap().to_string());
+    }
+    let out = fleet(
+        &[&["merge"], &files.iter().map(String::as_str).collect::<Vec<_>>()[..], &["--json", "-", "-q"]].concat(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let merged: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["devices", "connected", "connects", "messages_out", "group_commands", "failures"] {
+        assert_eq!(merged[key], whole[key], "{key}");
+    }
+    // Shards never collide: every device of the fleet connected once, under its own MAC.
+    assert_eq!(merged["connects"], 90);
+    // A report merged twice, or a shard missing, is refused (exit 2), naming the file.
+    let twice = fleet(&["merge", &files[0], &files[0], &files[1], &files[2]]);
+    assert_eq!(twice.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&twice.stderr).contains("is already in"),
+        "{}",
+        String::from_utf8_lossy(&twice.stderr)
+    );
+    let missing = fleet(&["merge", &files[0], &files[2]]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("shards 1/3 of 3 are missing"));
+    // JSON lines (as `kubectl logs` gives them) with a stray line: the line is named.
+    let lines = dir.path().join("pods.jsonl");
+    let one_line = |f: &str| serde_json::from_str::<Value>(&std::fs::read_to_string(f).unwrap()).unwrap().to_string();
+    std::fs::write(&lines, format!("{}\n{}\nfleet: 30 devices\n", one_line(&files[0]), one_line(&files[1]))).unwrap();
+    let stray = fleet(&["merge", lines.to_str().unwrap()]);
+    assert_eq!(stray.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&stray.stderr).contains("pods.jsonl:3: not a fleet report"));
+}
+
+#[test]
+fn the_shard_comes_from_job_completion_index() {
+    let out = Command::new(BIN)
+        .args(["fleet", "--devices", "10", "--virtual", "--for", "10s", "--shards", "5", "-q", "--json", "-"])
+        .env("JOB_COMPLETION_INDEX", "4")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((r["devices"].as_u64(), &r["shards"]), (Some(2), &serde_json::json!([{"index": 4, "count": 5}])));
+    let out = Command::new(BIN)
+        .args(["fleet", "--devices", "10", "--virtual", "--shards", "5"])
+        .env_remove("JOB_COMPLETION_INDEX")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("JOB_COMPLETION_INDEX is not set"));
+    let out = Command::new(BIN)
+        .args(["fleet", "--devices", "10", "--virtual", "--shards", "5"])
+        .env("JOB_COMPLETION_INDEX", "5")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "index 5 of 5 is no shard");
+}
+
+#[test]
+fn worker_processes_make_one_report() {
+    let r = report(&[
+        "--devices",
+        "120",
+        "--virtual",
+        "--for",
+        "90s",
+        "--processes",
+        "3",
+        "--group-command",
+        "Power ON@60s",
+        "-q",
+    ]);
+    assert_eq!((r["devices"].as_u64(), r["connected"].as_u64()), (Some(120), Some(120)));
+    assert_eq!(r["shards"].as_array().unwrap().len(), 3);
+    assert_eq!(r["group_commands"][0]["answered"], 120);
+}
+
+#[test]
+fn a_signal_to_the_fleet_stops_every_worker() {
+    let (mut parent, workers) =
+        start_workers(&["--devices", "40", "--embedded", "--for", "5m", "--processes", "2", "-q"], 2);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(parent.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = parent.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    wait_gone(&workers);
+}
+
+#[test]
+fn workers_die_with_a_killed_fleet() {
+    let (mut parent, workers) =
+        start_workers(&["--devices", "40", "--embedded", "--for", "5m", "--processes", "2", "-q"], 2);
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    // No orphans: the kernel kills each worker when its parent dies (PDEATHSIG).
+    wait_gone(&workers);
+}
+
+#[test]
+fn a_worker_that_dies_is_reported_and_its_shard_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    let (parent, workers) = start_workers(
+        &["--devices", "40", "--embedded", "--for", "4s", "--processes", "2", "-q", "--json", json.to_str().unwrap()],
+        2,
+    );
+    // Which shard is which: the worker's own arguments say.
+    let cmdline = std::fs::read_to_string(format!("/proc/{}/cmdline", workers[0])).unwrap();
+    let shard = cmdline.split('\0').skip_while(|a| *a != "--shard").nth(1).unwrap().to_string();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(workers[0] as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let out = parent.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("worker of shard {shard} was killed by signal 9 (SIGKILL)")), "{err}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["devices"], 20, "the other shard's devices only");
+    let (i, n) = shard.split_once('/').unwrap();
+    assert_eq!(
+        r["missing_shards"],
+        serde_json::json!([{"index": i.parse::<u32>().unwrap(), "count": n.parse::<u32>().unwrap()}])
+    );
+}
