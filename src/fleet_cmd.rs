@@ -32,9 +32,17 @@ Examples:
   # embedded aws-iot broker, on the virtual clock
   tasmota-sim fleet --devices 200 --virtual aws-iot --for 5m --commands-per-second 5
 
+  # 25,000 devices in worker processes of this program (each under the open-file
+  # limit), with one progress line and one report
+  tasmota-sim fleet --devices 25000 --embedded --processes auto --for 60s --json fleet.json
+
+  # Shard 1 of 4 (one machine of four, or a pod of a Kubernetes Indexed Job with
+  # --shards 4), merged later with 'tasmota-sim fleet merge'
+  tasmota-sim fleet --devices 4000 --virtual --for 10m --shard 1/4 --json r1.json
+
 MACs count up from --mac-base (default 5C:CF:7F:00:00:00: topics tasmota_000000,
-tasmota_000001, ...). Exit codes: 0 ok, 1 an --slo term missed or the run failed,
-2 bad input.";
+tasmota_000001, ...). Exit codes: 0 ok, 1 an --slo term missed or the run failed (or a
+worker died), 2 bad input, 130 stopped by Ctrl-C or SIGTERM.";
 
 /// Flags of `tasmota-sim fleet`.
 #[derive(clap::Args)]
