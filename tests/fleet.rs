@@ -263,9 +263,11 @@ fn running(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// Starts a fleet of workers and waits until all `k` workers run.
+/// Starts a fleet of workers and waits until all `k` workers run. The caller waits for
+/// the fleet it gets back (clippy cannot see that through the return).
+#[allow(clippy::zombie_processes)]
 fn start_workers(args: &[&str], k: usize) -> (std::process::Child, Vec<u32>) {
-    let parent = Command::new(BIN)
+    let mut parent = Command::new(BIN)
         .arg("fleet")
         .args(args)
         .stdout(std::process::Stdio::piped())
@@ -278,7 +280,11 @@ fn start_workers(args: &[&str], k: usize) -> (std::process::Child, Vec<u32>) {
         if workers.len() == k {
             return (parent, workers);
         }
-        assert!(std::time::Instant::now() < deadline, "{} of {k} workers after 20 s", workers.len());
+        if std::time::Instant::now() > deadline {
+            let _ = parent.kill();
+            let _ = parent.wait();
+            panic!("{} of {k} workers after 20 s", workers.len());
+        }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }

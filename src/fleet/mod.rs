@@ -130,6 +130,9 @@ pub fn shard_range(total: usize, shard: Option<merge::Shard>) -> std::ops::Range
     }
 }
 
+/// Where devices find a broker: MqttHost, MqttPort, and whether TLS (SetOption103).
+type BrokerAt = (String, u16, bool);
+
 /// How a run shows its progress.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Progress {
@@ -336,8 +339,7 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
     let token = opts.login.as_ref().map_or(embedded::DEFAULT_TOKEN, |l| l.1.as_str());
     // Where each broker is (the devices' MqttHost, MqttPort and TLS): several only with
     // `--broker` given several times.
-    let (own, network, brokers): (Option<FleetBroker>, Arc<dyn Network>, Vec<(String, u16, bool)>) = match &opts.target
-    {
+    let (own, network, brokers): (Option<FleetBroker>, Arc<dyn Network>, Vec<BrokerAt>) = match &opts.target {
         Target::Brokers(urls) => {
             (None, Arc::new(opts.connector.clone()), urls.iter().map(|u| (u.host.clone(), u.port, u.tls)).collect())
         }
