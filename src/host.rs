@@ -36,6 +36,9 @@ use tokio::task::JoinHandle;
 use crate::link::{BoxStream, Connector};
 use crate::state::StateDir;
 
+mod timers;
+pub use timers::Timers;
+
 /// The runtime every host driver runs on: one thread, and for the virtual clock tokio's
 /// clock paused (it jumps to the next timer whenever every task waits).
 pub fn runtime(virtual_clock: bool) -> std::io::Result<tokio::runtime::Runtime> {
