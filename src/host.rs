@@ -556,13 +556,15 @@ mod tests {
 
     #[test]
     fn flash_gives_back_the_settings_it_was_given() {
-        let mut s = Settings::default();
-        s.mqtt_host = "a1b2c3d4e5f6g7-ats.iot.eu-central-1.amazonaws.com".into();
-        s.mqtt_port = 443;
-        s.mqtt_pwd = "YknLuSd2tBY2HodwI/7RqA==".into();
-        s.tele_period = 10;
+        let mut s = Settings {
+            mqtt_host: "a1b2c3d4e5f6g7-ats.iot.eu-central-1.amazonaws.com".into(),
+            mqtt_port: 443,
+            mqtt_pwd: "YknLuSd2tBY2HodwI/7RqA==".into(),
+            tele_period: 10,
+            bootcount: 7,
+            ..Default::default()
+        };
         s.set_option(103, 1);
-        s.bootcount = 7;
         let flash = Flash::new(&s);
         assert_eq!(flash.settings(), s);
         assert_ne!(flash.settings(), Settings::default());

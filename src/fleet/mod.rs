@@ -529,7 +529,7 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
         }
 
         let mut wake = if now < end { end } else { end + UNANSWERED_AFTER }.min(next_progress);
-        if let Some(t) = timers.next() {
+        if let Some(t) = timers.earliest() {
             wake = wake.min(t);
         }
         if let Some(at) = next_command {

@@ -40,7 +40,7 @@ impl Timers {
     }
 
     /// The earliest due time of any device.
-    pub fn next(&mut self) -> Option<Instant> {
+    pub fn earliest(&mut self) -> Option<Instant> {
         while let Some(Reverse((t, d))) = self.heap.peek().copied() {
             if self.due[d] == Some(t) {
                 return Some(t);
@@ -53,7 +53,7 @@ impl Timers {
     /// A device whose timer is due at `now` (the earliest first, then by index), taken
     /// off the queue: set it again after handling it.
     pub fn pop_due(&mut self, now: Instant) -> Option<usize> {
-        let t = self.next()?;
+        let t = self.earliest()?;
         if t > now {
             return None;
         }
@@ -91,12 +91,12 @@ mod tests {
         // Device 0's timer moves later: its entry at 1 s is stale.
         t.set(0, Some(t0 + Duration::from_secs(5)));
         t.set(1, Some(t0 + Duration::from_secs(3)));
-        assert_eq!(t.next(), Some(t0 + Duration::from_secs(3)));
+        assert_eq!(t.earliest(), Some(t0 + Duration::from_secs(3)));
         assert_eq!(all_due(&mut t, t0 + Duration::from_secs(2)), Vec::<usize>::new());
         assert_eq!(all_due(&mut t, t0 + Duration::from_secs(3)), [1]);
         // A timer cleared is never due.
         t.set(0, None);
-        assert_eq!(t.next(), None);
+        assert_eq!(t.earliest(), None);
         assert_eq!(all_due(&mut t, t0 + Duration::from_secs(60)), Vec::<usize>::new());
     }
 
@@ -111,7 +111,7 @@ mod tests {
         t.set(2, Some(t0 + Duration::from_millis(3000)));
         assert_eq!(all_due(&mut t, at), [2, 0, 1, 3]);
         // Taken off the queue: not due again until set again.
-        assert_eq!(t.next(), None);
+        assert_eq!(t.earliest(), None);
         t.set(1, Some(at));
         assert_eq!(all_due(&mut t, at), [1]);
     }

@@ -357,7 +357,7 @@ impl World {
     }
 
     fn next_device_timer(&mut self) -> Option<Instant> {
-        self.timers.next()
+        self.timers.earliest()
     }
 
     /// Runs the timers of the devices that are due now.
