@@ -36,6 +36,9 @@ use tokio::task::JoinHandle;
 use crate::link::{BoxStream, Connector};
 use crate::state::StateDir;
 
+mod timers;
+pub use timers::Timers;
+
 /// The runtime every host driver runs on: one thread, and for the virtual clock tokio's
 /// clock paused (it jumps to the next timer whenever every task waits).
 pub fn runtime(virtual_clock: bool) -> std::io::Result<tokio::runtime::Runtime> {
@@ -558,10 +561,10 @@ mod tests {
             mqtt_port: 443,
             mqtt_pwd: "YknLuSd2tBY2HodwI/7RqA==".into(),
             tele_period: 10,
+            bootcount: 7,
             ..Default::default()
         };
         s.set_option(103, 1);
-        s.bootcount = 7;
         let flash = Flash::new(&s);
         assert_eq!(flash.settings(), s);
         assert_ne!(flash.settings(), Settings::default());

@@ -227,6 +227,39 @@ fn run_text(dir: &Path, name: &str, toml: &str, extra: &[&str]) -> (Option<i32>,
     (o.status.code(), text(&o))
 }
 
+/// `n` devices `d0`, `d1`, ... on one plain broker (as `scripts/scenario-world` writes).
+fn world(n: usize) -> String {
+    let mut t = String::from("transcript = false\n[[broker]]\nhost = \"mqtt.lan\"\n");
+    for i in 0..n {
+        t.push_str(&format!(
+            "[[device]]\nname = \"d{i}\"\nmac = \"5C:CF:7F:00:00:{i:02X}\"\nsettings = {{ mqtt_host = \"mqtt.lan\" }}\n"
+        ));
+    }
+    t
+}
+
+#[test]
+fn each_of_many_devices_wakes_on_its_own_timer() {
+    // The world wakes devices from a timer queue and reads a device's timer again only
+    // after it had an input: a console line that moves one device's TelePeriod must move
+    // that device's next wake-up, and every other device still wakes on its own.
+    let dir = tempfile::tempdir().unwrap();
+    let n = 60;
+    let state = |i: usize| format!("console_regex = \"^MQT: tele/tasmota_{i:06X}/STATE = \"");
+    let mut t = world(n);
+    t.push_str(&format!("[[step]]\nexpect = {{ device = \"d{}\", console = \"MQT: Connected\" }}\n", n - 1));
+    // Past the STATE every device sends just after it connected.
+    t.push_str("[[step]]\nadvance = \"10s\"\n[[step]]\ndevice = \"d7\"\nconsole = \"TelePeriod 10\"\n");
+    t.push_str(&format!("[[step]]\nexpect = {{ device = \"d7\", {}, within = \"11s\" }}\n", state(7)));
+    t.push_str(&format!("[[step]]\nexpect_not = {{ device = \"d8\", {}, within = \"1m\" }}\n", state(8)));
+    t.push_str("[[step]]\nadvance = \"11m\"\n");
+    for i in 0..n {
+        t.push_str(&format!("[[step]]\nexpect = {{ device = \"d{i}\", {}, since = \"step 6\" }}\n", state(i)));
+    }
+    let (code, out) = run_text(dir.path(), "world.toml", &t, &[]);
+    assert_eq!(code, Some(0), "{out}");
+}
+
 /// A device on a plain broker, connected, with an operator on `stat/+/RESULT`.
 const CONNECTED: &str = "transcript = false
 [[device]]

@@ -25,8 +25,7 @@ pub mod report;
 pub mod workers;
 
 use std::cell::RefCell;
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +36,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::broker::ProfileName;
-use crate::host::{Console, Flash, HostDevice, HostSetup, LinkEvent, Network};
+use crate::host::{Console, Flash, HostDevice, HostSetup, LinkEvent, Network, Timers};
 use crate::link::{BoxStream, Connector};
 use crate::scenario::operator::{self, OperatorEvent};
 use crate::scenario::BrokerUrl;
@@ -265,43 +264,6 @@ impl Console for FleetConsole {
     }
 }
 
-/// The devices' timers, earliest first; stale entries are skipped when they surface.
-struct Timers {
-    heap: BinaryHeap<Reverse<(Instant, usize)>>,
-    due: Vec<Option<Instant>>,
-}
-
-impl Timers {
-    fn set(&mut self, device: usize, at: Option<Instant>) {
-        if self.due[device] != at {
-            self.due[device] = at;
-            if let Some(t) = at {
-                self.heap.push(Reverse((t, device)));
-            }
-        }
-    }
-
-    fn next(&mut self) -> Option<Instant> {
-        while let Some(Reverse((t, d))) = self.heap.peek().copied() {
-            if self.due[d] == Some(t) {
-                return Some(t);
-            }
-            self.heap.pop();
-        }
-        None
-    }
-
-    fn pop_due(&mut self, now: Instant) -> Option<usize> {
-        let t = self.next()?;
-        if t > now {
-            return None;
-        }
-        let Reverse((_, d)) = self.heap.pop()?;
-        self.due[d] = None;
-        Some(d)
-    }
-}
-
 enum Event {
     Link(LinkEvent),
     /// From the operator of broker `.0`.
@@ -499,7 +461,7 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
     }
     let mut operators_ready = vec![false; brokers.len()];
 
-    let mut timers = Timers { heap: BinaryHeap::new(), due: vec![None; n] };
+    let mut timers = Timers::new(n);
     let mut dirty: Vec<usize> = Vec::new();
     let mut is_dirty = vec![false; n];
     let mut topics: HashMap<String, usize> = HashMap::with_capacity(n);
@@ -650,7 +612,7 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
         }
 
         let mut wake = if now < end { end } else { end + UNANSWERED_AFTER }.min(next_progress);
-        if let Some(t) = timers.next() {
+        if let Some(t) = timers.earliest() {
             wake = wake.min(t);
         }
         if let Some(at) = next_command {

@@ -258,6 +258,8 @@ impl Checker<'_> {
             self.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "scenario".into())
         });
         let mut devices = Vec::new();
+        // Names seen so far: a file with thousands of devices is checked in linear time.
+        let mut device_names = std::collections::HashSet::new();
         for (i, d) in raw.devices.into_iter().enumerate() {
             let span = d.span();
             let d = d.into_inner();
@@ -300,7 +302,7 @@ impl Checker<'_> {
                 (None, Some(p)) => Duration::from_millis(u64::from(p.hardware.tls_handshake_ms)),
                 (None, None) => DEFAULT_TLS_HANDSHAKE,
             };
-            if devices.iter().any(|o: &DeviceSpec| o.name == name) {
+            if !device_names.insert(name.clone()) {
                 self.fail(span.clone(), format!("a second device named '{name}'"));
             }
             let mut settings = match (d.settings, &profile) {

@@ -30,7 +30,7 @@ impl Cursors {
     /// Every stream's end now.
     fn ends(world: &World, brokers: &[Broker]) -> Cursors {
         Cursors {
-            console: (0..world.devices.len()).map(|i| world.console(i).len()).collect(),
+            console: (0..world.device_count()).map(|i| world.console(i).len()).collect(),
             received: world.operators.iter().map(|o| o.received.len()).collect(),
             records: brokers.iter().map(Broker::record_count).collect(),
         }
@@ -162,7 +162,7 @@ async fn run_steps(s: &Scenario, opts: &Options, virtual_clock: bool) -> Outcome
     let transcript: Vec<String> = if s.devices.len() == 1 {
         world.console(0).iter().map(|l| l.line.clone()).collect()
     } else {
-        let mut all: Vec<_> = (0..world.devices.len()).flat_map(|i| world.console(i).iter()).collect();
+        let mut all: Vec<_> = (0..world.device_count()).flat_map(|i| world.console(i).iter()).collect();
         all.sort_by_key(|l| l.at_ms);
         all.into_iter().map(|l| l.line.clone()).collect()
     };

@@ -6,6 +6,12 @@
 //! jumps to the next timer, so a day of keepalives and telemetry passes in milliseconds
 //! and the same scenario gives the same transcript on every run. Nothing here reads the
 //! wall clock.
+//!
+//! Cost follows events, not the number of devices (as in the fleet): devices wake from a
+//! timer queue keyed by their `poll_timeout`, a link event goes to the device it belongs
+//! to, and only devices that had an input (a link event, a timer, a console line or
+//! other step, power, a restart) are asked for their outputs and have their timer read
+//! again. Those are carried out in device order, as one pass over every device would.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +24,7 @@ use tokio::time::Instant;
 use super::file::{BrokerSpec, DeviceFault, Scenario};
 use super::operator::{self, OperatorEvent, Received};
 use crate::broker::{self, Broker, LinkInfo, TlsInfo, TlsListen};
-use crate::host::{Console, HostDevice, HostSetup, LinkEvent, Network, Opening};
+use crate::host::{Console, HostDevice, HostSetup, LinkEvent, Network, Opening, Timers};
 use crate::link::{BoxStream, Connector};
 
 /// A console line with the world time it was printed at.
@@ -107,7 +113,12 @@ pub struct OperatorSlot {
 
 pub struct World {
     pub net: Net,
-    pub devices: Vec<SimDevice>,
+    devices: Vec<SimDevice>,
+    /// Each device's next timer, as of its last input.
+    timers: Timers,
+    /// Devices that had an input since their outputs were last carried out.
+    touched: Vec<usize>,
+    is_touched: Vec<bool>,
     pub operators: Vec<OperatorSlot>,
     /// Virtual (or real) time zero.
     t0: Instant,
@@ -148,8 +159,19 @@ impl World {
                     tls_time: if virtual_clock { d.tls_handshake } else { Duration::ZERO },
                 })
             })
-            .collect();
-        let mut world = World { net, devices, operators: Vec::new(), t0, tx, rx };
+            .collect::<Vec<_>>();
+        let n = devices.len();
+        let mut world = World {
+            net,
+            devices,
+            timers: Timers::new(n),
+            touched: Vec::new(),
+            is_touched: vec![false; n],
+            operators: Vec::new(),
+            t0,
+            tx,
+            rx,
+        };
         for (i, spec) in s.operators.iter().enumerate() {
             let (ctx, mut crx) = mpsc::unbounded_channel();
             let tx = world.tx.clone();
@@ -206,9 +228,14 @@ impl World {
 
     /// Powers on every device.
     pub fn boot_devices(&mut self) {
-        for d in &mut self.devices {
-            d.power_on(BootReason::PowerOn);
+        for i in 0..self.devices.len() {
+            self.power_on(i, BootReason::PowerOn);
         }
+    }
+
+    /// How many devices the world has.
+    pub fn device_count(&self) -> usize {
+        self.devices.len()
     }
 
     /// Milliseconds since time zero.
@@ -224,11 +251,13 @@ impl World {
 
     pub fn power_on(&mut self, i: usize, reason: BootReason) {
         self.devices[i].power_on(reason);
+        self.touch(i);
     }
 
     /// Power removed: the link drops with no DISCONNECT (the broker sends the will).
     pub fn power_off(&mut self, i: usize) {
         self.devices[i].power_off();
+        self.touch(i);
     }
 
     pub fn set_device_fault(&mut self, i: usize, fault: &DeviceFault) {
@@ -240,8 +269,10 @@ impl World {
         }
     }
 
-    /// The running core of device `i`, or why there is none.
+    /// The running core of device `i` for an input, or why there is none. Its outputs are
+    /// carried out when the world next runs.
     pub fn core_mut(&mut self, i: usize) -> Result<(&mut Device, tasmota_core::Instant), String> {
+        self.touch(i);
         let d = &mut self.devices[i];
         let now = d.now();
         let name = d.name().to_string();
@@ -325,13 +356,24 @@ impl World {
         }
     }
 
-    fn next_device_timer(&self) -> Option<Instant> {
-        self.devices.iter().filter_map(HostDevice::poll_timeout).min()
+    fn next_device_timer(&mut self) -> Option<Instant> {
+        self.timers.earliest()
     }
 
+    /// Runs the timers of the devices that are due now.
     fn on_timers(&mut self) {
-        for d in &mut self.devices {
-            d.handle_timeout();
+        let now = Instant::now();
+        while let Some(i) = self.timers.pop_due(now) {
+            self.devices[i].handle_timeout();
+            self.touch(i);
+        }
+    }
+
+    /// Device `i` had an input: its outputs are carried out and its timer read again.
+    fn touch(&mut self, i: usize) {
+        if !self.is_touched[i] {
+            self.is_touched[i] = true;
+            self.touched.push(i);
         }
     }
 
@@ -347,7 +389,11 @@ impl World {
     fn on_event(&mut self, ev: Event) {
         let at_ms = self.now_ms();
         match ev {
-            Event::Link(ev) => self.devices[ev.device].handle_link_event(ev),
+            Event::Link(ev) => {
+                let i = ev.device;
+                self.devices[i].handle_link_event(ev);
+                self.touch(i);
+            }
             Event::Operator { operator, event } => {
                 let restarts = self.broker_restarts(self.operators[operator].broker);
                 let op = &mut self.operators[operator];
@@ -372,13 +418,22 @@ impl World {
         }
     }
 
-    /// Carries out every output the devices have. One pass is enough: a device's
-    /// `carry_out` runs until that device asks nothing more, and one device's outputs
-    /// reach another only through the link tasks, as events.
+    /// Carries out every output the devices have: those of the devices that had an input
+    /// (no other has any), in device order, then reads their timers again. One pass is
+    /// enough: a device's `carry_out` runs until that device asks nothing more, and one
+    /// device's outputs reach another only through the link tasks, as events.
     async fn pump(&mut self) {
-        for d in &mut self.devices {
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.sort_unstable();
+        for &i in &touched {
+            self.is_touched[i] = false;
+            let d = &mut self.devices[i];
             d.carry_out().await;
+            self.timers.set(i, d.poll_timeout());
         }
+        // The list's allocation is kept for the next inputs.
+        touched.clear();
+        self.touched = touched;
     }
 }
 
