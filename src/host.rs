@@ -4,7 +4,8 @@
 //! Every way the simulator runs a device goes through [`HostDevice`]: `tasmota-sim
 //! device` (real clock, real sockets, console on the terminal, flash in a state
 //! directory), the scenario world (tokio's paused clock, in-memory links to embedded
-//! brokers, console into a transcript) and, next, the fleet. What differs between them
+//! brokers, console into a transcript) and the fleet (thousands of devices, a console
+//! that counts, links of any kind). What differs between them
 //! is only the clock (real, or tokio's paused one), where links go (a [`Network`]) and
 //! where console lines go (a [`Console`]).
 //!
