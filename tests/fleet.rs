@@ -265,7 +265,7 @@ fn running(pid: u32) -> bool {
 
 /// Starts a fleet of workers and waits until all `k` workers run.
 fn start_workers(args: &[&str], k: usize) -> (std::process::Child, Vec<u32>) {
-    let parent = Command::new(BIN)
+    let mut parent = Command::new(BIN)
         .arg("fleet")
         .args(args)
         .stdout(std::process::Stdio::piped())
@@ -273,14 +273,20 @@ fn start_workers(args: &[&str], k: usize) -> (std::process::Child, Vec<u32>) {
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
+    let started = loop {
         let workers = children_of(parent.id());
         if workers.len() == k {
             return (parent, workers);
         }
-        assert!(std::time::Instant::now() < deadline, "{} of {k} workers after 20 s", workers.len());
+        if std::time::Instant::now() >= deadline {
+            break workers.len();
+        }
         std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    };
+    // Not left running (nor a zombie) when the test fails.
+    let _ = parent.kill();
+    let _ = parent.wait();
+    panic!("{started} of {k} workers after 20 s");
 }
 
 fn wait_gone(pids: &[u32]) {

@@ -325,6 +325,9 @@ pub enum FleetError {
     Run(String),
 }
 
+/// Where a broker is: the devices' MqttHost, MqttPort, and whether they use TLS.
+type BrokerAddr = (String, u16, bool);
+
 /// Runs the fleet to the end and reports. Call inside a current-thread runtime, paused
 /// for [`Target::Virtual`].
 pub async fn run(opts: Options) -> Result<Report, FleetError> {
@@ -336,8 +339,7 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
     let token = opts.login.as_ref().map_or(embedded::DEFAULT_TOKEN, |l| l.1.as_str());
     // Where each broker is (the devices' MqttHost, MqttPort and TLS): several only with
     // `--broker` given several times.
-    let (own, network, brokers): (Option<FleetBroker>, Arc<dyn Network>, Vec<(String, u16, bool)>) = match &opts.target
-    {
+    let (own, network, brokers): (Option<FleetBroker>, Arc<dyn Network>, Vec<BrokerAddr>) = match &opts.target {
         Target::Brokers(urls) => {
             (None, Arc::new(opts.connector.clone()), urls.iter().map(|u| (u.host.clone(), u.port, u.tls)).collect())
         }
