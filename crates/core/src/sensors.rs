@@ -352,7 +352,7 @@ impl Device {
     }
 
     /// Makes the reads of DHT sensor `index` (1-based among the DHT sensors) fail from now
-    /// on, or work again. A failing DHT keeps its last values for [`DHT_MAX_RETRY`] reads
+    /// on, or work again. A failing DHT keeps its last values for `DHT_MAX_RETRY` (8) reads
     /// (4 s apart), then reports `null` (`DhtEverySecond`).
     pub fn handle_sensor_read_error(&mut self, index: u8, failing: bool, now: Instant) -> Result<(), NoSuchSensor> {
         self.catch_up(now);
