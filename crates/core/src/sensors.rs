@@ -416,11 +416,15 @@ impl Device {
         }
         // XsnsCall order: xsns_05 (DS18x20) before xsns_06 (DHT); the DHTs in GPIO order
         // (`DhtPinState` is called pin by pin).
-        let mut order: Vec<usize> = (0..self.hw.sensors.len()).collect();
-        order.sort_by_key(|&i| {
-            let spec = &self.hw.sensors[i];
-            (spec.kind.is_dht(), spec.gpio.unwrap_or(0))
-        });
+        // (At most 4 DHTs: an insertion sort keeps the stable sort's code out of the image.)
+        let sensors = &self.hw.sensors;
+        let mut order: Vec<usize> = (0..sensors.len()).filter(|&i| !sensors[i].kind.is_dht()).collect();
+        let first_dht = order.len();
+        for i in (0..sensors.len()).filter(|&i| sensors[i].kind.is_dht()) {
+            let gpio = sensors[i].gpio.unwrap_or(0);
+            let at = order[first_dht..].iter().position(|&j| sensors[j].gpio.unwrap_or(0) > gpio);
+            order.insert(at.map_or(order.len(), |p| first_dht + p), i);
+        }
         let dhts = self.hw.sensors.iter().filter(|s| s.kind.is_dht()).count();
         let separator = char::from(self.inputs.index_separator);
         for i in order {
