@@ -152,6 +152,9 @@ struct RawSensor {
     temperature: RawModel,
     humidity: Option<RawModel>,
     id: Option<String>,
+    /// The GPIO of a DHT sensor; needed when a profile has more than one (their JSON keys
+    /// carry it).
+    gpio: Option<u8>,
 }
 
 #[derive(Deserialize)]
@@ -389,12 +392,36 @@ impl RawProfile {
                 (Some(_), _) => return Err(format!("{what}: only a DS18B20 has an 'id'")),
                 (None, _) => None,
             };
+            let gpio = match (s.gpio, kind.is_dht()) {
+                (Some(g), true) if g <= 39 => Some(g),
+                (Some(g), true) => return Err(format!("{what}: gpio {g} is out of range 0..39")),
+                (Some(_), false) => return Err(format!("{what}: only a DHT sensor (AM2301, DHT11) has a 'gpio'")),
+                (None, _) => None,
+            };
             hw.sensors.push(SensorSpec {
                 kind,
                 temperature: s.temperature.build(&format!("{what} temperature"), base, seed ^ (2 * i as u64))?,
                 humidity,
                 id,
+                gpio,
             });
+        }
+        // xsns_06_dht DhtInit: several DHTs are told apart by their GPIO in the JSON key.
+        let dhts: Vec<Option<u8>> = hw.sensors.iter().filter(|s| s.kind.is_dht()).map(|s| s.gpio).collect();
+        if dhts.len() > 4 {
+            return Err(format!("{} DHT sensors: the firmware reads at most 4 (DHT_MAX_SENSORS)", dhts.len()));
+        }
+        if dhts.len() > 1 {
+            if dhts.iter().any(Option::is_none) {
+                return Err(String::from(
+                    "more than one DHT sensor: each needs 'gpio' (the firmware names them by it)",
+                ));
+            }
+            let mut pins: Vec<u8> = dhts.iter().flatten().copied().collect();
+            pins.sort_unstable();
+            if pins.windows(2).any(|w| w[0] == w[1]) {
+                return Err(String::from("two DHT sensors on the same 'gpio'"));
+            }
         }
         if let Some(e) = self.energy {
             if !(0.0..=1.0).contains(&e.factor) {
@@ -443,6 +470,25 @@ mod tests {
         let e = Profile::parse(ramp, Path::new("x.toml"), None).unwrap_err().to_string();
         assert_eq!(e, "x.toml: sensor 1 temperature: min 5 is above max 2");
         assert_eq!(parse_trace("t,v\n0,1.5\n60,2\n").unwrap(), vec![(0, 1500), (60, 2000)]);
+    }
+
+    #[test]
+    fn several_dht_sensors_need_distinct_gpios() {
+        let head = "name = \"x\"\nmodule = \"m\"\nmodule_number = 1\nchip = \"esp32\"\n";
+        let dht = |gpio: &str| {
+            format!("[[sensor]]\nkind = \"AM2301\"\n{gpio}temperature = {{ model = \"constant\", value = 20 }}\nhumidity = {{ model = \"constant\", value = 50 }}\n")
+        };
+        let parse = |text: String| Profile::parse(&text, Path::new("x.toml"), None).map_err(|e| e.to_string());
+        let two = format!("{head}{}{}", dht("gpio = 14\n"), dht(""));
+        assert!(parse(two).unwrap_err().contains("each needs 'gpio'"));
+        let same = format!("{head}{}{}", dht("gpio = 14\n"), dht("gpio = 14\n"));
+        assert!(parse(same).unwrap_err().contains("same 'gpio'"));
+        let ok = parse(format!("{head}{}{}", dht("gpio = 14\n"), dht("gpio = 4\n"))).unwrap();
+        assert_eq!(ok.hardware.sensors.iter().map(|s| s.gpio).collect::<Vec<_>>(), vec![Some(14), Some(4)]);
+        let ds = format!(
+            "{head}[[sensor]]\nkind = \"DS18B20\"\ngpio = 4\ntemperature = {{ model = \"constant\", value = 20 }}\n"
+        );
+        assert!(parse(ds).unwrap_err().contains("only a DHT sensor"));
     }
 
     #[test]

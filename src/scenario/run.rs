@@ -379,6 +379,10 @@ async fn run_step(world: &mut World, brokers: &[Broker], reading: &mut Reading, 
             let (core, now) = world.core_mut(*device)?;
             core.handle_sensor(*index, *quantity, *milli, now).map_err(|e| e.0)?;
         }
+        Action::SensorError { device, index, failing } => {
+            let (core, now) = world.core_mut(*device)?;
+            core.handle_sensor_read_error(*index, *failing, now).map_err(|e| e.0)?;
+        }
         Action::Http { device, cmnd, user, password, status, body } => {
             let (core, now) = world.core_mut(*device)?;
             let r = core.handle_web_command(cmnd.as_deref(), user.as_deref(), password.as_deref(), "127.0.0.1", now);

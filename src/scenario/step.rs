@@ -140,6 +140,9 @@ struct RawSensorSet {
     humidity: Option<f64>,
     voltage: Option<f64>,
     power: Option<f64>,
+    /// DHT `index` (among the DHT sensors) fails its reads from now on (`true`) or reads
+    /// again (`false`).
+    read_error: Option<bool>,
 }
 
 fn first() -> u8 {
@@ -281,6 +284,11 @@ pub enum Action {
         index: u8,
         quantity: Quantity,
         milli: i32,
+    },
+    SensorError {
+        device: usize,
+        index: u8,
+        failing: bool,
     },
     /// A `/cm` request answered in-process; `body` `None` accepts any body.
     Http {
@@ -536,6 +544,13 @@ impl Checker<'_> {
     fn step_sensor(&mut self, set: Spanned<RawSensorSet>, at: &mut At) -> Option<Action> {
         let device = self.at_device(at)?;
         let r = set.get_ref();
+        if let Some(failing) = r.read_error {
+            if r.temperature.is_some() || r.humidity.is_some() || r.voltage.is_some() || r.power.is_some() {
+                self.fail(set.span(), "sensor: read_error goes alone (no temperature, humidity, voltage, power)");
+                return None;
+            }
+            return Some(Action::SensorError { device, index: r.index, failing });
+        }
         let given: Vec<(Quantity, f64)> = [
             (Quantity::Temperature, r.temperature),
             (Quantity::Humidity, r.humidity),
@@ -546,7 +561,7 @@ impl Checker<'_> {
         .filter_map(|(q, v)| v.map(|v| (q, v)))
         .collect();
         let [(quantity, value)] = given[..] else {
-            self.fail(set.span(), "sensor: give exactly one of temperature, humidity, voltage, power");
+            self.fail(set.span(), "sensor: give exactly one of temperature, humidity, voltage, power, read_error");
             return None;
         };
         let milli = (value * 1000.0).round() as i32;

@@ -251,6 +251,8 @@ impl Device {
         let fixed = device.settings.ipv4_address[0];
         device.ip = if fixed != [0; 4] { fixed } else { device.hw.ip.unwrap_or([10, m[3], m[4], m[5]]) };
         device.inputs.sensors = alloc::vec![Default::default(); device.hw.sensors.len()];
+        // DhtInit (FUNC_INIT) names the sensors once, with the IndexSeparator of this boot.
+        device.inputs.index_separator = if device.settings.flag(so::INDEX_SEPARATOR) { b'_' } else { b'-' };
         let hdw = format!("HDW: {}", device.hw.chip.name());
         device.log(LogLevel::Info, hdw);
         let banner = format!(
@@ -450,6 +452,9 @@ impl Device {
             1 => {
                 if self.uptime_ms() >= 1000 {
                     self.perform_every_second();
+                    // FUNC_EVERY_SECOND after PerformEverySecond: a TelePeriod due this
+                    // second reports what the DHT read 4 s earlier.
+                    self.dht_every_second();
                 }
                 self.save_data_tick();
                 self.restart_tick();

@@ -161,6 +161,11 @@ impl SensorKind {
     pub fn has_humidity(self) -> bool {
         matches!(self, SensorKind::Am2301 | SensorKind::Dht11)
     }
+
+    /// Read by the DHT driver (`xsns_06_dht`).
+    pub fn is_dht(self) -> bool {
+        matches!(self, SensorKind::Am2301 | SensorKind::Dht11)
+    }
 }
 
 /// One sensor of a profile.
@@ -171,6 +176,9 @@ pub struct SensorSpec {
     pub humidity: Option<Model>,
     /// The DS18B20's 64-bit ROM id as 12 hex digits (family and CRC left out).
     pub id: Option<String>,
+    /// The GPIO a DHT sensor is wired to: with more than one DHT, `DhtInit` names each
+    /// `<type><IndexSeparator><gpio %02d>` and `DhtPinState` orders them by GPIO.
+    pub gpio: Option<u8>,
 }
 
 /// The energy monitor of a power-monitoring plug (HLW8012 / BL0937 / CSE7766).

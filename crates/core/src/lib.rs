@@ -31,8 +31,8 @@
 //! - [`Device::handle_received`]: bytes arrived on the open link.
 //! - [`Device::handle_link_closed`]: the peer closed the link, or reading or writing it
 //!   failed.
-//! - [`Device::handle_button`], [`Device::handle_switch`], [`Device::handle_sensor`]: the
-//!   hardware changed.
+//! - [`Device::handle_button`], [`Device::handle_switch`], [`Device::handle_sensor`],
+//!   [`Device::handle_sensor_read_error`]: the hardware changed.
 //! - [`Device::handle_web_command`]: a `/cm?cmnd=...` request; it returns the HTTP answer.
 //!
 //! An input first runs the timers due strictly before `now`, so a driver that calls in

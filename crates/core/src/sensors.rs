@@ -28,13 +28,26 @@ pub(crate) struct Inputs {
     pub energy: EnergyState,
     /// An open multi-press window: button, presses so far, when it closes.
     pub button_window: Option<(u8, u8, Instant)>,
+    /// `IndexSeparator()` when `DhtInit` named the DHT sensors at boot.
+    pub index_separator: u8,
 }
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct SensorState {
     walk: [(u32, i32); 2],
     set: [Option<i32>; 2],
+    /// DHT: the driver made reads fail (a wiring fault, a dead sensor).
+    read_error: bool,
+    /// DHT: a read has succeeded and not been given up since (`Dht[i].t`/`.h` not NAN).
+    /// Off at boot: `DhtInit` starts with NAN until the first read, at uptime 4.
+    dht_valid: bool,
+    /// DHT: failed reads since the last good one (`Dht[i].lastresult`).
+    dht_misses: u8,
 }
+
+/// `DHT_MAX_RETRY` (xsns_06_dht_v6.ino): after more failed reads than this the values
+/// turn NAN, which `%*_f` prints as `null`.
+pub(crate) const DHT_MAX_RETRY: u8 = 8;
 
 /// Energy counted since boot, in milliwatt-seconds, and at the last TelePeriod.
 #[derive(Clone, Debug, Default)]
@@ -338,6 +351,50 @@ impl Device {
         Ok(())
     }
 
+    /// Makes the reads of DHT sensor `index` (1-based among the DHT sensors) fail from now
+    /// on, or work again. A failing DHT keeps its last values for `DHT_MAX_RETRY` (8) reads
+    /// (4 s apart), then reports `null` (`DhtEverySecond`).
+    pub fn handle_sensor_read_error(&mut self, index: u8, failing: bool, now: Instant) -> Result<(), NoSuchSensor> {
+        self.catch_up(now);
+        let found = self
+            .hw
+            .sensors
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.kind.is_dht())
+            .nth(usize::from(index.max(1)) - 1)
+            .map(|(i, _)| i);
+        let Some(i) = found else {
+            return Err(NoSuchSensor(format!("no DHT sensor {index}")));
+        };
+        self.inputs.sensors[i].read_error = failing;
+        Ok(())
+    }
+
+    /// `DhtEverySecond()` (xsns_06_dht_v6.ino, xsns_06_esp32_dht.ino), called after
+    /// `PerformEverySecond` as `FUNC_EVERY_SECOND`: every 4 s of uptime each DHT is read; a
+    /// good read makes its values valid and clears `lastresult`, a failed one counts and
+    /// after more than `DHT_MAX_RETRY` sets them NAN.
+    pub(crate) fn dht_every_second(&mut self) {
+        if !self.uptime_s.is_multiple_of(4) {
+            return;
+        }
+        for (spec, st) in self.hw.sensors.iter().zip(self.inputs.sensors.iter_mut()) {
+            if !spec.kind.is_dht() {
+                continue;
+            }
+            if st.read_error {
+                st.dht_misses = st.dht_misses.saturating_add(1);
+                if st.dht_misses > DHT_MAX_RETRY {
+                    st.dht_valid = false;
+                }
+            } else {
+                st.dht_misses = 0;
+                st.dht_valid = true;
+            }
+        }
+    }
+
     /// The value of a model at the device's uptime, unless overridden.
     fn model_value(model: &Model, set: Option<i32>, walk: &mut (u32, i32), secs: u32) -> i32 {
         set.unwrap_or_else(|| model.value(secs, walk))
@@ -357,11 +414,42 @@ impl Device {
             let on = (self.inputs.switches >> n) & 1;
             s.push_str(&format!(",\"Switch{}\":\"{}\"", n + 1, escape(self.settings.state_text(on))));
         }
-        for (i, spec) in self.hw.sensors.iter().enumerate() {
+        // XsnsCall order: xsns_05 (DS18x20) before xsns_06 (DHT); the DHTs in GPIO order
+        // (`DhtPinState` is called pin by pin).
+        // (At most 4 DHTs: an insertion sort keeps the stable sort's code out of the image.)
+        let sensors = &self.hw.sensors;
+        let mut order: Vec<usize> = (0..sensors.len()).filter(|&i| !sensors[i].kind.is_dht()).collect();
+        let first_dht = order.len();
+        for i in (0..sensors.len()).filter(|&i| sensors[i].kind.is_dht()) {
+            let gpio = sensors[i].gpio.unwrap_or(0);
+            let at = order[first_dht..].iter().position(|&j| sensors[j].gpio.unwrap_or(0) > gpio);
+            order.insert(at.map_or(order.len(), |p| first_dht + p), i);
+        }
+        let dhts = self.hw.sensors.iter().filter(|s| s.kind.is_dht()).count();
+        let separator = char::from(self.inputs.index_separator);
+        for i in order {
+            let spec = &self.hw.sensors[i];
             let st = &mut self.inputs.sensors[i];
             let t = Device::model_value(&spec.temperature, st.set[0], &mut st.walk[0], secs);
             match spec.kind {
                 SensorKind::Am2301 | SensorKind::Dht11 => {
+                    // DhtInit: with more than one DHT the name carries the GPIO,
+                    // `"%s%c%02d"` with IndexSeparator() ('-', '_' with SetOption64) as
+                    // it was at boot.
+                    let name = if dhts > 1 {
+                        format!("{}{separator}{:02}", spec.kind.name(), spec.gpio.unwrap_or(0))
+                    } else {
+                        String::from(spec.kind.name())
+                    };
+                    if !st.dht_valid {
+                        // TempHumDewShow -> ResponseAppendTHD: NAN temperature and humidity
+                        // (CalcTempHumToDew returns NAN too) print as `null` (ext_vsnprintf_P
+                        // `%_f`: "if (isnan(number) || isinf(number)) new_val_str = \"null\"").
+                        s.push_str(&format!(
+                            ",\"{name}\":{{\"Temperature\":null,\"Humidity\":null,\"DewPoint\":null}}"
+                        ));
+                        continue;
+                    }
                     let h =
                         spec.humidity.as_ref().map_or(0, |m| Device::model_value(m, st.set[1], &mut st.walk[1], secs));
                     // TempHumDewShow: the values are rounded to the resolution first.
@@ -371,8 +459,7 @@ impl Device {
                     let hf = rounded(i64::from(h), 1) as f32 / 10.0;
                     let dew = (dew_point(tf, hf) * 1000.0) as i64;
                     s.push_str(&format!(
-                        ",\"{}\":{{\"Temperature\":{t1},\"Humidity\":{h1},\"DewPoint\":{}}}",
-                        spec.kind.name(),
+                        ",\"{name}\":{{\"Temperature\":{t1},\"Humidity\":{h1},\"DewPoint\":{}}}",
                         fixed(dew, 1)
                     ));
                 }
@@ -485,6 +572,7 @@ mod tests {
                 temperature: Model::Constant(i32::MIN),
                 humidity: Some(Model::Constant(i32::MAX)),
                 id: None,
+                gpio: None,
             }],
             energy: Some(EnergySpec {
                 voltage: Model::Constant(0),

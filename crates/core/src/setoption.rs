@@ -44,6 +44,8 @@ pub const HASS_TELE_ON_POWER: u32 = 59;
 pub const BUTTON_SWITCH_FORCE_LOCAL: u32 = 61;
 /// SetOption62 `no_hold_retain`: HOLD messages of buttons and switches are not retained.
 pub const NO_HOLD_RETAIN: u32 = 62;
+/// SetOption64 `use_underscore`: `IndexSeparator()` gives '_' instead of '-' (sensor names).
+pub const INDEX_SEPARATOR: u32 = 64;
 /// SetOption68 `pwm_multi_channels`: PWM channels as separate lights.
 pub const PWM_MULTI_CHANNELS: u32 = 68;
 /// SetOption73 `mqtt_buttons`: buttons detached from relays, announced in discovery.

@@ -56,6 +56,8 @@ pub enum Step {
     Button(u8),
     /// Set a switch on or off.
     Switch(u8, bool),
+    /// Make the reads of DHT sensor n fail (`on`) or work again (`off`).
+    SensorError(u8, bool),
 }
 
 /// A vector file that does not parse.
@@ -144,6 +146,15 @@ pub fn parse(text: &str) -> Result<Vec<Vector>, ParseError> {
         } else if let Some(n) = raw.strip_prefix("button ") {
             let n = n.trim().parse().map_err(|_| err(format!("'button' takes a number, got '{n}'")))?;
             v.steps.push(Step::Button(n));
+        } else if let Some(rest) = raw.strip_prefix("sensor-error ") {
+            let (n, state) = rest.trim().split_once(' ').unwrap_or((rest.trim(), ""));
+            let n = n.parse().map_err(|_| err(format!("'sensor-error' takes a number and on|off, got '{rest}'")))?;
+            let on = match state {
+                "on" => true,
+                "off" => false,
+                _ => return Err(err(format!("'sensor-error' takes a number and on|off, got '{rest}'"))),
+            };
+            v.steps.push(Step::SensorError(n, on));
         } else if let Some(rest) = raw.strip_prefix("switch ") {
             let (n, state) = rest.trim().split_once(' ').unwrap_or((rest.trim(), ""));
             let n = n.parse().map_err(|_| err(format!("'switch' takes a number and on|off, got '{rest}'")))?;
@@ -179,9 +190,13 @@ fn milli_values(text: &str) -> Result<Vec<i32>, String> {
         .collect()
 }
 
-/// `am2301 <temp> <hum>`, `ds18b20 <temp>`: a sensor with constant values.
+/// `am2301|dht11 <temp> <hum> [gpio <n>]`, `ds18b20 <temp>`: a sensor with constant values.
 fn parse_sensor(spec: &str) -> Result<SensorSpec, String> {
     let (kind, values) = spec.trim().split_once(' ').unwrap_or((spec.trim(), ""));
+    let (values, gpio) = match values.split_once(" gpio ") {
+        Some((v, g)) => (v, Some(g.trim().parse::<u8>().map_err(|_| format!("'gpio' takes a number, got '{g}'"))?)),
+        None => (values, None),
+    };
     let vals = milli_values(values)?;
     match (kind, &vals[..]) {
         ("am2301", [t, h]) => Ok(SensorSpec {
@@ -189,14 +204,23 @@ fn parse_sensor(spec: &str) -> Result<SensorSpec, String> {
             temperature: Model::Constant(*t),
             humidity: Some(Model::Constant(*h)),
             id: None,
+            gpio,
+        }),
+        ("dht11", [t, h]) => Ok(SensorSpec {
+            kind: SensorKind::Dht11,
+            temperature: Model::Constant(*t),
+            humidity: Some(Model::Constant(*h)),
+            id: None,
+            gpio,
         }),
         ("ds18b20", [t]) => Ok(SensorSpec {
             kind: SensorKind::Ds18b20,
             temperature: Model::Constant(*t),
             humidity: None,
             id: Some(String::from("01144B2C3AAA")),
+            gpio: None,
         }),
-        _ => Err(format!("'sensor' takes 'am2301 TEMP HUM' or 'ds18b20 TEMP', got '{spec}'")),
+        _ => Err(format!("'sensor' takes 'am2301|dht11 TEMP HUM [gpio N]' or 'ds18b20 TEMP', got '{spec}'")),
     }
 }
 
@@ -230,6 +254,11 @@ pub fn run(v: &Vector) -> Vec<String> {
             }
             Step::Switch(n, on) => {
                 if let Err(e) = device.handle_switch(*n, *on, now) {
+                    transcript.push(format!("error: {}", e.0));
+                }
+            }
+            Step::SensorError(n, on) => {
+                if let Err(e) = device.handle_sensor_read_error(*n, *on, now) {
                     transcript.push(format!("error: {}", e.0));
                 }
             }
