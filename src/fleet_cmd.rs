@@ -71,7 +71,7 @@ pub struct FleetArgs {
     /// A broker at URL (mqtt://HOST:PORT or mqtts://HOST:PORT), in real time. Several
     /// (repeated, or a comma-separated list): device i connects to broker i mod their
     /// number, and the fleet has an operator on each.
-    #[arg(long, value_name = "URL", group = "target", env = "TASMOTA_SIM_BROKER", value_delimiter = ',')]
+    #[arg(long, value_name = "URL", env = "TASMOTA_SIM_BROKER", value_delimiter = ',')]
     broker: Vec<BrokerUrl>,
     /// MqttUser for every device and the operator.
     #[arg(long, value_name = "NAME", env = "TASMOTA_SIM_USER")]
@@ -307,10 +307,16 @@ pub fn run(args: FleetArgs) -> ExitCode {
     if let Some(FleetCommand::Merge(m)) = args.command {
         return merge(m);
     }
+    // An explicit --virtual or --embedded wins over TASMOTA_SIM_BROKER from the
+    // environment; against --broker on the command line it is a contradiction.
+    let broker_flag = std::env::args_os().any(|a| a == "--broker" || a.to_string_lossy().starts_with("--broker="));
     let target = match (args.broker.is_empty(), args.embedded, args.virtual_clock) {
-        (false, _, _) => Target::Brokers(args.broker.clone()),
-        (true, Some(p), _) => Target::Embedded(p),
-        (true, None, Some(p)) => Target::Virtual(p),
+        (false, Some(_), _) | (false, _, Some(_)) if broker_flag => {
+            return bad("--broker and --virtual/--embedded say different places: give one")
+        }
+        (_, Some(p), _) => Target::Embedded(p),
+        (_, None, Some(p)) => Target::Virtual(p),
+        (false, None, None) => Target::Brokers(args.broker.clone()),
         (true, None, None) => return bad("say where the devices connect: --virtual, --embedded or --broker URL"),
     };
     if args.user.is_some() != args.password.is_some() {

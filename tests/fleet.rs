@@ -343,6 +343,22 @@ fn three_shards_merged_count_what_one_run_counts() {
 }
 
 #[test]
+fn an_explicit_target_wins_over_the_broker_in_the_environment() {
+    let out = Command::new(BIN)
+        .args(["fleet", "--devices", "3", "--virtual", "--for", "10s", "-q", "--json", "-"])
+        .env("TASMOTA_SIM_BROKER", "mqtt://127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["target"].as_str().unwrap().starts_with("virtual"), "{}", r["target"]);
+    // Both on the command line: bad input.
+    let out = fleet(&["--devices", "3", "--virtual", "--broker", "mqtt://127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--broker and --virtual/--embedded"));
+}
+
+#[test]
 fn the_shard_comes_from_job_completion_index() {
     let out = Command::new(BIN)
         .args(["fleet", "--devices", "10", "--virtual", "--for", "10s", "--shards", "5", "-q", "--json", "-"])
