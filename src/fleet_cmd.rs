@@ -472,12 +472,13 @@ fn run_workers(out: &Outputs, k: u32, devices: u64) -> ExitCode {
     };
     let outcome = runtime.block_on(fleet::workers::run(&exe, parent_args, k, bar));
     drop(runtime);
-    for d in &outcome.died {
-        eprintln!("tasmota-sim fleet: {d}");
-    }
     if outcome.stopped {
+        // Ctrl-C reaches the workers too (one process group): their deaths are the stop.
         eprintln!("tasmota-sim fleet: stopped by a signal; every worker was stopped");
         return ExitCode::from(130);
+    }
+    for d in &outcome.died {
+        eprintln!("tasmota-sim fleet: {d}");
     }
     if outcome.reports.is_empty() {
         eprintln!("tasmota-sim fleet: no worker finished its run");
