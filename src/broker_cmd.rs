@@ -22,6 +22,10 @@ Examples:
   tasmota-sim device --state ./plug --ca-file ./aws-certs/ca.pem \\
     --connect-to a1b2c3d4e5f6g7-ats.iot.eu-central-1.amazonaws.com:443:127.0.0.1:8443
 
+  # MQTT over WebSocket for browser clients (MQTTX web, a dashboard) next to plain MQTT;
+  # clients connect to ws://127.0.0.1:8080/mqtt with subprotocol mqtt
+  tasmota-sim broker --listen 127.0.0.1:1883 --ws-listen 127.0.0.1:8080
+
   # Misbehave: refuse the first two CONNECTs with rc 3, stop answering PINGREQ, restart
   # after a minute with 10 s of downtime, and record every packet
   tasmota-sim broker --listen 127.0.0.1:1883 --fault connack-rc=3,times=2 \\
@@ -63,6 +67,11 @@ pub struct BrokerArgs {
     /// TLS listener; for aws-iot it routes on ALPN as the endpoint's port 443 does.
     #[arg(long, value_name = "HOST:PORT", requires = "tls_source")]
     tls_listen: Option<String>,
+    /// MQTT over WebSocket: ws://HOST:PORT/mqtt, subprotocol mqtt, binary frames (what
+    /// browser clients and Mosquitto's `protocol websockets` listener speak). Plain HTTP,
+    /// no TLS.
+    #[arg(long, value_name = "HOST:PORT")]
+    ws_listen: Option<String>,
     /// TLS listener that requires a client certificate (AWS's port 8883).
     #[arg(long, value_name = "HOST:PORT", requires = "tls_source")]
     mtls_listen: Option<String>,
@@ -179,17 +188,19 @@ pub fn run(mut args: BrokerArgs) -> ExitCode {
     if let Some(why) = inert_flags(&args).first() {
         return usage(why);
     }
-    // A TLS-only broker binds only what it is asked to.
-    let listen = match (&args.listen, args.tls_listen.is_some() || args.mtls_listen.is_some()) {
-        (Some(l), _) => Some(l.as_str()),
-        (None, true) => None,
-        (None, false) => Some("127.0.0.1:1883"),
-    };
+    // A TLS-only or WebSocket-only broker binds only what it is asked to.
+    let listen =
+        match (&args.listen, args.tls_listen.is_some() || args.mtls_listen.is_some() || args.ws_listen.is_some()) {
+            (Some(l), _) => Some(l.as_str()),
+            (None, true) => None,
+            (None, false) => Some("127.0.0.1:1883"),
+        };
     let mut listeners = Vec::new();
     for (flag, spec, scheme, mtls) in [
         ("--listen", listen, "mqtt", None),
         ("--tls-listen", args.tls_listen.as_deref(), "mqtts", Some(false)),
         ("--mtls-listen", args.mtls_listen.as_deref(), "mqtts+mtls", Some(true)),
+        ("--ws-listen", args.ws_listen.as_deref(), "ws", None),
     ] {
         if let Some(spec) = spec {
             match resolve(flag, spec) {
@@ -264,9 +275,14 @@ pub fn run(mut args: BrokerArgs) -> ExitCode {
                 }
             };
             let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| addrs[0].to_string());
-            println!("listening on {scheme}://{bound} (profile {profile_name})");
             let broker = broker.clone();
-            tasks.spawn(async move { broker.listen(listener, tls).await });
+            if scheme == "ws" {
+                println!("listening on {scheme}://{bound}{} (profile {profile_name})", broker::ws::PATH);
+                tasks.spawn(async move { broker.listen_ws(listener).await });
+            } else {
+                println!("listening on {scheme}://{bound} (profile {profile_name})");
+                tasks.spawn(async move { broker.listen(listener, tls).await });
+            }
         }
         if let Some(dir) = &args.tls_self_signed {
             println!("CA for clients: {}", dir.join("ca.pem").display());

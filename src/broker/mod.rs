@@ -3,7 +3,7 @@
 //! TasmotaAuth custom authorizer; with fault injection and traffic recording.
 //!
 //! - [`Broker`] is the handle: serve a stream ([`Broker::serve`]) or a listener
-//!   ([`Broker::listen`]), inject faults, restart, read the recording.
+//!   ([`Broker::listen`], [`Broker::listen_ws`]), inject faults, restart, read the recording.
 //! - [`connection`] runs one client link, generic over `AsyncRead + AsyncWrite`.
 //! - [`router`] holds sessions, subscriptions and retained messages.
 //! - [`profile`] is the data that makes `plain` and `aws-iot` differ.
@@ -19,6 +19,7 @@ pub mod record;
 pub mod router;
 pub mod tls;
 pub mod topic;
+pub mod ws;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -192,7 +193,37 @@ impl Broker {
 
     /// Accepts links on `listener` until the task is dropped; each link gets its own task.
     /// A restart with downtime closes the listening socket and binds it again after.
-    pub async fn listen(&self, mut listener: TcpListener, tls: Option<TlsListen>) -> std::io::Result<()> {
+    pub async fn listen(&self, listener: TcpListener, tls: Option<TlsListen>) -> std::io::Result<()> {
+        self.accept_loop(listener, move |broker, tcp, peer| {
+            // Separate spawns: a plain link must not carry the TLS future's size.
+            match tls.clone() {
+                Some(tls) => {
+                    tokio::spawn(async move { Box::pin(broker.serve_tls(tcp, peer.to_string(), tls)).await });
+                }
+                None => {
+                    tokio::spawn(
+                        async move { broker.serve(tcp, LinkInfo { peer: peer.to_string(), tls: None }).await },
+                    );
+                }
+            }
+        })
+        .await
+    }
+
+    /// Accepts MQTT-over-WebSocket links on `listener` (`ws://HOST:PORT/mqtt`, subprotocol
+    /// `mqtt`, see [`ws`]) as [`Broker::listen`] accepts plain ones.
+    pub async fn listen_ws(&self, listener: TcpListener) -> std::io::Result<()> {
+        self.accept_loop(listener, |broker, tcp, peer| {
+            tokio::spawn(async move { Box::pin(ws::serve(&broker, tcp, peer.to_string())).await });
+        })
+        .await
+    }
+
+    async fn accept_loop(
+        &self,
+        mut listener: TcpListener,
+        spawn: impl Fn(Broker, tokio::net::TcpStream, std::net::SocketAddr),
+    ) -> std::io::Result<()> {
         self.start_timers();
         let addr = listener.local_addr()?;
         let mut restarts = self.shared.restart.subscribe();
@@ -212,16 +243,7 @@ impl Broker {
                     // Mosquitto 2.0 src/net.c net__socket_accept():
                     // "New connection from %s:%d on port %d."
                     self.shared.log.print(LogLevel::Notice, || format!("New connection from {peer} on port {}.", addr.port()));
-                    let broker = self.clone();
-                    // Separate spawns: a plain link must not carry the TLS future's size.
-                    match tls.clone() {
-                        Some(tls) => {
-                            tokio::spawn(async move { Box::pin(broker.serve_tls(tcp, peer.to_string(), tls)).await });
-                        }
-                        None => {
-                            tokio::spawn(async move { broker.serve(tcp, LinkInfo { peer: peer.to_string(), tls: None }).await });
-                        }
-                    }
+                    spawn(self.clone(), tcp, peer);
                 }
                 changed = restarts.changed() => {
                     if changed.is_err() {

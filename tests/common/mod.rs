@@ -200,10 +200,23 @@ pub struct Operator {
 impl Operator {
     pub fn connect(port: u16, login: Option<(&str, &str)>, filter: &str) -> Operator {
         let mut opts = rumqttc::MqttOptions::new(format!("operator-{}", free_port()), "127.0.0.1", port);
-        opts.set_keep_alive(Duration::from_secs(30));
         if let Some((u, p)) = login {
             opts.set_credentials(u, p);
         }
+        Operator::with_options(opts, filter)
+    }
+
+    /// The same over MQTT over WebSocket, to `ws://127.0.0.1:PORT/mqtt` (rumqttc sends the
+    /// subprotocol `mqtt` and refuses an answer without it).
+    pub fn connect_ws(port: u16, filter: &str) -> Operator {
+        let url = format!("ws://127.0.0.1:{port}/mqtt");
+        let mut opts = rumqttc::MqttOptions::new(format!("ws-operator-{}", free_port()), url, port);
+        opts.set_transport(rumqttc::Transport::Ws);
+        Operator::with_options(opts, filter)
+    }
+
+    fn with_options(mut opts: rumqttc::MqttOptions, filter: &str) -> Operator {
+        opts.set_keep_alive(Duration::from_secs(30));
         let (client, mut connection) = rumqttc::Client::new(opts, 64);
         let (tx, rx) = channel();
         let (ready_tx, ready_rx) = channel();
