@@ -446,3 +446,30 @@ fn a_worker_that_dies_is_reported_and_its_shard_missing() {
         serde_json::json!([{"index": i.parse::<u32>().unwrap(), "count": n.parse::<u32>().unwrap()}])
     );
 }
+
+#[test]
+fn a_shard_started_late_still_counts_the_group_answers_of_its_devices() {
+    // Shard 0 publishes the group command at its 8 s; shard 1, started 2 s later, sees its
+    // devices answer at its own 6 s, before its clock reaches the command.
+    let broker = common::BrokerProcess::start(&["--profile", "plain", "--listen", "127.0.0.1:0"]);
+    let url = broker.listening[0].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let shard = |i: u32| {
+        let json = dir.path().join(format!("r{i}.json"));
+        let child = Command::new(BIN)
+            .args(["fleet", "--devices", "20", "--broker", &url, "--for", "12s", "--group-command", "Power ON@8s"])
+            .args(["--shard", &format!("{i}/2"), "-q", "--json", json.to_str().unwrap()])
+            .spawn()
+            .unwrap();
+        (child, json)
+    };
+    let (mut first, first_json) = shard(0);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let (mut second, second_json) = shard(1);
+    assert!(first.wait().unwrap().success());
+    assert!(second.wait().unwrap().success());
+    for json in [first_json, second_json] {
+        let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(r["group_commands"][0]["answered"], 10, "{}: {}", json.display(), r["group_commands"]);
+    }
+}

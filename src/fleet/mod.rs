@@ -46,6 +46,10 @@ use report::{encode_histogram, new_histogram, GroupResult, Histograms, Percentil
 /// How many devices a command tries before it is skipped (all busy or down).
 const PICKS: usize = 8;
 
+/// How far apart the shards of one fleet may start: a device's answer to a group
+/// command another shard published counts this long before the command's time here.
+const SHARD_SKEW: Duration = Duration::from_secs(10);
+
 /// A command not answered within this time is counted unanswered for good.
 const UNANSWERED_AFTER: Duration = Duration::from_secs(10);
 
@@ -471,9 +475,17 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
     let mut pending_count = 0usize;
     let mut latency = new_histogram();
     let (mut sent, mut answered, mut delivered) = (0u64, 0u64, 0u64);
-    let mut groups: Vec<(GroupCommand, HashSet<usize>)> = Vec::new();
     let mut group_plan = opts.group_commands.clone();
     group_plan.sort_by_key(|g| g.at);
+    // Every group command with the devices that answered it. A shard that does not
+    // publish them (another shard does, on a broker they share) may see its devices
+    // answer before its own clock reaches the command's time (shards start apart), so
+    // each answer that matches no command of ours goes to the first group command the
+    // device has not answered yet, up to SHARD_SKEW before its time.
+    let mut groups: Vec<(GroupCommand, HashSet<usize>)> =
+        group_plan.iter().map(|g| (g.clone(), HashSet::new())).collect();
+    // How many of them have come due on this shard's clock.
+    let mut groups_due = 0usize;
     let mut group_plan = group_plan.into_iter().peekable();
     let mut outage = opts.broker_outage;
     let mut choices = Choices(opts.seed);
@@ -551,7 +563,7 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
                 }
             }
             delivered += tally.borrow().connected_now as u64;
-            groups.push((g, HashSet::new()));
+            groups_due += 1;
         }
         if let (Some(at), Some(gap)) = (next_command, command_gap) {
             if now >= at && now < end {
@@ -569,7 +581,7 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
                     // answered the last group command yet.
                     let busy = pending[i].is_some()
                         || tally.borrow().connected_since[i].is_none()
-                        || groups.last().is_some_and(|(_, a)| !a.contains(&i));
+                        || groups[..groups_due].last().is_some_and(|(_, a)| !a.contains(&i));
                     if busy {
                         continue;
                     }
@@ -664,7 +676,10 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
                                 pending_count -= 1;
                                 answered += 1;
                                 let _ = latency.record((now.saturating_duration_since(at).as_micros() as u64).max(1));
-                            } else if let Some((_, answers)) = groups.last_mut() {
+                            } else if let Some((_, answers)) = groups
+                                .iter_mut()
+                                .find(|(g, a)| !a.contains(&i) && now + SHARD_SKEW >= t0 + g.at)
+                            {
                                 answers.insert(i);
                             }
                         }
