@@ -423,12 +423,9 @@ pub fn run(args: FleetArgs) -> ExitCode {
         shaped_by,
         shard,
     };
-    let runtime = match tasmota_sim::host::runtime(virtual_clock) {
+    let runtime = match runtime(virtual_clock) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("tasmota-sim fleet: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(fleet::run(opts));
     // Tasks of the devices and the broker end with the runtime.
@@ -441,6 +438,14 @@ pub fn run(args: FleetArgs) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The host runtime, or the exit code that says it could not start.
+fn runtime(virtual_clock: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
+    tasmota_sim::host::runtime(virtual_clock).map_err(|e| {
+        eprintln!("tasmota-sim fleet: cannot start the runtime: {e}");
+        ExitCode::from(1)
+    })
 }
 
 /// `--processes K`: K workers of this binary, one merged report.
@@ -463,12 +468,9 @@ fn run_workers(out: &Outputs, k: u32, devices: u64) -> ExitCode {
     }
     let bar =
         (!out.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| fleet::progress_bar(devices));
-    let runtime = match tasmota_sim::host::runtime(false) {
+    let runtime = match runtime(false) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("tasmota-sim fleet: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let outcome = runtime.block_on(fleet::workers::run(&exe, parent_args, k, bar));
     drop(runtime);

@@ -85,21 +85,14 @@ impl FleetBroker {
         }
     }
 
-    /// Sets a device up for this broker's profile (`login`: `--user`/`--password`); the
-    /// caller has set MqttHost and MqttPort (the socket's, with `--embedded` plain).
+    /// What this broker's profile asks of a device beyond what every broker gets
+    /// (MqttHost, MqttPort, the `--user`/`--password` login, SetOption103 for TLS): on
+    /// aws-iot, the TasmotaAuth user and token (`login` overrides them); on plain, nothing.
     pub fn configure(&self, settings: &mut Settings, login: Option<&(String, String)>) {
-        match self.profile {
-            ProfileName::Plain => {
-                if let Some((user, password)) = login {
-                    settings.mqtt_user = user.clone();
-                    settings.mqtt_pwd = password.clone();
-                }
-            }
-            ProfileName::AwsIot => {
-                settings.set_option(103, 1);
-                settings.mqtt_user = login.map_or(AWS_USER, |l| &l.0).to_string();
-                settings.mqtt_pwd = login.map_or(DEFAULT_TOKEN, |l| &l.1).to_string();
-            }
+        if self.profile == ProfileName::AwsIot {
+            settings.set_option(103, 1);
+            settings.mqtt_user = login.map_or(AWS_USER, |l| &l.0).to_string();
+            settings.mqtt_pwd = login.map_or(DEFAULT_TOKEN, |l| &l.1).to_string();
         }
     }
 

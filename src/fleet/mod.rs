@@ -359,17 +359,15 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
                     let mut settings = g.settings.clone();
                     settings.mqtt_host = host.clone();
                     settings.mqtt_port = *port;
-                    match &own {
-                        Some(b) => b.configure(&mut settings, opts.login.as_ref()),
-                        None => {
-                            if let Some((user, password)) = &opts.login {
-                                settings.mqtt_user = user.clone();
-                                settings.mqtt_pwd = password.clone();
-                            }
-                            if *tls {
-                                settings.set_option(103, 1);
-                            }
-                        }
+                    if let Some((user, password)) = &opts.login {
+                        settings.mqtt_user = user.clone();
+                        settings.mqtt_pwd = password.clone();
+                    }
+                    if *tls {
+                        settings.set_option(103, 1);
+                    }
+                    if let Some(b) = &own {
+                        b.configure(&mut settings, opts.login.as_ref());
                     }
                     settings
                 })
@@ -723,8 +721,8 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
     }
     Ok(Report {
         target: match &opts.target {
-            Target::Virtual(p) => format!("virtual, embedded {} broker", profile_name(*p)),
-            Target::Embedded(p) => format!("embedded {} broker on 127.0.0.1", profile_name(*p)),
+            Target::Virtual(p) => format!("virtual, embedded {} broker", profile_name(p)),
+            Target::Embedded(p) => format!("embedded {} broker on 127.0.0.1", profile_name(p)),
             Target::Brokers(urls) => urls.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
         },
         devices: n as u64,
@@ -765,11 +763,9 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
     })
 }
 
-fn profile_name(p: ProfileName) -> &'static str {
-    match p {
-        ProfileName::Plain => "plain",
-        ProfileName::AwsIot => "aws-iot",
-    }
+/// The profile as `--embedded`/`--virtual` name it (clap's value names).
+fn profile_name(p: &ProfileName) -> String {
+    clap::ValueEnum::to_possible_value(p).map_or_else(|| format!("{p:?}"), |v| v.get_name().to_string())
 }
 
 /// How the fleet's operator reaches the broker.

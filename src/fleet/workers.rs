@@ -98,11 +98,14 @@ pub fn worker_args(parent: &[OsString], shard: Shard, report: &Path) -> Vec<OsSt
         }
         out.push(a.clone());
     }
-    out.extend(
-        ["--shard".into(), shard.to_string().into(), "--json".into(), report.as_os_str().to_owned(), "--quiet".into()]
-            .into_iter()
-            .chain(std::iter::once(OsString::from("--progress-lines"))),
-    );
+    out.extend([
+        "--shard".into(),
+        shard.to_string().into(),
+        "--json".into(),
+        report.as_os_str().to_owned(),
+        "--quiet".into(),
+        "--progress-lines".into(),
+    ]);
     out
 }
 
