@@ -147,11 +147,28 @@ pub fn load_ca_file(path: &Path) -> Result<RootCertStore, String> {
 
 impl Connector {
     /// A harness client's link (an operator's): plain or TLS with SNI and the
-    /// certificate check on `host`, no ALPN, 10 s to open.
-    pub async fn open_client(&self, host: &str, port: u16, tls: bool) -> Result<BoxStream, LinkFailure> {
-        let tls =
-            tls.then(|| TlsRequest { server_name: host.to_string(), alpn: None, validation: Validation::TrustAnchors });
-        self.open(&ConnectRequest { host: host.to_string(), port, tls, timeout_ms: 10_000 }).await
+    /// certificate check on `host`, no ALPN, 10 s to open. The error says why, in words
+    /// (the OS's reason for a refused connect, the TLS library's for a handshake), for
+    /// a person to read: the device's `LinkFailure` keeps only the firmware's numbers.
+    pub async fn open_client(&self, host: &str, port: u16, tls: bool) -> Result<BoxStream, String> {
+        const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+        let addrs = self.lookup(host, port).await.map_err(|_| format!("{host} does not resolve"))?;
+        let started = Instant::now();
+        let tcp = match tokio::time::timeout(OPEN_TIMEOUT, connect_any(&addrs)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(format!("TCP connect failed: {e}")),
+            Err(_) => return Err(format!("TCP connect timed out after {} ms", OPEN_TIMEOUT.as_millis())),
+        };
+        let _ = tcp.set_nodelay(true);
+        if !tls {
+            return Ok(Box::pin(tcp));
+        }
+        let req = TlsRequest { server_name: host.to_string(), alpn: None, validation: Validation::TrustAnchors };
+        let remaining = OPEN_TIMEOUT.saturating_sub(started.elapsed());
+        match tokio::time::timeout(remaining, self.handshake_reasoned(&req, tcp)).await {
+            Ok(r) => r.map_err(|(_, why)| format!("TLS handshake failed: {why}")),
+            Err(_) => Err(format!("TLS handshake timed out after {} ms", OPEN_TIMEOUT.as_millis())),
+        }
     }
 
     /// Opens the link the core asked for.
@@ -216,6 +233,15 @@ impl Connector {
         req: &TlsRequest,
         tcp: IO,
     ) -> Result<BoxStream, LinkFailure> {
+        self.handshake_reasoned(req, tcp).await.map_err(|(f, _)| f)
+    }
+
+    /// `handshake`, with the reason of a failure in words next to the firmware's number.
+    async fn handshake_reasoned<IO: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
+        &self,
+        req: &TlsRequest,
+        tcp: IO,
+    ) -> Result<BoxStream, (LinkFailure, String)> {
         if let Validation::Fingerprints(_) = req.validation {
             tracing::warn!(
                 "SetOption132 (fingerprint validation) is not simulated: the server is checked against the trust anchors"
@@ -224,7 +250,10 @@ impl Connector {
         let config = self.client_config(req);
         let name = ServerName::try_from(req.server_name.clone()).map_err(|_| {
             tracing::warn!(name = %req.server_name, "MqttHost is not a valid TLS server name");
-            LinkFailure::Tls(tls_error::X509_BAD_SERVER_NAME)
+            (
+                LinkFailure::Tls(tls_error::X509_BAD_SERVER_NAME),
+                format!("{} is not a valid TLS server name", req.server_name),
+            )
         })?;
         if let Trust::Insecure = self.trust {
             tracing::warn!(server = %req.server_name, "--insecure: the broker's certificate is NOT verified");
@@ -244,7 +273,7 @@ impl Connector {
             Err(e) => {
                 let code = tls_error_code(&e);
                 tracing::debug!(error = %e, code, "TLS handshake failed");
-                Err(LinkFailure::Tls(code))
+                Err((LinkFailure::Tls(code), e.to_string()))
             }
         }
     }

@@ -67,6 +67,7 @@ fn aws_setup_line_then_restart_keeps_the_settings() {
             r#"RSL: RESULT = {"MqttPort":443}"#,
             r#"RSL: RESULT = {"MqttUser":"tasmota?x-amz-customauthorizer-name=TasmotaAuth"}"#,
             r#"RSL: RESULT = {"MqttPassword":"YknLuSd2tBY2HodwI/7RqA=="}"#,
+            "HTP: Web server active on tasmota-4B3316-4886 with IP address 10.75.51.22",
             "APP: Restarting",
             "HDW: ESP8266EX",
             banner,

@@ -147,6 +147,21 @@ fn bad_input_exits_2_naming_it() {
     }
 }
 
+/// A broker nobody listens on: exit 1, the OS's reason in words (not `Tcp`), no report.
+#[test]
+fn a_broker_nobody_listens_on_is_named_with_the_reason() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let out = fleet(&["--devices", "2", "--broker", &url, "--for", "2s", "-q", "--json", json.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let want = format!("cannot reach 127.0.0.1:{port}: TCP connect failed: Connection refused");
+    assert!(err.contains(&want), "want {want:?} in: {err}");
+    assert!(!json.exists(), "a fleet that never reached its broker wrote a report");
+}
+
 #[test]
 fn a_fleet_file_makes_groups_of_devices() {
     let dir = tempfile::tempdir().unwrap();

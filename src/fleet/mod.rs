@@ -784,7 +784,7 @@ impl OperatorRoute {
             return Ok(b.operator_link());
         }
         self.connector.open_client(&self.host, self.port, self.tls).await.map_err(|f| {
-            FleetError::Run(format!("the fleet's operator client cannot reach {}:{}: {f:?}", self.host, self.port))
+            FleetError::Run(format!("the fleet's operator client cannot reach {}:{}: {f}", self.host, self.port))
         })
     }
 }

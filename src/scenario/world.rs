@@ -459,7 +459,7 @@ async fn operator_link(net: &Net, broker: usize, name: &str) -> Result<BoxStream
         Net::External { connector, url } => connector
             .open_client(&url.host, url.port, url.tls)
             .await
-            .map_err(|f| format!("operator '{name}' cannot reach {url}: {f:?}")),
+            .map_err(|f| format!("operator '{name}' cannot reach {url}: {f}")),
     }
 }
 

@@ -138,6 +138,9 @@ pub struct Device {
     pulse: Vec<(u8, Instant)>,
     boot_reason: BootReason,
     pub(crate) network_up: bool,
+    /// `Web.state`: the web server mode that last started (0 before the network is up or
+    /// after `WebServer 0`).
+    pub(crate) web_state: u8,
     /// `TasmotaGlobal.uptime` in seconds.
     pub(crate) uptime_s: u32,
     /// `TasmotaGlobal.tele_period`: seconds since the last STATE.
@@ -233,6 +236,7 @@ impl Device {
             pulse: Vec::new(),
             boot_reason: reason,
             network_up: false,
+            web_state: 0,
             uptime_s: 0,
             tele_period: TELE_PERIOD_UNSET,
             mqtt: Mqtt::default(),
@@ -461,7 +465,11 @@ impl Device {
             }
             // WifiCheck: the network comes up once WiFi has associated.
             2 if !self.network_up && self.uptime_ms() >= self.hw.wifi_connect_ms => self.network_up = true,
-            3 if self.network_up => self.mqtt_check(),
+            // Every250mSeconds, state 3 with the network up: the web server, then MQTT.
+            3 if self.network_up => {
+                self.web_server_check();
+                self.mqtt_check();
+            }
             _ => {}
         }
     }

@@ -42,6 +42,27 @@ impl Device {
         self.settings.webserver != 0
     }
 
+    /// `Every250mSeconds` (state 3, network up) calls `StartWebserver(Settings->webserver)`
+    /// or, with `WebServer 0`, `StopWebserver()` (xdrv_01_9_webserver.ino of 14.2.0).
+    /// Starting logs `HTP: Web server active on <hostname> with IP address <ip>` whenever
+    /// the mode differs from `Web.state` (at the first tick with the network up, and
+    /// after `WebServer 1`/`2` changes the mode); stopping a running server logs
+    /// `HTP: Web server stopped`. The hostname gains `.local` only once mDNS has begun
+    /// (SetOption55 with `USE_DISCOVERY`), which the simulator does not model.
+    pub(crate) fn web_server_check(&mut self) {
+        let mode = self.settings.webserver;
+        if mode != 0 {
+            if self.web_state != mode {
+                let line = format!("HTP: Web server active on {} with IP address {}", self.hostname, self.ip_address());
+                self.log(LogLevel::Info, line);
+                self.web_state = mode;
+            }
+        } else if self.web_state != 0 {
+            self.web_state = 0;
+            self.log(LogLevel::Info, String::from("HTP: Web server stopped"));
+        }
+    }
+
     /// `HandleHttpCommand`: runs `cmnd` (`None` when the request had no `cmnd`) from
     /// `from` (the client's address, for the debug log) and answers.
     pub fn handle_web_command(

@@ -21,6 +21,9 @@ fn publish(topic: &str, payload: &str, qos: u8, id: Option<u16>) -> Vec<u8> {
     .encode()
 }
 
+/// StartWebserver's line at the first Every250mSeconds state 3 with the network up.
+const HTP_ACTIVE: &str = "00:00:02.500 HTP: Web server active on tasmota-4B3316-4886 with IP address 10.75.51.22";
+
 fn pubs(packets: &[Packet]) -> Vec<(String, String, bool)> {
     packets
         .iter()
@@ -41,7 +44,7 @@ fn first_connect_sends_connect_then_lwt_power_subscriptions_and_info() {
     b.run_to(3499);
     assert!(b.p.connects.is_empty(), "no attempt before the second MqttCheck after WiFi");
     b.run_to(3500);
-    assert_eq!(b.take_lines(), ["00:00:03.500 MQT: Attempting connection..."]);
+    assert_eq!(b.take_lines(), [HTP_ACTIVE, "00:00:03.500 MQT: Attempting connection..."]);
     let req = &b.p.connects[0];
     assert_eq!((req.host.as_str(), req.port, req.tls.is_none(), req.timeout_ms), ("broker.lan", 1883, true, 200));
 
@@ -133,7 +136,7 @@ fn failures_have_the_firmware_rc() {
     // No CONNACK within MqttTimeout (4 s): rc -4.
     let mut b = Bench::new(|_| {});
     b.run_to(7499);
-    assert_eq!(b.take_lines(), ["00:00:03.500 MQT: Attempting connection..."]);
+    assert_eq!(b.take_lines(), [HTP_ACTIVE, "00:00:03.500 MQT: Attempting connection..."]);
     b.run_to(7500);
     assert_eq!(b.take_lines(), ["00:00:07.500 MQT: Connect failed to broker.lan:1883, rc -4. Retry in 10 sec"]);
 
@@ -143,7 +146,10 @@ fn failures_have_the_firmware_rc() {
         b.link = LinkMode::Fail(failure);
         b.run_to(3500);
         let want = format!("00:00:03.500 MQT: Connect failed to broker.lan:1883, rc {rc}. Retry in 10 sec");
-        assert_eq!(b.take_lines(), ["00:00:03.500 MQT: Attempting connection...".to_string(), want]);
+        assert_eq!(
+            b.take_lines(),
+            [HTP_ACTIVE.to_string(), "00:00:03.500 MQT: Attempting connection...".to_string(), want]
+        );
     }
 
     // A CONNACK that is not exactly `20 02 xx rc` fails with the state as it was (-1).
@@ -269,7 +275,8 @@ fn setoption3_off_logs_rsl_and_never_connects() {
     assert!(b.p.connects.is_empty());
     let lines = b.take_lines();
     // MqttCheck calls MqttReconnect at once (not allowed: the INFO part only).
-    assert!(lines[0].starts_with("00:00:02.500 RSL: INFO1 = "), "{lines:?}");
+    assert_eq!(lines[0], HTP_ACTIVE);
+    assert!(lines[1].starts_with("00:00:02.500 RSL: INFO1 = "), "{lines:?}");
     assert!(lines.iter().any(|l| l == "00:00:02.500 RSL: POWER = OFF"));
 }
 
@@ -295,8 +302,9 @@ fn aws_iot_light_mode() {
     b.now = 4753;
     b.broker_sends(&[0x20, 2, 0, 0]);
     let lines = b.take_lines();
+    assert_eq!(lines[0], HTP_ACTIVE);
     assert_eq!(
-        &lines[1..5],
+        &lines[2..6],
         [
             "00:00:04.753 MQT: TLS connected in 1253 ms, max ThunkStack used 4596",
             "00:00:04.753 MQT: MFLN not supported by TLS server",
@@ -316,7 +324,7 @@ fn aws_iot_light_mode() {
     b.run_to(3500);
     assert_eq!(b.p.connects[0].tls.as_ref().unwrap().alpn, None);
     assert_eq!(
-        b.take_lines()[1..],
+        b.take_lines()[2..],
         [
             "00:00:03.500 MQT: TLS connection error: 296",
             "00:00:03.500 MQT: Connect failed to a1b2c3-ats.iot.eu-west-1.amazonaws.com:8883, rc -2. Retry in 10 sec",
