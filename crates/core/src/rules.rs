@@ -94,6 +94,8 @@ pub(crate) struct RuleEngine {
     busy: bool,
     /// `Rules.teleperiod`: the event is a TelePeriod message (triggers need `Tele-`).
     teleperiod: bool,
+    /// The 50 ms tick after the last one that ran (`state_50msecond`).
+    next_tick: Instant,
 }
 
 impl Default for RuleEngine {
@@ -111,6 +113,7 @@ impl Default for RuleEngine {
             event_data: String::new(),
             busy: false,
             teleperiod: false,
+            next_tick: Instant::from_millis(0),
         }
     }
 }
@@ -576,7 +579,8 @@ impl Device {
             return None;
         }
         let since = self.now.millis_since(self.boot_at);
-        Some(self.boot_at.plus_millis(since.div_ceil(50) * 50))
+        let grid = self.boot_at.plus_millis(since.div_ceil(50) * 50);
+        Some(grid.max(self.rules.as_ref().map_or(grid, |r| r.next_tick)))
     }
 
     /// `RulesEvery50ms`: one source of events per tick, in the firmware's order.
@@ -584,6 +588,8 @@ impl Device {
         if !self.rules_50ms_pending() {
             return;
         }
+        let next = self.now.plus_millis(50);
+        self.rule_engine().next_tick = next;
         let power = i64::from(self.power);
         let relays = u32::from(self.hw.relays);
         let r = self.rule_engine();
