@@ -332,7 +332,8 @@ impl Device {
         let event = event.to_ascii_uppercase();
         let mut serviced = false;
         for set in 0..MAX_RULE_SETS {
-            let on = self.settings.rules.as_ref().is_some_and(|r| !r.rules[set].is_empty() && r.enabled & (1 << set) != 0);
+            let on =
+                self.settings.rules.as_ref().is_some_and(|r| !r.rules[set].is_empty() && r.enabled & (1 << set) != 0);
             if on && self.rule_set_process(set, &event) {
                 serviced = true;
             }
@@ -753,5 +754,48 @@ mod tests {
     fn substring_swaps_like_arduino() {
         assert_eq!(substring("abcdef", 4, 1), "bcd");
         assert_eq!(substring("abc", 5, 9), "");
+    }
+}
+
+#[cfg(test)]
+mod robustness {
+    use crate::{BootReason, Device, Hardware, Instant, Settings};
+
+    /// Rule text is outside input: odd rules, events and values never panic, and a rule
+    /// that feeds itself events keeps running at one event per 50 ms tick.
+    #[test]
+    fn odd_rules_do_not_panic() {
+        let mut d =
+            Device::boot(Hardware::default(), Settings::default(), BootReason::PowerOn, Instant::from_millis(0));
+        let lines = [
+            "Rule1 on Event#a do Var1 %value% endon",
+            "Rule1 1",
+            "Rule1 +on Power1#State=1 do Backlog Event b; Power 0 break",
+            "Rule2 on Tele-A#B[9]|0 do Add1 1e99 endon on event#b do event a endon",
+            "Rule2 1",
+            "Rule3 ON X DO ENDON ON ENDON DO on do endon \u{e9}\u{e9} on \u{e9}#\u{e9}>\u{e9} do x endon",
+            "Rule3 1",
+            "Event a=1",
+            "Event =",
+            "Event ====x",
+            "Event b={\"x\":[1,2",
+            "Rule0 5",
+            "Scale1 1,1,1,1,1",
+            "Mem1 \"",
+            "RuleTimer0 99999999",
+            "Var16 %var16%%var16%",
+            "Mult16 -1e30",
+            "Event a=%var16%",
+        ];
+        let mut now = Instant::from_millis(0);
+        for line in lines {
+            d.handle_serial_line(line, now);
+            now = now.plus_millis(10);
+        }
+        let end = now.plus_millis(70_000);
+        while let Some(t) = d.poll_timeout().filter(|t| *t <= end) {
+            d.handle_timeout(t);
+            while d.poll_output().is_some() {}
+        }
     }
 }

@@ -11,7 +11,9 @@ use super::{Mailbox, Table};
 use crate::console::LogLevel;
 use crate::device::Device;
 use crate::json::escape;
-use crate::rules::{char_to_float, cut, dtostrfd, MAX_RULE_MEMS, MAX_RULE_SETS, MAX_RULE_SIZE, MAX_RULE_TIMERS, MAX_RULE_VARS};
+use crate::rules::{
+    char_to_float, cut, dtostrfd, MAX_RULE_MEMS, MAX_RULE_SETS, MAX_RULE_SIZE, MAX_RULE_TIMERS, MAX_RULE_VARS,
+};
 use crate::topic::Prefix;
 
 pub(crate) static TABLE: Table = Table {

@@ -49,15 +49,8 @@ struct Spec {
 impl Timer {
     /// Every timer, in the order timers due at the same instant run: the firmware's loop
     /// order, which the transcripts depend on.
-    pub(crate) const VALUES: [Timer; 7] = [
-        Timer::Backlog,
-        Timer::Rules,
-        Timer::Pulse,
-        Timer::Blink,
-        Timer::ButtonWindow,
-        Timer::MqttClient,
-        Timer::Tick,
-    ];
+    pub(crate) const VALUES: [Timer; 7] =
+        [Timer::Backlog, Timer::Rules, Timer::Pulse, Timer::Blink, Timer::ButtonWindow, Timer::MqttClient, Timer::Tick];
 
     /// The timer table.
     fn spec(self) -> Spec {
