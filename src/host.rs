@@ -566,6 +566,12 @@ mod tests {
             ..Default::default()
         };
         s.set_option(103, 1);
+        // No rules: one byte on flash (postcard's None).
+        let without_rules = Flash::new(&s).len();
+        s.rules_mut().rules[0] = "ON System#Boot DO Power 1 ENDON".into();
+        s.rules_mut().enabled = 1;
+        s.rules_mut().mems[15] = "22".into();
+        assert!(Flash::new(&s).len() > without_rules);
         let flash = Flash::new(&s);
         assert_eq!(flash.settings(), s);
         assert_ne!(flash.settings(), Settings::default());

@@ -13,6 +13,10 @@
 //! mac_base = "5C:CF:7F:10:00:00"    # default: right after the previous group's MACs
 //! setoptions = { 59 = 1 }           # SetOptions on top of the settings
 //! settings = { friendlyname = ["Hall", "", "", "", "", "", "", ""] }  # settings-file fields
+//!
+//! [[group]]                          # every device of a group runs the same rules
+//! count = 50
+//! settings = { rules = { rules = ["ON Mqtt#Connected DO Publish stat/%topic%/up 1 ENDON", "", ""], enabled = 1 } }
 //! ```
 //!
 //! Every error names the file, the line and column, and the problem.
@@ -237,6 +241,22 @@ mod tests {
         assert_eq!(g[1].mac_base.to_string(), "5C:CF:7F:00:00:03");
         assert_eq!(g[1].profile.hardware.relays, 4);
         assert!(g[1].settings.flag(59));
+    }
+
+    #[test]
+    fn a_group_carries_rules_and_a_rule_too_long_is_refused() {
+        let g = parse_str(
+            "[[group]]\ncount = 2\nsettings = { rules = { rules = [\"ON System#Boot DO Var1 1 ENDON\", \"\", \"\"], enabled = 1, once = 1 } }\n",
+        )
+        .unwrap();
+        let r = g[0].settings.rules.as_ref().expect("rules");
+        assert_eq!((r.rules[0].as_str(), r.enabled, r.once), ("ON System#Boot DO Var1 1 ENDON", 1, 1));
+        let long = "x".repeat(512);
+        let e = parse_str(&format!(
+            "[[group]]\ncount = 1\nsettings = {{ rules = {{ rules = [\"{long}\", \"\", \"\"] }} }}\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("rules.rules[0]"), "{e}");
     }
 
     #[test]

@@ -117,7 +117,7 @@ pub struct Device {
     pub(crate) mqtt_topic: String,
     pub(crate) hostname: String,
     pub(crate) unique_id: String,
-    boot_at: Instant,
+    pub(crate) boot_at: Instant,
     pub(crate) now: Instant,
     next_tick: Instant,
     tick_phase: u8,
@@ -162,6 +162,11 @@ pub struct Device {
     mirroring: bool,
     /// The address in use: IPAddress1 if set at boot, else what DHCP gives.
     ip: [u8; 4],
+    /// The Rules engine's state (`struct RULES`, `rules_vars`): made when a rule or a
+    /// rule command first needs it, so a device without rules pays one pointer.
+    pub(crate) rules: Option<Box<crate::rules::RuleEngine>>,
+    /// `TasmotaGlobal.rules_flag`: system events waiting for the rules' 50 ms tick.
+    pub(crate) rules_flag: u16,
 }
 
 /// The TLS link's share of the heap (spec: about 6.0 KB while up, 6.6 KB more during
@@ -250,7 +255,11 @@ impl Device {
             discovery_in: 0,
             mirroring: false,
             ip: [0; 4],
+            rules: None,
+            // setup(): rules_flag.system_init after FUNC_PRE_INIT cleared the flags.
+            rules_flag: crate::rules::flag::SYSTEM_INIT,
         };
+        device.rules_init();
         let m = device.hw.mac.0;
         let fixed = device.settings.ipv4_address[0];
         device.ip = if fixed != [0; 4] { fixed } else { device.hw.ip.unwrap_or([10, m[3], m[4], m[5]]) };
@@ -458,13 +467,18 @@ impl Device {
                     self.perform_every_second();
                     // FUNC_EVERY_SECOND after PerformEverySecond: a TelePeriod due this
                     // second reports what the DHT read 4 s earlier.
+                    self.rules_every_second();
                     self.dht_every_second();
                 }
                 self.save_data_tick();
                 self.restart_tick();
             }
             // WifiCheck: the network comes up once WiFi has associated.
-            2 if !self.network_up && self.uptime_ms() >= self.hw.wifi_connect_ms => self.network_up = true,
+            2 if !self.network_up && self.uptime_ms() >= self.hw.wifi_connect_ms => {
+                self.network_up = true;
+                // WifiCheckIp: the first time the link has an address.
+                self.rules_flag |= crate::rules::flag::WIFI_CONNECTED;
+            }
             // Every250mSeconds, state 3 with the network up: the web server, then MQTT.
             3 if self.network_up => {
                 self.web_server_check();
@@ -505,9 +519,10 @@ impl Device {
         }
     }
 
-    /// `SettingsSaveAll()`.
+    /// `SettingsSaveAll()`: FUNC_SAVE_BEFORE_RESTART (`System#Save`) first.
     pub(crate) fn settings_save_all(&mut self) {
         self.update_saved_power();
+        self.rules_save_before_restart();
         self.settings_save();
     }
 
@@ -624,6 +639,24 @@ impl Device {
         self.publish(topic, payload, retain);
     }
 
+    /// `MqttPublishPrefixTopicRulesProcess_P` (`teleperiod` false) and the TelePeriod
+    /// publishes followed by `XdrvRulesProcess(1)`: the publish, then the rules see it.
+    pub(crate) fn publish_prefix_topic_rules(
+        &mut self,
+        prefix: Prefix,
+        subtopic: &str,
+        payload: String,
+        retain: bool,
+        teleperiod: bool,
+    ) {
+        if self.rules_enabled() == 0 {
+            self.publish_prefix_topic(prefix, prefix == Prefix::Stat, subtopic, payload, retain);
+            return;
+        }
+        self.publish_prefix_topic(prefix, prefix == Prefix::Stat, subtopic, payload.clone(), retain);
+        self.rules_process(teleperiod, &payload);
+    }
+
     // ---- power -------------------------------------------------------------------------
 
     /// `GetPowerDevice`: `POWER`, or `POWER<n>` with several relays or SetOption26.
@@ -654,7 +687,8 @@ impl Device {
     fn publish_power_blink_state(&mut self, device: u32) {
         let key = self.power_key(device);
         let state = String::from(self.settings.state_text((self.blink.mask >> (device - 1)) & 1));
-        self.publish_prefix_topic(Prefix::Stat, true, "POWER", format!("{{\"{key}\":\"Blink {state}\"}}"), false);
+        let payload = format!("{{\"{key}\":\"Blink {state}\"}}");
+        self.publish_prefix_topic_rules(Prefix::Stat, "POWER", payload, false, false);
     }
 
     /// `SetDevicePower(TasmotaGlobal.power)`.
@@ -673,6 +707,8 @@ impl Device {
             rpower
         };
         self.push_output(Output::Relays(rpower));
+        // XdrvCall(FUNC_SET_POWER): the rules see the new state on their next 50 ms tick.
+        self.rules_set_power(rpower);
     }
 
     /// `ExecuteCommandPower(device, state)` for 0 off, 1 on, 2 toggle, 3 blink,

@@ -12,7 +12,8 @@ pub enum Value {
     Raw(String),
     Null,
     Array(Vec<Value>),
-    Object,
+    /// An object's members, in order (the rules walk `#` paths into them).
+    Object(Vec<(String, Value)>),
 }
 
 impl Value {
@@ -90,7 +91,7 @@ impl Parser<'_> {
         self.ws();
         match *self.b.get(self.i)? {
             b'"' => self.string().map(Value::Str),
-            b'{' => self.object(depth).map(|_| Value::Object),
+            b'{' => self.object(depth).map(Value::Object),
             b'[' => {
                 if depth > MAX_DEPTH {
                     return None;
@@ -189,7 +190,7 @@ mod tests {
         assert_eq!(m[0], ("a".into(), Value::Str("x\"y".into())));
         assert_eq!(m[1].1, Value::Array(alloc::vec![Value::Raw("1".into()), Value::Raw("true".into())]));
         assert_eq!(m[2].1.text(), "");
-        assert_eq!(m[3].1, Value::Object);
+        assert_eq!(m[3].1, Value::Object(alloc::vec![("e".into(), Value::Raw("1".into()))]));
         for bad in ["", "[1]", "{", "{\"a\"}", "{\"a\":}", "{\"a\":1,}", "{} x", "abc", "{\"a\":x}"] {
             assert_eq!(parse_object(bad), None, "{bad}");
         }

@@ -134,6 +134,7 @@ mod json;
 pub mod limits;
 pub mod mqtt;
 pub mod platform;
+pub mod rules;
 #[cfg(feature = "vectors")]
 pub mod selftest;
 pub mod sensors;

@@ -28,10 +28,10 @@ use crate::topic::TOPSZ;
 pub const TEXT_POOL_SIZE: usize = 699;
 /// Pool bytes a stock ESP8266 build spends on texts the simulator does not model, at
 /// their defaults: `OtaUrl` (`http://ota.tasmota.com/tasmota/release/tasmota.bin.gz`, 53
-/// characters and its NUL) and the NUL of each of the other 64 texts (NTP servers, rule
-/// MEMs, button and switch texts, device group names, ...). An estimate from the
+/// characters and its NUL) and the NUL of each of the other 48 texts (NTP servers,
+/// button and switch texts, device group names, ...). An estimate from the
 /// `SettingsTextIndex` enum; a real device may have a few bytes more or fewer.
-pub const UNMODELLED_TEXT_BYTES: usize = 54 + 64;
+pub const UNMODELLED_TEXT_BYTES: usize = 54 + 48;
 
 /// The size of one text setting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,7 +121,7 @@ impl core::fmt::Display for LimitError {
 
 /// The commands that store a text setting (the `command` each text names in
 /// [`each_text`]; a test keeps the two in step): only these can overflow the text pool.
-const TEXT_COMMANDS: [&str; 18] = [
+const TEXT_COMMANDS: [&str; 19] = [
     "MqttHost",
     "MqttUser",
     "MqttPassword",
@@ -140,6 +140,7 @@ const TEXT_COMMANDS: [&str; 18] = [
     "FN",
     "SSId",
     "Password",
+    "Mem",
 ];
 
 /// Whether the command (its canonical name) stores a text setting.
@@ -176,6 +177,10 @@ pub fn each_text(s: &Settings, mut each: impl FnMut(String, &'static str, &str, 
     many("friendlyname", "FriendlyName", &s.friendlyname, &|_| pool(false, "CmndFriendlyname"));
     many("sta_ssid", "SSId", &s.sta_ssid, &|_| pool(false, "CmndSsid"));
     many("sta_pwd", "Password", &s.sta_pwd, &|_| pool(false, "CmndPassword"));
+    // SET_MEM1..16 (CmndMemory): empty ones still take their NUL.
+    let empty: [String; 16] = Default::default();
+    let mems = s.rules.as_ref().map_or(&empty, |r| &r.mems);
+    many("rules.mems", "Mem", mems, &|_| pool(false, "CmndMemory"));
 }
 
 /// Bytes the settings' texts take in the firmware's text pool: each text and its NUL,
@@ -206,6 +211,21 @@ fn number(field: &str, value: i64, range: &RangeInclusive<i32>, source: &str) ->
 /// without a NUL, required texts not empty, all texts together within the pool, and every
 /// number within the range its command accepts.
 pub fn check(s: &Settings) -> Result<(), LimitError> {
+    if let Some(r) = s.rules.as_ref() {
+        let max = crate::rules::MAX_RULE_SIZE - 1;
+        if let Some(i) = r.rules.iter().position(|t| t.len() > max || t.contains('\0')) {
+            return Err(LimitError {
+                field: format!("rules.rules[{i}]"),
+                problem: format!("is {} bytes or holds a NUL; a rule set keeps at most {max} (SetRule: Settings->rules[{i}][MAX_RULE_SIZE])", r.rules[i].len()),
+            });
+        }
+        if r.calc_resolution > 7 {
+            return Err(LimitError {
+                field: String::from("rules.calc_resolution"),
+                problem: format!("{} is outside 0..=7 (CmndCalcResolution)", r.calc_resolution),
+            });
+        }
+    }
     let mut first: Option<LimitError> = None;
     let mut longest: (usize, String) = (0, String::new());
     each_text(s, |field, command, value, limit| {

@@ -286,8 +286,13 @@ impl Device {
             || key_topic.is_empty()
             || key_topic == "0"
         {
-            // The firmware answers {"Button1":{"State":2}} to the rules only.
-            return false;
+            // SendKey: the rules get {"Button1":{"State":2}} instead, and a rule that
+            // ran replaces the local action.
+            let name = match key {
+                Key::Button => "Button",
+                Key::Switch => "Switch",
+            };
+            return self.rules_process(false, &format!("{{\"{name}{device}\":{{\"State\":{state}}}}}"));
         }
         let mut device = device;
         if key == Key::Button && device > u32::from(self.hw.relays) {

@@ -112,6 +112,43 @@ pub struct Settings {
     pub param: [u8; PARAM_COUNT],
     /// `MqttFingerprint1` and `MqttFingerprint2` (SetOption132 validation).
     pub mqtt_fingerprint: [[u8; 20]; 2],
+    /// Rule1..3, their flags, Mem1..16 and CalcRes ([`RuleSettings`]). `None` until a
+    /// rule command stores something, so a device without rules pays one pointer in
+    /// memory and one byte on flash.
+    pub rules: Option<alloc::boxed::Box<RuleSettings>>,
+}
+
+/// What the Rules keep in settings (`Settings->rules[3][512]`, `rule_enabled`,
+/// `rule_once`, `rule_stop`, the `SET_MEM1..16` texts and `flag2.calc_resolution`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuleSettings {
+    /// The text of Rule1..3, at most `MAX_RULE_SIZE - 1` (511) characters each.
+    pub rules: [String; 3],
+    /// Bit n: Rule<n+1> is on (`Rule<n> 1`).
+    pub enabled: u8,
+    /// Bit n: Rule<n+1> fires once until its trigger stops matching (`Rule<n> 5`).
+    pub once: u8,
+    /// Bit n: Rule<n+1> StopOnError (`Rule<n> 9`; kept and reported only).
+    pub stop: u8,
+    /// `Mem1..16`: texts in the settings' text pool.
+    pub mems: [String; 16],
+    /// `CalcRes` 0..7: decimals of Add, Sub, Mult and Scale results.
+    pub calc_resolution: u8,
+}
+
+impl Default for RuleSettings {
+    fn default() -> Self {
+        RuleSettings {
+            rules: Default::default(),
+            enabled: 0,
+            once: 0,
+            stop: 0,
+            mems: Default::default(),
+            // `CALC_RESOLUTION` (tasmota.h): 1, set by SettingsDefaultSet2.
+            calc_resolution: 1,
+        }
+    }
 }
 
 /// Where a SetOption is stored.
@@ -192,6 +229,7 @@ impl Default for Settings {
             flags: [0; 5],
             param: [0; PARAM_COUNT],
             mqtt_fingerprint: crate::commands::DEFAULT_FINGERPRINTS,
+            rules: None,
         };
         // SetOption0 SaveState, 3 MQTT, 15 PWM control, 57 WiFi rescan,
         // 112/113 network_wifi/network_ethernet.
@@ -261,6 +299,11 @@ impl Settings {
         if self.pulse_timer.is_empty() {
             self.pulse_timer = alloc::vec::Vec::new();
         }
+    }
+
+    /// The rule settings, made on first use.
+    pub fn rules_mut(&mut self) -> &mut RuleSettings {
+        self.rules.get_or_insert_with(Default::default)
     }
 
     /// The Backlog delay in milliseconds (SetOption34).

@@ -95,7 +95,8 @@ impl Device {
     pub(crate) fn mqtt_publish_tele_state(&mut self) {
         let state = self.mqtt_show_state();
         let retain = self.settings.flag(so::MQTT_STATE_RETAIN);
-        self.publish_prefix_topic(Prefix::Tele, false, "STATE", state, retain);
+        // MqttPublishTeleState: XdrvRulesProcess(1), so triggers name `Tele-…`.
+        self.publish_prefix_topic_rules(Prefix::Tele, "STATE", state, retain, true);
     }
 
     /// STATE then SENSOR, as every TelePeriod (`MqttPublishTeleperiodSensor`).
@@ -106,7 +107,8 @@ impl Device {
             // Period counts from one TelePeriod to the next.
             self.inputs.energy.at_last_tele_mws = self.inputs.energy.counted_mws;
             let retain = self.settings.flag(so::MQTT_SENSOR_RETAIN);
-            self.publish_prefix_topic(Prefix::Tele, false, "SENSOR", sensor, retain);
+            // MqttPublishTeleperiodSensor: XdrvRulesProcess(1).
+            self.publish_prefix_topic_rules(Prefix::Tele, "SENSOR", sensor, retain, true);
         }
     }
 

@@ -67,7 +67,7 @@ fn mismatches(rows: &[Row<'_>], dispatched: &[&str]) -> Vec<String> {
 /// Every name the simulator dispatches: both tables' SetOption synonyms and commands.
 fn dispatched() -> Vec<&'static str> {
     let mut names: Vec<&'static str> = Vec::new();
-    for table in [&super::tasmota::TABLE, &super::mqtt::TABLE] {
+    for table in [&super::tasmota::TABLE, &super::mqtt::TABLE, &super::rules::TABLE] {
         let all = table.synonyms.iter().map(|(n, _)| *n).chain(table.commands.iter().map(|(n, _)| *n));
         for n in all {
             if !names.contains(&n) {

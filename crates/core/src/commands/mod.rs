@@ -8,10 +8,12 @@
 #[cfg(test)]
 mod ledger;
 mod mqtt;
+mod rules;
 mod status;
 mod tasmota;
 
 pub use mqtt::DEFAULT_FINGERPRINTS;
+pub(crate) use status::START_VALID_TIME;
 
 use alloc::format;
 use alloc::string::String;
@@ -128,9 +130,18 @@ impl Device {
                 subtopic = String::from("Command");
             }
         }
-        if !self.response.is_empty() && !self.no_mqtt_response {
+        // The answer is published (unless no_mqtt_response), then the rules see it
+        // (MqttPublishPrefixTopicRulesProcess_P, or XdrvRulesProcess(0) alone).
+        if !self.response.is_empty() {
             let payload = core::mem::take(&mut self.response);
-            self.publish_prefix_topic(Prefix::Stat, true, &subtopic, payload, false);
+            if self.no_mqtt_response {
+                self.rules_process(false, &payload);
+            } else if self.rules_enabled() != 0 {
+                self.publish_prefix_topic(Prefix::Stat, true, &subtopic, payload.clone(), false);
+                self.rules_process(false, &payload);
+            } else {
+                self.publish_prefix_topic(Prefix::Stat, true, &subtopic, payload, false);
+            }
         }
         // Empty, and holding no memory between commands.
         self.response = String::new();
@@ -154,9 +165,12 @@ impl Device {
             return Some(found);
         }
         if self.settings.flag(so::MQTT_ENABLED) {
-            return mqtt::TABLE.find(name);
+            if let Some(found) = mqtt::TABLE.find(name) {
+                return Some(found);
+            }
         }
-        None
+        // XdrvCall(FUNC_COMMAND): xdrv_10_rules after xdrv_02_mqtt.
+        rules::TABLE.find(name)
     }
 
     // ---- responses (`ResponseCmnd*`) ----------------------------------------------------

@@ -15,7 +15,7 @@ use crate::telemetry::{duration_text, iso_time};
 use crate::topic::Prefix;
 
 /// `START_VALID_TIME` (tasmota.h): 2016-01-01; the RTC is "set" only past it.
-const START_VALID_TIME: u64 = 1_451_602_800;
+pub(crate) const START_VALID_TIME: u64 = 1_451_602_800;
 
 /// The firmware's fixed figures of a stock `tasmota` build, by chip.
 struct Build {

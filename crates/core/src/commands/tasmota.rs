@@ -180,7 +180,7 @@ fn cmnd_json(d: &mut Device, mb: &mut Mailbox) {
                     add(&format!("{command}{} {}", n + 1, item.text()), &mut backlog);
                 }
             }
-            crate::json::Value::Object => {}
+            crate::json::Value::Object(_) => {}
             value => {
                 let entry = format!("{command} {}", value.text());
                 if entry.contains(';') {

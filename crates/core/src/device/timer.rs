@@ -21,6 +21,8 @@ const QUIET_LOOKAHEAD_S: u32 = 3600;
 pub(crate) enum Timer {
     /// The next Backlog entry (`backlog_timer`).
     Backlog,
+    /// The rules' 50 ms tick, while it has an event to give (`RulesEvery50ms`).
+    Rules,
     /// A PulseTime runs out, on the 100 ms ticks (`pulse_timer`).
     Pulse,
     /// The next blink step, on the 100 ms ticks (`blink_timer`).
@@ -47,8 +49,8 @@ struct Spec {
 impl Timer {
     /// Every timer, in the order timers due at the same instant run: the firmware's loop
     /// order, which the transcripts depend on.
-    pub(crate) const VALUES: [Timer; 6] =
-        [Timer::Backlog, Timer::Pulse, Timer::Blink, Timer::ButtonWindow, Timer::MqttClient, Timer::Tick];
+    pub(crate) const VALUES: [Timer; 7] =
+        [Timer::Backlog, Timer::Rules, Timer::Pulse, Timer::Blink, Timer::ButtonWindow, Timer::MqttClient, Timer::Tick];
 
     /// The timer table.
     fn spec(self) -> Spec {
@@ -58,6 +60,7 @@ impl Timer {
                 run: Device::backlog_loop,
                 busy: true,
             },
+            Timer::Rules => Spec { due: Device::rules_50ms_due, run: Device::rules_every_50ms, busy: true },
             Timer::Pulse => Spec { due: Device::pulse_due, run: Device::pulse_loop, busy: true },
             Timer::Blink => {
                 Spec { due: |d| (d.blink.mask != 0).then(|| d.blink_due()), run: Device::blink_loop, busy: true }
@@ -97,6 +100,7 @@ impl Device {
         !self.halted
             && (self.restart_flag != 0
                 || self.switch_pending()
+                || self.rule_timer_armed()
                 || Timer::VALUES.into_iter().any(|t| t.spec().busy && self.deadline(t).is_some()))
     }
 
@@ -181,6 +185,7 @@ impl Device {
             && !self.settings_dirty
             && self.discovery_in == 0
             && self.tele_period < TELE_PERIOD_UNSET
+            && !self.rules_need_seconds()
             && if self.settings.flag(so::MQTT_ENABLED) {
                 self.mqtt.client.connected()
             } else {

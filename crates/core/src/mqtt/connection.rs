@@ -214,6 +214,7 @@ impl Device {
         }
         self.mqtt.client.disconnect();
         self.drain_client();
+        self.rules_flag |= crate::rules::flag::MQTT_DISCONNECTED;
         let text = format!(
             "MQT: Connect failed to {}:{}, rc {}. Retry in {} sec",
             self.settings.mqtt_host, self.settings.mqtt_port, state, self.mqtt.retry_counter
@@ -259,8 +260,12 @@ impl Device {
             if self.settings.tele_period != 0 {
                 self.tele_period = u32::from(self.settings.tele_period).saturating_sub(5);
             }
+            self.rules_flag |= crate::rules::flag::SYSTEM_BOOT;
         }
         self.mqtt.initial_connection_state = 0;
+        if self.settings.flag(so::MQTT_ENABLED) {
+            self.rules_flag |= crate::rules::flag::MQTT_CONNECTED;
+        }
     }
 
     /// INFO1, INFO2 and INFO3 of the first connection after boot.
@@ -276,7 +281,7 @@ impl Device {
             escape(&fallback),
             escape(&group)
         );
-        self.publish_prefix_topic(Prefix::Tele, false, "INFO1", info1, retain);
+        self.publish_prefix_topic_rules(Prefix::Tele, "INFO1", info1, retain, false);
         if self.settings.webserver != 0 {
             let mode = if self.settings.webserver == 2 { "Admin" } else { "User" };
             let info2 = format!(
@@ -284,14 +289,14 @@ impl Device {
                 escape(&self.hostname),
                 self.ip_address()
             );
-            self.publish_prefix_topic(Prefix::Tele, false, "INFO2", info2, retain);
+            self.publish_prefix_topic_rules(Prefix::Tele, "INFO2", info2, retain, false);
         }
         let info3 = format!(
             "{{\"Info3\":{{\"RestartReason\":\"{}\",\"BootCount\":{}}}}}",
             self.restart_reason(),
             self.settings.bootcount
         );
-        self.publish_prefix_topic(Prefix::Tele, false, "INFO3", info3, retain);
+        self.publish_prefix_topic_rules(Prefix::Tele, "INFO3", info3, retain, false);
     }
 
     /// `GetGroupTopic_P`: SetOption75 0 puts the group where `%topic%` is, 1 gives the
