@@ -120,6 +120,10 @@ pub struct Device {
     pub(crate) boot_at: Instant,
     pub(crate) now: Instant,
     next_tick: Instant,
+    /// The last instant the Scheduler's 100 ms or 250 ms ticks ran: its 50 ms tick
+    /// (`RulesEvery50ms`) ran before them at that instant, so an event they raise waits
+    /// for the next one.
+    pub(crate) scheduled_at: Option<Instant>,
     tick_phase: u8,
     pub(crate) backlog: Backlog,
     pub(crate) restart_flag: u8,
@@ -227,6 +231,7 @@ impl Device {
             boot_at: now,
             now,
             next_tick: now,
+            scheduled_at: None,
             tick_phase: 0,
             backlog: Backlog::default(),
             restart_flag: 0,

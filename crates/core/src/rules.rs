@@ -580,7 +580,13 @@ impl Device {
             return None;
         }
         let since = self.now.millis_since(self.boot_at);
-        let grid = self.boot_at.plus_millis(since.div_ceil(50) * 50);
+        let mut grid = self.boot_at.plus_millis(since.div_ceil(50) * 50);
+        // Scheduler(): the 50 ms tick runs before the 100 ms and 250 ms ones of the same
+        // instant, so what they raised (Wifi#Connected, HTTP#Initialized, a pulse's
+        // Power#State) waits 50 ms.
+        if Some(grid) == self.scheduled_at {
+            grid = grid.plus_millis(50);
+        }
         Some(grid.max(self.rules.as_ref().map_or(grid, |r| r.next_tick)))
     }
 

@@ -47,7 +47,7 @@ impl Device {
     /// Starting logs `HTP: Web server active on <hostname> with IP address <ip>` whenever
     /// the mode differs from `Web.state` (at the first tick with the network up, and
     /// after `WebServer 1`/`2` changes the mode); stopping a running server logs
-    /// `HTP: Web server stopped`. The hostname gains `.local` only once mDNS has begun
+    /// `HTP: Web server stopped`. Each start raises the rules' `HTTP#Initialized`. The hostname gains `.local` only once mDNS has begun
     /// (SetOption55 with `USE_DISCOVERY`), which the simulator does not model.
     pub(crate) fn web_server_check(&mut self) {
         let mode = self.settings.webserver;
@@ -55,6 +55,8 @@ impl Device {
             if self.web_state != mode {
                 let line = format!("HTP: Web server active on {} with IP address {}", self.hostname, self.ip_address());
                 self.log(LogLevel::Info, line);
+                // `TasmotaGlobal.rules_flag.http_init = 1`: the rules see HTTP#Initialized.
+                self.rules_flag |= crate::rules::flag::HTTP_INIT;
                 self.web_state = mode;
             }
         } else if self.web_state != 0 {

@@ -61,9 +61,20 @@ impl Timer {
                 busy: true,
             },
             Timer::Rules => Spec { due: Device::rules_50ms_due, run: Device::rules_every_50ms, busy: true },
-            Timer::Pulse => Spec { due: Device::pulse_due, run: Device::pulse_loop, busy: true },
+            Timer::Pulse => Spec {
+                due: Device::pulse_due,
+                run: |d| {
+                    d.scheduled_at = Some(d.now);
+                    d.pulse_loop();
+                },
+                busy: true,
+            },
             Timer::Blink => {
-                Spec { due: |d| (d.blink.mask != 0).then(|| d.blink_due()), run: Device::blink_loop, busy: true }
+                let run = |d: &mut Device| {
+                    d.scheduled_at = Some(d.now);
+                    d.blink_loop();
+                };
+                Spec { due: |d| (d.blink.mask != 0).then(|| d.blink_due()), run, busy: true }
             }
             Timer::ButtonWindow => Spec { due: Device::button_due, run: Device::button_window_closed, busy: true },
             Timer::MqttClient => Spec {
@@ -79,6 +90,7 @@ impl Timer {
                 due: |d| Some(d.next_tick),
                 run: |d| {
                     d.next_tick = next_interval(d.next_tick, 250);
+                    d.scheduled_at = Some(d.now);
                     d.every_250ms();
                 },
                 busy: false,
