@@ -849,7 +849,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Packet::PubAck(a) => self.acked(a.pkid, false),
             Packet::PubRec(r) => {
                 let failed = !matches!(r.reason, PubRecReason::Success | PubRecReason::NoMatchingSubscribers);
-                let known = self.inflight.iter().any(|d| d.pkid == r.pkid && !d.released);
                 if failed {
                     // §4.3.3: a PUBREC reason code >= 0x80 ends the exchange; no PUBREL.
                     self.acked_failed(r.pkid);
@@ -858,12 +857,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 if let Some(d) = self.inflight.iter_mut().find(|d| d.pkid == r.pkid && !d.released) {
                     d.released = true;
                 }
-                let reason = if known || !self.proto.is_v5() {
-                    PubRelReason::Success
-                } else {
-                    PubRelReason::PacketIdentifierNotFound
-                };
-                self.send(&Packet::PubRel(PubRel { pkid: r.pkid, reason, properties: None }));
+                // Mosquitto answers an unknown id with PUBREL 0x00 too (§3.6.2.1 would allow 0x92).
+                self.send(&Packet::PubRel(PubRel { pkid: r.pkid, reason: PubRelReason::Success, properties: None }));
             }
             Packet::PubComp(c) => self.acked(c.pkid, true),
             Packet::PubRel(r) => {
@@ -872,7 +867,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         self.forward(msg, QoS::ExactlyOnce, retain);
                         PubCompReason::Success
                     }
-                    None if self.proto.is_v5() => PubCompReason::PacketIdentifierNotFound,
+                    // Mosquitto 2.0.11 answers 0x00 (tests/conformance_v5.rs ack_reason_codes).
                     None => PubCompReason::Success,
                 };
                 self.send(&Packet::PubComp(PubComp { pkid: r.pkid, reason, properties: None }));

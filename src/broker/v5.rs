@@ -8,8 +8,10 @@
 //!
 //! Where rumqttc 0.25.1's v5 codec is wrong or missing something, it is worked around
 //! here, narrowly:
-//! - a DISCONNECT (or any packet) with remaining length 0 fails with `PayloadRequired`
-//!   (MQTT 5 §3.14.2.1: DISCONNECT may omit its reason code, meaning 0x00); read here;
+//! - a DISCONNECT with remaining length 0 fails with `PayloadRequired` (MQTT 5 §3.14.2.1:
+//!   DISCONNECT may omit its reason code, meaning 0x00), and one with remaining length 1
+//!   (a reason code, no property length, §3.14.2.2.1) fails as if bytes were missing;
+//!   both are read here;
 //! - an inner `InsufficientBytes` after the frame was cut (a property length past the
 //!   end) would look like "wait for more bytes"; it is a malformed packet here;
 //! - writing a CONNACK with a 3.1.1-only code panics (`unreachable!`); those are mapped
@@ -91,10 +93,16 @@ fn read_v5(buf: &mut BytesMut, max: usize) -> Result<Packet, ReadError> {
         Err(e @ Error::PayloadSizeLimitExceeded { .. }) => return Err(ReadError::TooLarge(e.to_string())),
         Err(e) => return Err(ReadError::Malformed(e.to_string())),
     };
-    // DISCONNECT with no reason code and no properties (§3.14.2.1: reason 0x00).
+    // DISCONNECT with no reason code (§3.14.2.1: reason 0x00), or with a reason code and
+    // no property length (§3.14.2.2.1: properties absent).
     if buf.len() >= 2 && buf[0] == 0xE0 && buf[1] == 0 {
         buf.advance(2);
         return Ok(Packet::Disconnect(Disconnect::new(DisconnectReasonCode::NormalDisconnection)));
+    }
+    if buf.len() >= 3 && buf[0] == 0xE0 && buf[1] == 1 {
+        let code = DisconnectReasonCode::try_from(buf[2]).map_err(|e| ReadError::Malformed(e.to_string()));
+        buf.advance(3);
+        return code.map(|c| Packet::Disconnect(Disconnect::new(c)));
     }
     if buf[0] >> 4 == 8 {
         if let Some(bad) = reserved_option_bits(&buf[..header.frame_length()]) {
@@ -414,6 +422,13 @@ mod tests {
         let p = read(&mut buf, 1 << 20, Protocol::Mqtt5).unwrap();
         assert_eq!(p, Packet::Disconnect(Disconnect::new(DisconnectReasonCode::NormalDisconnection)));
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn disconnect_with_only_a_reason_code() {
+        let mut buf = BytesMut::from(&[0xE0u8, 0x01, 0x04][..]);
+        let p = read(&mut buf, 1 << 20, Protocol::Mqtt5).unwrap();
+        assert_eq!(p, Packet::Disconnect(Disconnect::new(DisconnectReasonCode::DisconnectWithWillMessage)));
     }
 
     #[test]
