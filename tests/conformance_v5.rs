@@ -15,8 +15,8 @@ use bytes::{Bytes, BytesMut};
 use common::{free_port, have, password_file, BrokerProcess, Mosquitto};
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, ConnectProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Filter, LastWill,
-    LastWillProperties, Login, Packet, PubAck, PubAckReason, Publish, PublishProperties, RetainForwardRule,
-    Subscribe, SubscribeProperties, SubscribeReasonCode, UnsubAckReason, Unsubscribe,
+    LastWillProperties, Login, Packet, PubAck, PubAckReason, Publish, PublishProperties, RetainForwardRule, Subscribe,
+    SubscribeProperties, SubscribeReasonCode, UnsubAckReason, Unsubscribe,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -47,7 +47,14 @@ impl Target {
 
     fn embedded() -> Option<Target> {
         let listen = format!("127.0.0.1:{}", free_port());
-        Some(Target::Embedded(BrokerProcess::start(&["--profile", "plain", "--listen", &listen, "--user", "bob:secret"])))
+        Some(Target::Embedded(BrokerProcess::start(&[
+            "--profile",
+            "plain",
+            "--listen",
+            &listen,
+            "--user",
+            "bob:secret",
+        ])))
     }
 
     fn addr(&self) -> SocketAddr {
@@ -171,7 +178,15 @@ impl Peer {
         }
     }
 
-    async fn publish(&mut self, topic: &str, payload: &str, qos: QoS, retain: bool, pkid: u16, props: Option<PublishProperties>) {
+    async fn publish(
+        &mut self,
+        topic: &str,
+        payload: &str,
+        qos: QoS,
+        retain: bool,
+        pkid: u16,
+        props: Option<PublishProperties>,
+    ) {
         let mut p = Publish::new(topic, qos, payload.as_bytes().to_vec(), props);
         p.retain = retain;
         p.pkid = pkid;
@@ -278,7 +293,10 @@ fn rich_properties() -> PublishProperties {
 async fn publish_properties_pass_through(t: &Target) {
     let addr = t.addr();
     let mut sub = online(addr, "pp-sub").await;
-    assert_eq!(sub.subscribe(1, vec![filter("pp/#", QoS::AtLeastOnce)], None).await, vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+    assert_eq!(
+        sub.subscribe(1, vec![filter("pp/#", QoS::AtLeastOnce)], None).await,
+        vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
     let mut publisher = online(addr, "pp-pub").await;
     publisher.publish("pp/a", "{}", QoS::AtLeastOnce, false, 1, Some(rich_properties())).await;
     let got = sub.expect_publish().await;
@@ -338,8 +356,12 @@ async fn ack_reason_codes(t: &Target) {
     }
     // UNSUBSCRIBE: 0x00 for a subscription, 0x11 No subscription existed.
     c.subscribe(1, vec![filter("ack/a", QoS::AtMostOnce)], None).await;
-    c.send(Packet::Unsubscribe(Unsubscribe { pkid: 2, filters: vec!["ack/a".into(), "ack/b".into()], properties: None }))
-        .await;
+    c.send(Packet::Unsubscribe(Unsubscribe {
+        pkid: 2,
+        filters: vec!["ack/a".into(), "ack/b".into()],
+        properties: None,
+    }))
+    .await;
     match c.expect().await {
         Packet::UnsubAck(a) => {
             assert_eq!(a.pkid, 2);
@@ -361,10 +383,7 @@ async fn ack_reason_codes(t: &Target) {
     }
     c.send(Packet::PubRel(rumqttc::v5::mqttbytes::v5::PubRel::new(99, None))).await;
     match c.expect().await {
-        Packet::PubComp(r) => assert_eq!(
-            (r.pkid, r.reason),
-            (99, rumqttc::v5::mqttbytes::v5::PubCompReason::Success)
-        ),
+        Packet::PubComp(r) => assert_eq!((r.pkid, r.reason), (99, rumqttc::v5::mqttbytes::v5::PubCompReason::Success)),
         other => panic!("{other:?}"),
     }
 }

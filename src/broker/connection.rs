@@ -636,7 +636,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// Mosquitto 2.0's lines for an accepted CONNECT (src/handle_connect.c,
     /// `connect__on_authorised()`): the user name, never the password.
-    fn log_connected(&self, c: &Connect, will: Option<&LastWill>, login: Option<&Login>, client: &str, taken_over: bool) {
+    fn log_connected(
+        &self,
+        c: &Connect,
+        will: Option<&LastWill>,
+        login: Option<&Login>,
+        client: &str,
+        taken_over: bool,
+    ) {
         let log = self.shared.log;
         if taken_over {
             // "Client %s already connected, closing old connection."
@@ -896,7 +903,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             Packet::Disconnect(d) => return Err(self.on_disconnect(d)),
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp(_) | Packet::Auth(_) => {
-                return Err(End::Violation(DisconnectReasonCode::ProtocolError, "client sent a server-only packet".into()))
+                return Err(End::Violation(
+                    DisconnectReasonCode::ProtocolError,
+                    "client sent a server-only packet".into(),
+                ))
             }
         }
         Ok(())
@@ -925,8 +935,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let asked = self.shared.profile.mqtt5.session_expiry_max.map_or(asked, |m| asked.min(m));
             v5.session_expiry = asked;
             let client = self.client_id();
-            lock(&self.shared.state)
-                .set_expiry(&client, Expiry { at_close: asked == 0, after: expiry_after(asked) });
+            lock(&self.shared.state).set_expiry(&client, Expiry { at_close: asked == 0, after: expiry_after(asked) });
         }
         match d.reason_code {
             DisconnectReasonCode::DisconnectWithWillMessage => End::DisconnectWithWill,

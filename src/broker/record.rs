@@ -208,12 +208,11 @@ mod tests {
     #[test]
     fn connect_record_redacts_the_password() {
         let c = Connect { keep_alive: 10, client_id: "dev1".into(), clean_start: true, properties: None };
-        let login = Login {
-            username: "tasmota?x-amz-customauthorizer-name=TasmotaAuth".into(),
-            password: "hunter2".into(),
-        };
+        let login =
+            Login { username: "tasmota?x-amz-customauthorizer-name=TasmotaAuth".into(), password: "hunter2".into() };
         let will = LastWill::new("tele/t/LWT", "Offline", QoS::AtMostOnce, false, None);
-        let line = serde_json::to_string(&Record::packet(Dir::In, &Packet::Connect(c, Some(will), Some(login)))).unwrap();
+        let line =
+            serde_json::to_string(&Record::packet(Dir::In, &Packet::Connect(c, Some(will), Some(login)))).unwrap();
         assert!(!line.contains("hunter2"), "{line}");
         assert_eq!(
             line,

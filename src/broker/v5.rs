@@ -219,7 +219,12 @@ fn qos_to_v4(q: QoS) -> rumqttc::mqttbytes::QoS {
 fn from_v4(p: v4::Packet) -> Result<Packet, ReadError> {
     Ok(match p {
         v4::Packet::Connect(c) => Packet::Connect(
-            Connect { keep_alive: c.keep_alive, client_id: c.client_id, clean_start: c.clean_session, properties: None },
+            Connect {
+                keep_alive: c.keep_alive,
+                client_id: c.client_id,
+                clean_start: c.clean_session,
+                properties: None,
+            },
             c.last_will.map(|w| LastWill {
                 topic: Bytes::from(w.topic),
                 message: w.message,
@@ -238,9 +243,15 @@ fn from_v4(p: v4::Packet) -> Result<Packet, ReadError> {
             payload: p.payload,
             properties: None,
         }),
-        v4::Packet::PubAck(a) => Packet::PubAck(PubAck { pkid: a.pkid, reason: PubAckReason::Success, properties: None }),
-        v4::Packet::PubRec(a) => Packet::PubRec(PubRec { pkid: a.pkid, reason: PubRecReason::Success, properties: None }),
-        v4::Packet::PubRel(a) => Packet::PubRel(PubRel { pkid: a.pkid, reason: PubRelReason::Success, properties: None }),
+        v4::Packet::PubAck(a) => {
+            Packet::PubAck(PubAck { pkid: a.pkid, reason: PubAckReason::Success, properties: None })
+        }
+        v4::Packet::PubRec(a) => {
+            Packet::PubRec(PubRec { pkid: a.pkid, reason: PubRecReason::Success, properties: None })
+        }
+        v4::Packet::PubRel(a) => {
+            Packet::PubRel(PubRel { pkid: a.pkid, reason: PubRelReason::Success, properties: None })
+        }
         v4::Packet::PubComp(a) => {
             Packet::PubComp(PubComp { pkid: a.pkid, reason: PubCompReason::Success, properties: None })
         }
@@ -265,7 +276,11 @@ fn from_v4(p: v4::Packet) -> Result<Packet, ReadError> {
         v4::Packet::PingReq => Packet::PingReq(PingReq),
         v4::Packet::Disconnect => Packet::Disconnect(Disconnect::new(DisconnectReasonCode::NormalDisconnection)),
         v4::Packet::PingResp => Packet::PingResp(PingResp),
-        v4::Packet::ConnAck(a) => Packet::ConnAck(ConnAck { session_present: a.session_present, code: ConnectReturnCode::Success, properties: None }),
+        v4::Packet::ConnAck(a) => Packet::ConnAck(ConnAck {
+            session_present: a.session_present,
+            code: ConnectReturnCode::Success,
+            properties: None,
+        }),
         v4::Packet::SubAck(a) => Packet::SubAck(SubAck { pkid: a.pkid, return_codes: Vec::new(), properties: None }),
         v4::Packet::UnsubAck(a) => Packet::UnsubAck(UnsubAck { pkid: a.pkid, reasons: Vec::new(), properties: None }),
     })
@@ -461,10 +476,28 @@ mod tests {
     #[test]
     fn connack_codes_fold_for_311() {
         let mut out = BytesMut::new();
-        write(&Packet::ConnAck(ConnAck { session_present: false, code: ConnectReturnCode::NotAuthorized, properties: None }), Protocol::Mqtt311, &mut out).unwrap();
+        write(
+            &Packet::ConnAck(ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::NotAuthorized,
+                properties: None,
+            }),
+            Protocol::Mqtt311,
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(&out[..], &[0x20, 2, 0, 5]);
         out.clear();
-        write(&Packet::ConnAck(ConnAck { session_present: false, code: ConnectReturnCode::BadClientId, properties: None }), Protocol::Mqtt5, &mut out).unwrap();
+        write(
+            &Packet::ConnAck(ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::BadClientId,
+                properties: None,
+            }),
+            Protocol::Mqtt5,
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(&out[..], &[0x20, 3, 0, 0x85, 0]);
     }
 }
