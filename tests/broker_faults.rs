@@ -263,11 +263,11 @@ async fn restart_at_added_at_run_time_fires_at_its_time_from_the_broker_start() 
 }
 
 #[tokio::test(start_paused = true)]
-async fn protocol_levels_other_than_3_1_1_get_connack_1() {
+async fn unknown_protocol_levels_get_connack_1() {
     let b = plain(vec![]);
     let mut p = in_memory(&b);
-    // MQTT 5 CONNECT header with an empty property block.
-    p.send_raw(&[0x10, 0x11, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 0, 0, 4, b'm', b'q', b'5', b'!']).await;
+    // A CONNECT for protocol level 6 (no such MQTT; 3.1, 3.1.1 and 5 are served).
+    p.send_raw(&[0x10, 0x11, 0, 4, b'M', b'Q', b'T', b'T', 6, 2, 0, 60, 0, 0, 4, b'm', b'q', b'6', b'!']).await;
     assert_eq!(p.expect(S).await, Packet::ConnAck(ConnAck::new(ConnectReturnCode::RefusedProtocolVersion, false)));
     p.expect_closed(S).await;
     let mut p = in_memory(&b);

@@ -4,7 +4,8 @@
 //!
 //! Input: a flags byte (bit 0: the aws-iot profile, with the TasmotaAuth authorizer,
 //! instead of plain; bit 1: a second client subscribed to `#` is connected first, so
-//! publishes are routed to it; bit 2, plain: a password list with `bob:s3cret`), then the
+//! publishes are routed to it; bit 2, plain: a password list with `bob:s3cret`; bit 3: that
+//! second client speaks MQTT 5, so deliveries go through the MQTT 5 encoder), then the
 //! chunk-size byte and the client's bytes (see `tasmota_fuzz::chunks`).
 #![no_main]
 
@@ -24,6 +25,13 @@ const AWS_AUTHORIZER: &str = "TasmotaAuth:YknLuSd2tBY2HodwI/7RqA==";
 const WATCHER: &[u8] = &[
     0x10, 19, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 0, 0, 7, b'w', b'a', b't', b'c', b'h', b'e', b'r', //
     0x82, 6, 0, 1, 0, 1, b'#', 1,
+];
+
+/// The same as MQTT 5: CONNECT (level 5, no properties), SUBSCRIBE `#` (no properties,
+/// options QoS 1).
+const WATCHER_V5: &[u8] = &[
+    0x10, 20, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 0, 0, 0, 7, b'w', b'a', b't', b'c', b'h', b'e', b'r', //
+    0x82, 7, 0, 1, 0, 0, 1, b'#', 1,
 ];
 
 fn link(broker: &Broker, peer: &str) -> tokio::io::DuplexStream {
@@ -52,7 +60,8 @@ fuzz_target!(|data: &[u8]| {
         if flags & 2 != 0 {
             let mut watcher = link(&broker, "watcher");
             tokio::spawn(async move {
-                if watcher.write_all(WATCHER).await.is_ok() {
+                let hello = if flags & 8 != 0 { WATCHER_V5 } else { WATCHER };
+                if watcher.write_all(hello).await.is_ok() {
                     let mut buf = [0u8; 4096];
                     while let Ok(1..) = watcher.read(&mut buf).await {}
                 }

@@ -1,4 +1,4 @@
-//! The embedded MQTT 3.1.1 broker: a `plain` profile that behaves like Mosquitto with a
+//! The embedded MQTT broker (3.1, 3.1.1 and 5.0, see [`v5`]): a `plain` profile that behaves like Mosquitto with a
 //! password file, and an `aws-iot` profile that behaves like AWS IoT Core with the
 //! TasmotaAuth custom authorizer; with fault injection and traffic recording.
 //!
@@ -19,6 +19,7 @@ pub mod record;
 pub mod router;
 pub mod tls;
 pub mod topic;
+pub mod v5;
 pub mod ws;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -147,6 +147,73 @@ pub struct Profile {
     /// The custom authorizer route (AWS): authorizer names, SNI, ALPN.
     pub custom_auth: bool,
     pub limits: Limits,
+    /// What an MQTT 5 client sees.
+    pub mqtt5: Mqtt5Rules,
+}
+
+/// The profile's MQTT 5 (OASIS MQTT 5.0): the CONNACK properties it announces and how it
+/// answers what it does not serve. Numbers are in the spec's units (counts, bytes,
+/// seconds); `None` means "not announced" (the spec's default applies).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mqtt5Rules {
+    /// CONNACK Receive Maximum (§3.2.2.3.3): QoS 1/2 PUBLISHes a client may have
+    /// unacknowledged toward the broker; one more closes with DISCONNECT 0x93.
+    pub receive_maximum: Option<u16>,
+    /// CONNACK Topic Alias Maximum (§3.2.2.3.8): highest alias a client may use; 0 = none.
+    pub topic_alias_maximum: u16,
+    /// CONNACK Maximum Packet Size (§3.2.2.3.6), bytes; a larger packet closes with 0x95.
+    pub maximum_packet_size: Option<u32>,
+    /// Longest session expiry interval served, seconds; a longer ask gets this in CONNACK.
+    pub session_expiry_max: Option<u32>,
+    /// Subscription identifiers are served (CONNACK 0x29 omitted); else a SUBSCRIBE
+    /// carrying one closes with DISCONNECT 0xA1 (§3.8.2.1.2).
+    pub subscription_identifiers: bool,
+    /// Shared subscriptions (`$share/<group>/<filter>`, §4.8.2) are served; else SUBACK 0x9E.
+    pub shared_subscriptions: bool,
+    /// Most bytes of user properties (names and values) in one PUBLISH; more closes with
+    /// DISCONNECT 0x95.
+    pub user_properties_bytes: Option<usize>,
+    /// A QoS 1/2 PUBLISH that reached no subscriber is acknowledged with 0x10 "No
+    /// matching subscribers" (Mosquitto) rather than 0x00.
+    pub no_subscribers_reason: bool,
+    /// A connection taken over by a new one with the same client id gets DISCONNECT 0x8E
+    /// before the close (Mosquitto 2.0.11 closes without it).
+    pub takeover_disconnect: bool,
+    /// The CONNACK reason code an MQTT 5 client gets when the custom authorizer refuses
+    /// it; `None`: closed with no CONNACK, as for 3.1.1.
+    pub custom_auth_refusal: Option<u8>,
+}
+
+impl Mqtt5Rules {
+    /// Mosquitto 2.0.11's defaults, read off its CONNACK (`max_inflight_messages 20`,
+    /// `max_topic_alias 10`) and its answers (src/handle_publish.c, handle_unsubscribe.c).
+    pub const MOSQUITTO: Mqtt5Rules = Mqtt5Rules {
+        receive_maximum: Some(20),
+        topic_alias_maximum: 10,
+        maximum_packet_size: None,
+        session_expiry_max: None,
+        subscription_identifiers: true,
+        shared_subscriptions: true,
+        user_properties_bytes: None,
+        no_subscribers_reason: true,
+        takeover_disconnect: false,
+        custom_auth_refusal: None,
+    };
+
+    /// AWS IoT Core's MQTT 5, as its developer guide's "MQTT 5 supported features" and
+    /// "MQTT 5 properties" and the quotas page say (see the README's aws-iot section).
+    pub const AWS: Mqtt5Rules = Mqtt5Rules {
+        receive_maximum: Some(100),
+        topic_alias_maximum: 8,
+        maximum_packet_size: Some(149_504),
+        session_expiry_max: Some(3600),
+        subscription_identifiers: false,
+        shared_subscriptions: true,
+        user_properties_bytes: Some(8 * 1024),
+        no_subscribers_reason: false,
+        takeover_disconnect: true,
+        custom_auth_refusal: Some(0x87),
+    };
 }
 
 impl Profile {
@@ -165,6 +232,7 @@ impl Profile {
                 custom_auth: false,
                 // Mosquitto's max_inflight_messages default.
                 limits: Limits { inflight: Some(20), ..Limits::NONE },
+                mqtt5: Mqtt5Rules::MOSQUITTO,
             },
             ProfileName::AwsIot => Profile {
                 name,
@@ -178,6 +246,7 @@ impl Profile {
                 session_expiry: Some(Duration::from_secs(3600)),
                 custom_auth: true,
                 limits: Limits::AWS,
+                mqtt5: Mqtt5Rules::AWS,
             },
         }
     }

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::sync::Mutex;
 
 use base64::Engine as _;
-use rumqttc::mqttbytes::v4::Packet;
+use rumqttc::v5::mqttbytes::v5::Packet;
 use serde::Serialize;
 
 /// Which way a packet went, or an event of the broker's own.
@@ -73,16 +73,16 @@ impl Record {
     pub fn packet(dir: Dir, packet: &Packet) -> Record {
         let mut r = Record { dir: Some(dir), ..Record::default() };
         let (kind, pkid) = match packet {
-            Packet::Connect(c) => {
+            Packet::Connect(c, will, login) => {
                 r.client = Some(c.client_id.clone());
                 r.keep_alive = Some(c.keep_alive);
-                r.clean_session = Some(c.clean_session);
-                if let Some(login) = &c.login {
+                r.clean_session = Some(c.clean_start);
+                if let Some(login) = login {
                     r.username = Some(login.username.clone());
                     r.password = Some("<redacted>".into());
                 }
-                if let Some(w) = &c.last_will {
-                    r.will = Some(w.topic.clone());
+                if let Some(w) = will {
+                    r.will = Some(String::from_utf8_lossy(&w.topic).into_owned());
                     set_payload(&mut r, &w.message);
                     r.qos = Some(w.qos as u8);
                     r.retain = Some(w.retain);
@@ -90,12 +90,12 @@ impl Record {
                 ("CONNECT", None)
             }
             Packet::ConnAck(c) => {
-                r.codes = Some(vec![c.code as u8]);
+                r.codes = Some(vec![super::v5::connack_byte(c.code)]);
                 r.session_present = Some(c.session_present);
                 ("CONNACK", None)
             }
             Packet::Publish(p) => {
-                r.topic = Some(p.topic.clone());
+                r.topic = Some(String::from_utf8_lossy(&p.topic).into_owned());
                 set_payload(&mut r, &p.payload);
                 r.qos = Some(p.qos as u8);
                 r.retain = Some(p.retain);
@@ -111,25 +111,21 @@ impl Record {
                 ("SUBSCRIBE", Some(s.pkid))
             }
             Packet::SubAck(s) => {
-                r.codes = Some(
-                    s.return_codes
-                        .iter()
-                        .map(|c| match c {
-                            rumqttc::mqttbytes::v4::SubscribeReasonCode::Success(q) => *q as u8,
-                            rumqttc::mqttbytes::v4::SubscribeReasonCode::Failure => 0x80,
-                        })
-                        .collect(),
-                );
+                r.codes = Some(s.return_codes.iter().map(super::v5::suback_code).collect());
                 ("SUBACK", Some(s.pkid))
             }
             Packet::Unsubscribe(u) => {
-                r.filters = Some(u.topics.clone());
+                r.filters = Some(u.filters.clone());
                 ("UNSUBSCRIBE", Some(u.pkid))
             }
             Packet::UnsubAck(u) => ("UNSUBACK", Some(u.pkid)),
-            Packet::PingReq => ("PINGREQ", None),
-            Packet::PingResp => ("PINGRESP", None),
-            Packet::Disconnect => ("DISCONNECT", None),
+            Packet::PingReq(_) => ("PINGREQ", None),
+            Packet::PingResp(_) => ("PINGRESP", None),
+            Packet::Disconnect(d) => {
+                r.codes = Some(vec![d.reason_code as u8]);
+                ("DISCONNECT", None)
+            }
+            Packet::Auth(_) => ("AUTH", None),
         };
         r.kind = kind.into();
         r.pkid = pkid;
@@ -206,15 +202,17 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rumqttc::mqttbytes::v4::{Connect, LastWill, Login};
-    use rumqttc::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::{Connect, LastWill, Login};
+    use rumqttc::v5::mqttbytes::QoS;
 
     #[test]
     fn connect_record_redacts_the_password() {
-        let mut c = Connect::new("dev1");
-        c.login = Some(Login::new("tasmota?x-amz-customauthorizer-name=TasmotaAuth", "hunter2"));
-        c.last_will = Some(LastWill::new("tele/t/LWT", "Offline", QoS::AtMostOnce, false));
-        let line = serde_json::to_string(&Record::packet(Dir::In, &Packet::Connect(c))).unwrap();
+        let c = Connect { keep_alive: 10, client_id: "dev1".into(), clean_start: true, properties: None };
+        let login =
+            Login { username: "tasmota?x-amz-customauthorizer-name=TasmotaAuth".into(), password: "hunter2".into() };
+        let will = LastWill::new("tele/t/LWT", "Offline", QoS::AtMostOnce, false, None);
+        let line =
+            serde_json::to_string(&Record::packet(Dir::In, &Packet::Connect(c, Some(will), Some(login)))).unwrap();
         assert!(!line.contains("hunter2"), "{line}");
         assert_eq!(
             line,
@@ -224,7 +222,7 @@ mod tests {
 
     #[test]
     fn binary_payloads_are_base64() {
-        let p = rumqttc::mqttbytes::v4::Publish::new("a", QoS::AtLeastOnce, vec![0xff, 0x00]);
+        let p = rumqttc::v5::mqttbytes::v5::Publish::new("a", QoS::AtLeastOnce, vec![0xff, 0x00], None);
         let r = Record::packet(Dir::Out, &Packet::Publish(p));
         assert_eq!(r.payload_b64.as_deref(), Some("/wA="));
         assert_eq!(r.payload, None);

@@ -5,9 +5,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
+use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -27,6 +29,64 @@ pub const MAILBOX_CAP: usize = 10_000;
 pub struct Message {
     pub topic: String,
     pub payload: Bytes,
+    /// MQTT 5 properties from the publisher (none from a 3.1.1 one).
+    pub props: Option<Box<MessageProps>>,
+}
+
+impl Message {
+    /// A message with no MQTT 5 properties.
+    pub fn new(topic: String, payload: Bytes) -> Message {
+        Message { topic, payload, props: None }
+    }
+
+    /// True once the message's expiry interval has passed (MQTT 5 §3.3.2.3.3: not
+    /// delivered then).
+    pub fn expired(&self, now: Instant) -> bool {
+        self.props.as_ref().and_then(|p| p.expires).is_some_and(|e| e <= now)
+    }
+}
+
+/// The MQTT 5 properties a message carries from publisher to subscribers (§3.3.2.3):
+/// payload format, content type, response topic, correlation data, user properties.
+/// The topic alias and subscription identifiers are per link, not here; the message
+/// expiry interval is kept as the instant it expires.
+#[derive(Debug, Default)]
+pub struct MessageProps {
+    pub properties: PublishProperties,
+    pub expires: Option<Instant>,
+}
+
+/// One subscription's options (MQTT 5 §3.8.3.1; a 3.1.1 subscription is QoS only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubOptions {
+    pub qos: QoS,
+    /// Not delivered to the connection that published it.
+    pub no_local: bool,
+    /// Deliveries keep the publisher's RETAIN flag (else RETAIN=0 except for retained
+    /// messages sent on SUBSCRIBE).
+    pub retain_as_published: bool,
+    /// Subscription identifier (§3.8.2.1.2), 0 for none.
+    pub id: u32,
+}
+
+impl SubOptions {
+    pub fn qos(qos: QoS) -> SubOptions {
+        SubOptions { qos, no_local: false, retain_as_published: false, id: 0 }
+    }
+}
+
+/// A shared subscription `$share/<group>/<filter>` (MQTT 5 §4.8.2): each message goes to
+/// one member, in turn.
+struct SharedGroup {
+    group: String,
+    filter: String,
+    members: Vec<(Arc<str>, SubOptions)>,
+    next: usize,
+}
+
+/// `$share/<group>/<filter>` → (group, filter); `None` for an ordinary filter.
+pub fn shared_parts(filter: &str) -> Option<(&str, &str)> {
+    filter.strip_prefix("$share/")?.split_once('/')
 }
 
 /// One message on its way to one client.
@@ -41,12 +101,14 @@ pub struct Delivery {
     /// QoS 2 only: PUBREC was received, so what is owed is PUBREL (also after a
     /// reconnect, MQTT-4.4.0-1), not the PUBLISH.
     pub released: bool,
+    /// The identifiers of the subscriptions that matched (MQTT 5 §3.3.2.3.8).
+    pub sub_ids: Vec<u32>,
 }
 
 impl Delivery {
     /// A first delivery (no packet id yet).
     pub fn new(msg: Arc<Message>, qos: QoS, retain: bool) -> Delivery {
-        Delivery { msg, qos, retain, pkid: 0, dup: false, released: false }
+        Delivery { msg, qos, retain, pkid: 0, dup: false, released: false, sub_ids: Vec::new() }
     }
 }
 
@@ -138,8 +200,12 @@ pub struct Attached {
 /// QoS 1/2 messages kept for it.
 pub struct Session {
     pub attached: Option<Attached>,
+    /// The session ends when its connection closes (3.1.1 clean session, MQTT 5 session
+    /// expiry interval 0).
     pub clean: bool,
-    pub subscriptions: HashMap<String, QoS>,
+    /// How long the session outlives its connection (`None`: until the broker forgets it).
+    pub expiry: Option<Duration>,
+    pub subscriptions: HashMap<String, SubOptions>,
     pub queue: VecDeque<Delivery>,
     /// Packet ids continue across reconnects of a persistent session.
     pub next_pkid: u16,
@@ -153,6 +219,7 @@ impl Session {
         Session {
             attached: None,
             clean,
+            expiry: None,
             subscriptions: HashMap::new(),
             queue: VecDeque::new(),
             next_pkid: 1,
@@ -184,7 +251,12 @@ pub struct Attach {
 pub struct State {
     pub sessions: HashMap<Arc<str>, Session>,
     /// Every session's subscriptions, by topic level.
-    filters: topic::FilterIndex<QoS>,
+    filters: topic::FilterIndex<SubOptions>,
+    /// Shared subscriptions, by group and filter.
+    shared: Vec<SharedGroup>,
+    /// Wills waiting for their delay (MQTT 5 §3.1.3.2.2), by client: the connection they
+    /// came from. A new connection for the client cancels its will.
+    pub delayed_wills: HashMap<Arc<str>, u64>,
     pub retained: HashMap<String, Retained>,
     /// The retained topics by level, for wildcard subscriptions.
     retained_topics: topic::TopicTree,
@@ -194,7 +266,15 @@ pub struct State {
 impl State {
     /// Attaches connection `conn` to the session of `client`, kicking the connection that
     /// held it (its will is published). `clean` discards any old session.
-    pub fn attach(&mut self, client: &Arc<str>, clean: bool, conn: Attached, now: Instant) -> Attach {
+    pub fn attach(
+        &mut self,
+        client: &Arc<str>,
+        clean_start: bool,
+        ends: Expiry,
+        conn: Attached,
+        now: Instant,
+    ) -> Attach {
+        self.delayed_wills.remove(client);
         let mut present = false;
         let mut taken_over = false;
         if let Some(old) = self.sessions.get_mut(client) {
@@ -203,14 +283,15 @@ impl State {
                 taken_over = true;
             }
             let expired = old.expires.is_some_and(|e| e <= now);
-            if clean || old.clean || expired {
+            if clean_start || expired {
                 self.discard(client);
             } else {
                 present = true;
             }
         }
-        let session = self.sessions.entry(client.clone()).or_insert_with(|| Session::new(clean));
-        session.clean = clean;
+        let session = self.sessions.entry(client.clone()).or_insert_with(|| Session::new(ends.at_close));
+        session.clean = ends.at_close;
+        session.expiry = ends.after;
         session.expires = None;
         session.attached = Some(conn);
         Attach {
@@ -225,7 +306,7 @@ impl State {
     /// Connection `conn` of `client` is gone. A clean session is dropped; a persistent one
     /// keeps `unacked` (to redeliver first) and its incoming QoS 2 state. If another
     /// connection took the session over, the unacknowledged messages go to it.
-    pub fn detach(&mut self, profile: &Profile, client: &Arc<str>, conn: u64, left: Leftovers, now: Instant) {
+    pub fn detach(&mut self, client: &Arc<str>, conn: u64, left: Leftovers, now: Instant) {
         let Some(session) = self.sessions.get_mut(client) else { return };
         match &session.attached {
             Some(a) if a.conn == conn => {
@@ -241,7 +322,7 @@ impl State {
                 session.queue = queue;
                 session.next_pkid = left.next_pkid;
                 session.qos2_in = left.qos2_in;
-                session.expires = profile.session_expiry.map(|d| now + d);
+                session.expires = session.expiry.map(|d| now + d);
             }
             Some(other) if !session.clean => {
                 for d in left.unacked.into_iter().chain(left.waiting) {
@@ -252,26 +333,60 @@ impl State {
         }
     }
 
+    /// Changes when the session of `client` ends (MQTT 5 DISCONNECT's session expiry).
+    pub fn set_expiry(&mut self, client: &Arc<str>, ends: Expiry) {
+        if let Some(s) = self.sessions.get_mut(client) {
+            s.clean = ends.at_close;
+            s.expiry = ends.after;
+        }
+    }
+
     fn discard(&mut self, client: &Arc<str>) {
         if let Some(session) = self.sessions.remove(client) {
             for filter in session.subscriptions.keys() {
-                self.unindex(filter, client);
+                Self::unindex(&mut self.filters, &mut self.shared, filter, client);
             }
         }
     }
 
-    /// Adds or replaces a subscription.
-    pub fn subscribe(&mut self, client: &Arc<str>, filter: &str, qos: QoS) {
-        let Some(session) = self.sessions.get_mut(client) else { return };
-        session.subscriptions.insert(filter.to_string(), qos);
-        self.filters.insert(filter, client, qos);
+    /// Adds or replaces a subscription; true if it replaced one.
+    pub fn subscribe(&mut self, client: &Arc<str>, filter: &str, options: SubOptions) -> bool {
+        let Some(session) = self.sessions.get_mut(client) else { return false };
+        let existed = session.subscriptions.insert(filter.to_string(), options).is_some();
+        match shared_parts(filter) {
+            Some((group, inner)) => {
+                let pos = self.shared.iter().position(|g| g.group == group && g.filter == inner);
+                let g = match pos {
+                    Some(i) => &mut self.shared[i],
+                    None => {
+                        self.shared.push(SharedGroup {
+                            group: group.to_string(),
+                            filter: inner.to_string(),
+                            members: Vec::new(),
+                            next: 0,
+                        });
+                        let last = self.shared.len() - 1;
+                        &mut self.shared[last]
+                    }
+                };
+                match g.members.iter_mut().find(|(c, _)| c == client) {
+                    Some((_, o)) => *o = options,
+                    None => g.members.push((client.clone(), options)),
+                }
+            }
+            None => self.filters.insert(filter, client, options),
+        }
+        existed
     }
 
-    pub fn unsubscribe(&mut self, client: &Arc<str>, filter: &str) {
-        let Some(session) = self.sessions.get_mut(client) else { return };
+    /// Removes a subscription; false if there was none.
+    pub fn unsubscribe(&mut self, client: &Arc<str>, filter: &str) -> bool {
+        let Some(session) = self.sessions.get_mut(client) else { return false };
         if session.subscriptions.remove(filter).is_some() {
-            self.unindex(filter, client);
+            Self::unindex(&mut self.filters, &mut self.shared, filter, client);
+            return true;
         }
+        false
     }
 
     pub fn is_subscribed(&self, client: &Arc<str>, filter: &str) -> bool {
@@ -282,39 +397,98 @@ impl State {
         self.sessions.get(client).map_or(0, |s| s.subscriptions.len())
     }
 
-    fn unindex(&mut self, filter: &str, client: &Arc<str>) {
-        self.filters.remove(filter, client);
+    fn unindex(
+        filters: &mut topic::FilterIndex<SubOptions>,
+        shared: &mut Vec<SharedGroup>,
+        filter: &str,
+        client: &Arc<str>,
+    ) {
+        match shared_parts(filter) {
+            Some((group, inner)) => {
+                if let Some(i) = shared.iter().position(|g| g.group == group && g.filter == inner) {
+                    shared[i].members.retain(|(c, _)| c != client);
+                    if shared[i].members.is_empty() {
+                        shared.remove(i);
+                    }
+                }
+            }
+            None => filters.remove(filter, client),
+        }
     }
 
     /// Routes one PUBLISH: stores or deletes the retained copy, then hands a delivery to
     /// every subscribed client (one per client, at the highest QoS of its matching
-    /// subscriptions, capped at the publish QoS). Offline persistent clients keep QoS 1/2
-    /// messages.
-    pub fn publish(&mut self, profile: &Profile, msg: Arc<Message>, qos: QoS, retain: bool) {
+    /// subscriptions, capped at the publish QoS, with every matching subscription
+    /// identifier), and to one member of each matching shared group. `origin` is the
+    /// publishing client (no-local subscriptions skip it). Offline persistent clients keep
+    /// QoS 1/2 messages. Returns how many clients it went to.
+    pub fn publish(
+        &mut self,
+        profile: &Profile,
+        msg: Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        origin: Option<&Arc<str>>,
+    ) -> usize {
         if retain {
             if msg.payload.is_empty() {
                 if self.retained.remove(&msg.topic).is_some() {
                     self.retained_topics.remove(&msg.topic);
                 }
-            } else {
-                if self.retained.insert(msg.topic.clone(), Retained { msg: msg.clone(), qos }).is_none() {
-                    self.retained_topics.insert(&msg.topic);
-                }
+            } else if self.retained.insert(msg.topic.clone(), Retained { msg: msg.clone(), qos }).is_none() {
+                self.retained_topics.insert(&msg.topic);
             }
         }
         // One delivery per client, in the order the index finds them.
-        let mut targets: Vec<(Arc<str>, QoS)> = Vec::new();
+        let mut targets: Vec<(Arc<str>, SubOptions, Vec<u32>, bool)> = Vec::new();
         let mut seen: HashMap<Arc<str>, usize> = HashMap::new();
-        self.filters.matching(&msg.topic, profile.hash_matches_parent, |client, sub_qos| match seen.get(client) {
-            Some(&i) => targets[i].1 = max_qos(targets[i].1, sub_qos),
-            None => {
-                seen.insert(client.clone(), targets.len());
-                targets.push((client.clone(), sub_qos));
+        self.filters.matching(&msg.topic, profile.hash_matches_parent, |client, o| {
+            if o.no_local && origin == Some(client) {
+                return;
             }
+            let i = match seen.get(client) {
+                Some(&i) => {
+                    targets[i].1.qos = max_qos(targets[i].1.qos, o.qos);
+                    i
+                }
+                None => {
+                    seen.insert(client.clone(), targets.len());
+                    targets.push((client.clone(), o, Vec::new(), false));
+                    targets.len() - 1
+                }
+            };
+            if o.id != 0 {
+                targets[i].2.push(o.id);
+            }
+            targets[i].3 |= o.retain_as_published;
         });
-        for (client, sub_qos) in targets {
-            self.deliver(&client, Delivery::new(msg.clone(), min_qos(qos, sub_qos), false));
+        let mut count = targets.len();
+        for (client, o, ids, rap) in targets {
+            let mut d = Delivery::new(msg.clone(), min_qos(qos, o.qos), retain && rap);
+            d.sub_ids = ids;
+            self.deliver(&client, d);
         }
+        // Shared groups: the next member in turn, preferring one that is connected.
+        let mut picked: Vec<(Arc<str>, SubOptions)> = Vec::new();
+        for g in &mut self.shared {
+            if g.members.is_empty() || !topic::matches(&g.filter, &msg.topic, profile.hash_matches_parent) {
+                continue;
+            }
+            let n = g.members.len();
+            let online = |c: &Arc<str>| self.sessions.get(c).is_some_and(|s| s.attached.is_some());
+            let pick = (0..n).map(|k| (g.next + k) % n).find(|&i| online(&g.members[i].0)).unwrap_or(g.next % n);
+            g.next = (pick + 1) % n;
+            picked.push(g.members[pick].clone());
+        }
+        count += picked.len();
+        for (client, o) in picked {
+            let mut d = Delivery::new(msg.clone(), min_qos(qos, o.qos), retain && o.retain_as_published);
+            if o.id != 0 {
+                d.sub_ids.push(o.id);
+            }
+            self.deliver(&client, d);
+        }
+        count
     }
 
     /// Hands a delivery to the client's connection, or keeps it for an offline persistent
@@ -353,6 +527,15 @@ impl State {
     pub fn attached(&self) -> Vec<(Arc<str>, Arc<Mailbox>)> {
         self.sessions.iter().filter_map(|(c, s)| s.attached.as_ref().map(|a| (c.clone(), a.mailbox.clone()))).collect()
     }
+}
+
+/// When a session ends (MQTT 5 §3.1.2.11.2; 3.1.1's clean session is `at_close`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiry {
+    /// The session ends with its connection.
+    pub at_close: bool,
+    /// Otherwise it is kept this long after (`None`: no limit).
+    pub after: Option<Duration>,
 }
 
 /// What a closing connection leaves for its persistent session.
