@@ -283,7 +283,10 @@ impl State {
                 taken_over = true;
             }
             let expired = old.expires.is_some_and(|e| e <= now);
-            if clean_start || expired {
+            // A session that ends with its connection (3.1.1 clean session, MQTT 5
+            // expiry 0) is over once that connection is kicked or gone, even if its
+            // detach has not run yet: a client reconnecting at once gets no session.
+            if clean_start || expired || old.clean {
                 self.discard(client);
             } else {
                 present = true;
@@ -568,4 +571,31 @@ pub fn min_qos(a: QoS, b: QoS) -> QoS {
 /// A shared lock that survives a panicking holder (the state stays usable).
 pub fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(n: u64) -> Attached {
+        Attached { conn: n, mailbox: Arc::new(Mailbox::default()) }
+    }
+
+    /// A clean session's client reconnects (persistent) before its old connection's
+    /// detach ran: the old session ended with that connection, so nothing is present.
+    #[test]
+    fn a_clean_session_taken_over_before_its_detach_is_not_present() {
+        let mut state = State::default();
+        let client: Arc<str> = Arc::from("c");
+        let now = Instant::now();
+        let clean = Expiry { at_close: true, after: None };
+        let kept = Expiry { at_close: false, after: None };
+        assert!(!state.attach(&client, true, clean, conn(1), now).session_present);
+        let again = state.attach(&client, false, kept, conn(2), now);
+        assert!(again.taken_over);
+        assert!(!again.session_present, "the clean session ended with its connection");
+        // A persistent one is still resumed.
+        let third = state.attach(&client, false, kept, conn(3), now);
+        assert!(third.session_present);
+    }
 }
