@@ -80,7 +80,9 @@ pub struct BrokerArgs {
     /// MQTT over WebSocket over TLS: wss://HOST:PORT/mqtt with the certificates of
     /// --tls-listen (ALPN http/1.1 or none). On aws-iot the custom authorizer is named
     /// by the upgrade's x-amz-customauthorizer-name header or query parameter, or by the
-    /// CONNECT username, and the SNI must be the endpoint, as AWS IoT's WSS on 443.
+    /// CONNECT username, and the SNI must be the endpoint, as AWS IoT's WSS on 443
+    /// (docs.aws.amazon.com/iot/latest/developerguide/custom-auth.html); a refused
+    /// custom auth gets HTTP 101, then no CONNACK and the link closed, as at AWS.
     #[arg(long, value_name = "HOST:PORT", requires = "tls_source")]
     wss_listen: Option<String>,
     /// TLS listener that requires a client certificate (AWS's port 8883).
