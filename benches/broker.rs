@@ -20,6 +20,7 @@
 //! the broker, the same way for both brokers.
 
 mod common;
+mod websocket;
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -1003,6 +1004,9 @@ fn main() -> ExitCode {
             results.push(row);
         }
     });
+    // Fan-in over WebSockets: rows of their own (benches/websocket), a section of their own.
+    let ws_head = format!("`{command}`, {}", version.as_deref().unwrap_or("Mosquitto not installed"));
+    let ws_section = websocket::wanted(&plan).then(|| websocket::run(&plan, &runtime, dir.path(), &ws_head));
     runtime.shutdown_timeout(Duration::from_secs(2));
     drop(running);
     drop(ours);
@@ -1012,6 +1016,12 @@ fn main() -> ExitCode {
     let mosquitto = version.unwrap_or_else(|| "Mosquitto not installed".into());
     let section = section(&command, &plan, &mosquitto, &table);
     println!("\n{section}");
+    if let Some(ws) = ws_section.filter(|_| !plan.quick) {
+        println!("\n{ws}");
+        if let Err(e) = common::write_benchmarks_md(websocket::BEGIN, websocket::END, &ws) {
+            eprintln!("broker bench: cannot write BENCHMARKS.md: {e}");
+        }
+    }
     if plan.quick || !plan.filters.is_empty() {
         eprintln!("broker bench: a quick or filtered run: BENCHMARKS.md left as it was");
     } else {

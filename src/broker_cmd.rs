@@ -26,6 +26,11 @@ Examples:
   # clients connect to ws://127.0.0.1:8080/mqtt with subprotocol mqtt
   tasmota-sim broker --listen 127.0.0.1:1883 --ws-listen 127.0.0.1:8080
 
+  # AWS IoT's WSS with the custom authorizer (AWS's Device SDK v2
+  # websockets_with_custom_authorizer): wss://<endpoint>:8443/mqtt, SNI the endpoint
+  tasmota-sim broker --profile aws-iot --wss-listen 127.0.0.1:8443 \\
+    --tls-self-signed ./aws-certs --authorizer TasmotaAuth:YknLuSd2tBY2HodwI/7RqA==
+
   # Misbehave: refuse the first two CONNECTs with rc 3, stop answering PINGREQ, restart
   # after a minute with 10 s of downtime, and record every packet
   tasmota-sim broker --listen 127.0.0.1:1883 --fault connack-rc=3,times=2 \\
@@ -72,6 +77,14 @@ pub struct BrokerArgs {
     /// no TLS.
     #[arg(long, value_name = "HOST:PORT")]
     ws_listen: Option<String>,
+    /// MQTT over WebSocket over TLS: wss://HOST:PORT/mqtt with the certificates of
+    /// --tls-listen (ALPN http/1.1 or none). On aws-iot the custom authorizer is named
+    /// by the upgrade's x-amz-customauthorizer-name header or query parameter, or by the
+    /// CONNECT username, and the SNI must be the endpoint, as AWS IoT's WSS on 443
+    /// (docs.aws.amazon.com/iot/latest/developerguide/custom-auth.html); a refused
+    /// custom auth gets HTTP 101, then no CONNACK and the link closed, as at AWS.
+    #[arg(long, value_name = "HOST:PORT", requires = "tls_source")]
+    wss_listen: Option<String>,
     /// TLS listener that requires a client certificate (AWS's port 8883).
     #[arg(long, value_name = "HOST:PORT", requires = "tls_source")]
     mtls_listen: Option<String>,
@@ -124,7 +137,7 @@ pub struct BrokerArgs {
 /// Flags given that would do nothing with this profile and these listeners: each with why.
 fn inert_flags(args: &BrokerArgs) -> Vec<String> {
     let plain = args.profile == ProfileName::Plain;
-    let tls_listener = args.tls_listen.is_some() || args.mtls_listen.is_some();
+    let tls_listener = args.tls_listen.is_some() || args.mtls_listen.is_some() || args.wss_listen.is_some();
     let mut inert = Vec::new();
     let mut say = |cond: bool, why: &str| {
         if cond {
@@ -154,7 +167,7 @@ fn inert_flags(args: &BrokerArgs) -> Vec<String> {
     );
     say(
         !tls_listener && (args.tls_self_signed.is_some() || args.cert.is_some()),
-        "--tls-self-signed/--cert: no TLS listener to use them; add --tls-listen or --mtls-listen",
+        "--tls-self-signed/--cert: no TLS listener to use them; add --tls-listen, --mtls-listen or --wss-listen",
     );
     if let Some(name) = &args.default_authorizer {
         say(
@@ -164,7 +177,7 @@ fn inert_flags(args: &BrokerArgs) -> Vec<String> {
     }
     say(
         !tls_listener && args.faults.iter().any(|f| f.fault.phase() == Phase::Tls),
-        "--fault tls-alert: it acts in the TLS handshake; add --tls-listen or --mtls-listen",
+        "--fault tls-alert: it acts in the TLS handshake; add --tls-listen, --mtls-listen or --wss-listen",
     );
     inert
 }
@@ -189,18 +202,19 @@ pub fn run(mut args: BrokerArgs) -> ExitCode {
         return usage(why);
     }
     // A TLS-only or WebSocket-only broker binds only what it is asked to.
-    let listen =
-        match (&args.listen, args.tls_listen.is_some() || args.mtls_listen.is_some() || args.ws_listen.is_some()) {
-            (Some(l), _) => Some(l.as_str()),
-            (None, true) => None,
-            (None, false) => Some("127.0.0.1:1883"),
-        };
+    let others = [&args.tls_listen, &args.mtls_listen, &args.ws_listen, &args.wss_listen];
+    let listen = match (&args.listen, others.iter().any(|l| l.is_some())) {
+        (Some(l), _) => Some(l.as_str()),
+        (None, true) => None,
+        (None, false) => Some("127.0.0.1:1883"),
+    };
     let mut listeners = Vec::new();
     for (flag, spec, scheme, mtls) in [
         ("--listen", listen, "mqtt", None),
         ("--tls-listen", args.tls_listen.as_deref(), "mqtts", Some(false)),
         ("--mtls-listen", args.mtls_listen.as_deref(), "mqtts+mtls", Some(true)),
         ("--ws-listen", args.ws_listen.as_deref(), "ws", None),
+        ("--wss-listen", args.wss_listen.as_deref(), "wss", Some(false)),
     ] {
         if let Some(spec) = spec {
             match resolve(flag, spec) {
@@ -279,6 +293,10 @@ pub fn run(mut args: BrokerArgs) -> ExitCode {
             if scheme == "ws" {
                 println!("listening on {scheme}://{bound}{} (profile {profile_name})", broker::ws::PATH);
                 tasks.spawn(async move { broker.listen_ws(listener).await });
+            } else if let (true, Some(tls)) = (scheme == "wss", &tls) {
+                println!("listening on {scheme}://{bound}{} (profile {profile_name})", broker::ws::PATH);
+                let acceptors = tls.acceptors.clone();
+                tasks.spawn(async move { broker.listen_wss(listener, acceptors).await });
             } else {
                 println!("listening on {scheme}://{bound} (profile {profile_name})");
                 tasks.spawn(async move { broker.listen(listener, tls).await });

@@ -235,6 +235,8 @@ pub(super) struct Conn<S> {
     packets_out: u32,
     rate_window: Instant,
     rate_count: u32,
+    /// MQTT over WebSocket: what the upgrade request carried (boxed: most links have none).
+    websocket: Option<Box<super::ws::Upgrade>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -268,7 +270,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             packets_out: 0,
             rate_window: now,
             rate_count: 0,
+            websocket: None,
         }
+    }
+
+    /// A link that came through a WebSocket upgrade (see [`super::ws`]).
+    pub(super) fn websocket(mut self, upgrade: Option<super::ws::Upgrade>) -> Conn<S> {
+        self.websocket = upgrade.map(Box::new);
+        self
     }
 
     /// Serves the link to its end.
@@ -683,6 +692,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if !self.shared.profile.custom_auth {
             return Route::Passwords;
         }
+        if self.websocket.is_some() {
+            // MQTT over WSS (or WS) on aws-iot: the custom authorizer; SNI checked on WSS.
+            return Route::CustomAuth { sni: self.link.tls.as_ref().map(|t| t.sni.clone().unwrap_or_default()) };
+        }
         let Some(tls) = &self.link.tls else {
             // A plain link to the aws-iot profile: served as 443 + ALPN mqtt, no SNI check.
             return Route::CustomAuth { sni: None };
@@ -713,7 +726,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         let username = login.map(|l| l.username.as_str()).unwrap_or("");
         let parsed = AwsUsername::parse(username)?;
-        let name = match parsed.authorizer_name() {
+        let upgrade = self.websocket.as_ref().and_then(|w| w.authorizer.as_deref());
+        let name = match upgrade.or(parsed.authorizer_name()) {
             Some(n) => n.to_string(),
             None => self
                 .shared

@@ -3,7 +3,7 @@
 //! TasmotaAuth custom authorizer; with fault injection and traffic recording.
 //!
 //! - [`Broker`] is the handle: serve a stream ([`Broker::serve`]) or a listener
-//!   ([`Broker::listen`], [`Broker::listen_ws`]), inject faults, restart, read the recording.
+//!   ([`Broker::listen`], [`Broker::listen_ws`], [`Broker::listen_wss`]), inject faults, restart, read the recording.
 //! - [`connection`] runs one client link, generic over `AsyncRead + AsyncWrite`.
 //! - [`router`] holds sessions, subscriptions and retained messages.
 //! - [`profile`] is the data that makes `plain` and `aws-iot` differ.
@@ -184,12 +184,22 @@ impl Broker {
 
     /// Serves one client link (TCP, TLS, or an in-memory duplex) until it ends.
     pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: S, link: LinkInfo) {
+        self.serve_link(stream, link, None).await
+    }
+
+    /// [`Broker::serve`], with what a WebSocket upgrade request carried (see [`ws`]).
+    async fn serve_link<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: S,
+        link: LinkInfo,
+        websocket: Option<ws::Upgrade>,
+    ) {
         self.start_timers();
         if self.shared.is_down() {
             self.shared.event("refused", format!("{}: broker is restarting", link.peer));
             return;
         }
-        connection::Conn::new(self.shared.clone(), stream, link).run().await
+        connection::Conn::new(self.shared.clone(), stream, link).websocket(websocket).run().await
     }
 
     /// Accepts links on `listener` until the task is dropped; each link gets its own task.
@@ -215,9 +225,50 @@ impl Broker {
     /// `mqtt`, see [`ws`]) as [`Broker::listen`] accepts plain ones.
     pub async fn listen_ws(&self, listener: TcpListener) -> std::io::Result<()> {
         self.accept_loop(listener, |broker, tcp, peer| {
-            tokio::spawn(async move { Box::pin(ws::serve(&broker, tcp, peer.to_string())).await });
+            tokio::spawn(async move { Box::pin(ws::serve(&broker, tcp, peer.to_string(), None)).await });
         })
         .await
+    }
+
+    /// Accepts MQTT over WebSocket over TLS (`wss://HOST:PORT/mqtt`): the TLS handshake
+    /// ([`tls::Acceptors::accept_https`]), then as [`Broker::listen_ws`].
+    pub async fn listen_wss(&self, listener: TcpListener, acceptors: Arc<tls::Acceptors>) -> std::io::Result<()> {
+        self.accept_loop(listener, move |broker, tcp, peer| {
+            let acceptors = acceptors.clone();
+            tokio::spawn(async move { Box::pin(broker.serve_wss(tcp, peer.to_string(), &acceptors)).await });
+        })
+        .await
+    }
+
+    /// The TLS handshake of a WSS link (the TLS-phase faults act here too), then the
+    /// WebSocket upgrade and MQTT.
+    pub async fn serve_wss<IO: AsyncRead + AsyncWrite + Unpin + Send>(
+        &self,
+        io: IO,
+        peer: String,
+        acceptors: &tls::Acceptors,
+    ) {
+        let alert = self.tls_alert(&peer);
+        match tokio::time::timeout(Duration::from_secs(10), acceptors.accept_https(io, alert)).await {
+            Ok(Ok((stream, info))) => ws::serve(self, stream, peer, Some(info)).await,
+            Ok(Err(e)) => self.shared.event("tls", format!("{peer}: {e}")),
+            Err(_) => self.shared.event("tls", format!("{peer}: no TLS handshake within 10 s")),
+        }
+    }
+
+    /// The fatal alert a `tls-alert` fault asks for on this link, if any.
+    fn tls_alert(&self, peer: &str) -> Option<u8> {
+        let mut alert = None;
+        for rule in self.shared.take_faults(Phase::Tls, None) {
+            match rule.fault {
+                Fault::TlsAlert(d) => alert = alert.or(Some(d)),
+                other => forgotten(&other, Phase::Tls),
+            }
+        }
+        if let Some(d) = alert {
+            self.shared.event("fault", format!("TlsAlert: alert {d} sent to {peer}"));
+        }
+        alert
     }
 
     async fn accept_loop(
@@ -265,16 +316,7 @@ impl Broker {
     /// serves the link. `peer` names it in logs.
     pub async fn serve_tls<IO: AsyncRead + AsyncWrite + Unpin>(&self, io: IO, peer: String, tls: TlsListen) {
         // The faults of the TLS phase act here.
-        let mut alert = None;
-        for rule in self.shared.take_faults(Phase::Tls, None) {
-            match rule.fault {
-                Fault::TlsAlert(d) => alert = alert.or(Some(d)),
-                other => forgotten(&other, Phase::Tls),
-            }
-        }
-        if let Some(d) = alert {
-            self.shared.event("fault", format!("TlsAlert: alert {d} sent to {peer}"));
-        }
+        let alert = self.tls_alert(&peer);
         let route_alpn = self.shared.profile.custom_auth;
         let handshake = tls.acceptors.accept(io, route_alpn, tls.mtls, alert);
         match tokio::time::timeout(Duration::from_secs(10), handshake).await {

@@ -1,7 +1,8 @@
 //! The broker's TLS: certificates (made once with rcgen and reused, or the user's own),
 //! and the server side of the handshake, which reads the ClientHello first to route on
 //! ALPN as AWS IoT does: `mqtt` → custom auth, `x-amzn-mqtt-ca` → client certificate,
-//! anything else → the handshake completes and CONNECT is never answered.
+//! anything else → the handshake completes and CONNECT is never answered. The WSS
+//! listener (`--wss-listen`) is HTTPS: ALPN `http/1.1` or none.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -176,6 +177,8 @@ pub struct Acceptors {
     amzn_ca: Arc<ServerConfig>,
     /// The mTLS port: a client certificate is required.
     mtls: Option<Arc<ServerConfig>>,
+    /// MQTT over WSS: HTTPS, ALPN `http/1.1` if the client offers ALPN at all.
+    https: Arc<ServerConfig>,
 }
 
 impl Acceptors {
@@ -210,6 +213,7 @@ impl Acceptors {
                 Some(v) => Some(build(&[], Some(v))?),
                 None => None,
             },
+            https: build(&[b"http/1.1"], None)?,
         })
     }
 
@@ -227,6 +231,42 @@ impl Acceptors {
         mtls: bool,
         alert: Option<u8>,
     ) -> Result<(TlsStream<IO>, TlsInfo), String> {
+        self.handshake(tcp, alert, mtls, |offered| {
+            let has = |p: &[u8]| offered.iter().any(|o| o == p);
+            if mtls {
+                self.mtls.clone().ok_or_else(|| "no client CA for the mTLS port".to_string())
+            } else if !route_alpn {
+                Ok(self.any.clone())
+            } else if has(b"mqtt") {
+                Ok(self.mqtt.clone())
+            } else if has(b"x-amzn-mqtt-ca") {
+                Ok(self.amzn_ca.clone())
+            } else {
+                Ok(self.any.clone())
+            }
+        })
+        .await
+    }
+
+    /// The WSS listener's handshake (HTTPS). A client that offers ALPN without
+    /// `http/1.1` (only `mqtt`, say) gets the fatal alert no_application_protocol (RFC 7301
+    /// section 3.2). AWS IoT's 443 would route such a link to MQTT and never upgrade it
+    /// (aws-iot-device-sdk-java-v2 PR #329: ALPN `mqtt` broke custom auth over WebSockets).
+    pub async fn accept_https<IO: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        tcp: IO,
+        alert: Option<u8>,
+    ) -> Result<(TlsStream<IO>, TlsInfo), String> {
+        self.handshake(tcp, alert, false, |_| Ok(self.https.clone())).await
+    }
+
+    async fn handshake<IO: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        tcp: IO,
+        alert: Option<u8>,
+        mtls: bool,
+        pick: impl FnOnce(&[Vec<u8>]) -> Result<Arc<ServerConfig>, String>,
+    ) -> Result<(TlsStream<IO>, TlsInfo), String> {
         let start = LazyConfigAcceptor::new(Acceptor::default(), tcp).await.map_err(|e| format!("ClientHello: {e}"))?;
         let hello = start.client_hello();
         let sni = hello.server_name().map(str::to_string);
@@ -238,18 +278,7 @@ impl Acceptors {
             let _ = tcp.shutdown().await;
             return Err(format!("fault: TLS alert {desc} sent"));
         }
-        let has = |p: &[u8]| offered.iter().any(|o| o == p);
-        let config = if mtls {
-            self.mtls.clone().ok_or("no client CA for the mTLS port")?
-        } else if !route_alpn {
-            self.any.clone()
-        } else if has(b"mqtt") {
-            self.mqtt.clone()
-        } else if has(b"x-amzn-mqtt-ca") {
-            self.amzn_ca.clone()
-        } else {
-            self.any.clone()
-        };
+        let config = pick(&offered)?;
         let stream = start.into_stream(config).await.map_err(|e| format!("TLS handshake: {e}"))?;
         let conn = stream.get_ref().1;
         let info = TlsInfo {
