@@ -161,3 +161,79 @@ pub async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Reads one whole packet (fixed header, remaining length) from `s`.
+    async fn packet(s: &mut tokio::io::DuplexStream) -> Vec<u8> {
+        let mut first = [0u8; 2];
+        s.read_exact(&mut first).await.unwrap();
+        let mut out = first.to_vec();
+        let mut len = usize::from(first[1] & 0x7F);
+        let mut shift = 7;
+        let mut more = first[1] & 0x80 != 0;
+        while more {
+            let b = s.read_u8().await.unwrap();
+            out.push(b);
+            len |= usize::from(b & 0x7F) << shift;
+            shift += 7;
+            more = b & 0x80 != 0;
+        }
+        let mut rest = vec![0u8; len];
+        s.read_exact(&mut rest).await.unwrap();
+        out.extend(rest);
+        out
+    }
+
+    /// The bytes a 3.1.1 operator sends, as they were before MQTT 5 came: CONNECT with
+    /// its login, SUBSCRIBE, PUBLISH at QoS 0 (retained) and 1, PUBACK.
+    #[tokio::test]
+    async fn the_311_operator_sends_the_same_bytes() {
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (etx, mut erx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let events = move |e| {
+                let _ = etx.send(e);
+            };
+            run(
+                Box::pin(client),
+                "tasmota-sim-operator".into(),
+                Some(("bob".into(), "secret".into())),
+                vec!["#".into(), "stat/+/RESULT".into()],
+                &mut rx,
+                &events,
+            )
+            .await
+        });
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let mut seen = Vec::new();
+        seen.push(hex(&packet(&mut server).await));
+        server.write_all(&[0x20, 0x02, 0x00, 0x00]).await.unwrap();
+        seen.push(hex(&packet(&mut server).await));
+        server.write_all(&[0x90, 0x04, 0x00, 0x01, 0x00, 0x00]).await.unwrap();
+        assert!(matches!(erx.recv().await, Some(OperatorEvent::Ready)));
+        tx.send(Command { topic: "cmnd/t/Power".into(), payload: "ON".into(), retain: true, qos: 0 }).unwrap();
+        seen.push(hex(&packet(&mut server).await));
+        tx.send(Command { topic: "cmnd/t/Power".into(), payload: "OFF".into(), retain: false, qos: 1 }).unwrap();
+        seen.push(hex(&packet(&mut server).await));
+        // A QoS 1 message to the operator gets its PUBACK.
+        server.write_all(&[0x32, 0x08, 0x00, 0x01, b'a', 0x12, 0x34, b'x', b'y', b'z']).await.unwrap();
+        seen.push(hex(&packet(&mut server).await));
+        drop(tx);
+        task.abort();
+        assert_eq!(
+            seen,
+            [
+                "102d00044d51545404c2003c00147461736d6f74612d73696d2d6f70657261746f720003626f620006736563726574",
+                "8216000100012300000d737461742f2b2f524553554c5400",
+                "3110000c636d6e642f742f506f7765724f4e",
+                "3213000c636d6e642f742f506f77657200024f4646",
+                "40021234",
+            ]
+        );
+    }
+}
