@@ -14,6 +14,7 @@ use serde::Deserialize;
 use tasmota_core::{Hardware, Mac, Settings};
 use toml::Spanned;
 
+use super::operator::Protocol;
 pub use super::step::{Action, DeviceFault, Expect, Matcher, PublishPattern, RecordPattern, Role, Step, STEP_KINDS};
 use super::step::{At, RawStep, Refs};
 use crate::broker::auth::{Authorizer, PasswordList};
@@ -21,7 +22,6 @@ use crate::broker::fault::FaultRule;
 use crate::broker::profile::{Limits, ProfileName};
 use crate::duration::parse_duration;
 use crate::profile::Profile;
-use super::operator::Protocol;
 
 /// A scenario file that cannot be run, with where and why.
 #[derive(Debug, thiserror::Error)]

@@ -170,7 +170,10 @@ pub enum OperatorEvent {
     Down(String),
     /// The broker refused something without ending the link: a subscription (SUBACK
     /// 0x80 and up), or in MQTT 5 a PUBLISH (PUBACK 0x80 and up).
-    Refused { kind: AckKind, what: String },
+    Refused {
+        kind: AckKind,
+        what: String,
+    },
 }
 
 /// What the runner asks of the operator.

@@ -246,10 +246,8 @@ impl Troubles {
                 spec.client_id
             ),
         };
-        let message = format!(
-            "{before}{}\n  if the scenario means it, {hint}",
-            Troubles::describe(s, *op, &what.what),
-        );
+        let message =
+            format!("{before}{}\n  if the scenario means it, {hint}", Troubles::describe(s, *op, &what.what),);
         let step = step.map(|i| (i + 1, s.steps[i].line, s.steps[i].column));
         Some(Verdict::Failed { step, message })
     }
@@ -278,7 +276,8 @@ fn build_net(s: &Scenario, opts: &Options) -> Result<Net, String> {
     }
     // A broker has a certificate when it has a TLS port or an operator reaches it by WSS.
     let has_tls = |i: usize| {
-        s.brokers[i].tls_port.is_some() || s.operators.iter().any(|o| o.broker == i && o.websocket.is_some_and(|w| w.tls))
+        s.brokers[i].tls_port.is_some()
+            || s.operators.iter().any(|o| o.broker == i && o.websocket.is_some_and(|w| w.tls))
     };
     let tls_names: Vec<String> = {
         let mut n: Vec<String> =

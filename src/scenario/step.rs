@@ -554,7 +554,14 @@ impl Checker<'_> {
             content_type: p.content_type,
         };
         let properties = self.properties(raw, &at.refs.operators[operator], "mqtt_publish", at.span.clone())?;
-        Some(Action::MqttPublish { operator, topic: p.topic, payload: p.payload, retain: p.retain, qos: p.qos, properties })
+        Some(Action::MqttPublish {
+            operator,
+            topic: p.topic,
+            payload: p.payload,
+            retain: p.retain,
+            qos: p.qos,
+            properties,
+        })
     }
 
     fn step_advance(&mut self, d: Spanned<String>, _: &mut At) -> Option<Action> {
@@ -712,7 +719,10 @@ impl Checker<'_> {
         .filter(|b| **b)
         .count();
         if set != 1 {
-            self.fail(span, "an expectation names one of: console, console_regex, publish, record, setting, ack, shared");
+            self.fail(
+                span,
+                "an expectation names one of: console, console_regex, publish, record, setting, ack, shared",
+            );
             return None;
         }
         if let (Some(_), Some(w)) = (&e.shared, &e.within) {
@@ -821,7 +831,10 @@ impl Checker<'_> {
             let operator = self.operator_ref(r.operators, e.operator.as_deref(), span.clone())?;
             let spec = &r.operators[operator];
             let Some(kind) = AckKind::ALL.into_iter().find(|k| k.name() == a.packet.get_ref().as_str()) else {
-                self.fail(a.packet.span(), format!("ack: '{}': the packet is CONNACK, SUBACK or PUBACK", a.packet.get_ref()));
+                self.fail(
+                    a.packet.span(),
+                    format!("ack: '{}': the packet is CONNACK, SUBACK or PUBACK", a.packet.get_ref()),
+                );
                 return None;
             };
             if kind == AckKind::PubAck && a.codes.is_some() && spec.protocol == Protocol::Mqtt311 {
@@ -849,7 +862,10 @@ impl Checker<'_> {
             for m in &sh.members {
                 let i = self.operator_ref(r.operators, Some(m), span.clone())?;
                 if members.contains(&i) || i == reference {
-                    self.fail(span, format!("shared: operator '{m}' named twice (members and reference are all different)"));
+                    self.fail(
+                        span,
+                        format!("shared: operator '{m}' named twice (members and reference are all different)"),
+                    );
                     return None;
                 }
                 members.push(i);
@@ -860,7 +876,10 @@ impl Checker<'_> {
             }
             let broker = r.operators[reference].broker;
             if let Some(&other) = members.iter().find(|&&m| r.operators[m].broker != broker) {
-                self.fail(span, format!("shared: operator '{}' is on another broker than the reference", r.operators[other].name));
+                self.fail(
+                    span,
+                    format!("shared: operator '{}' is on another broker than the reference", r.operators[other].name),
+                );
                 return None;
             }
             let shown = format!(

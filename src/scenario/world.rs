@@ -475,7 +475,10 @@ async fn operator_link(net: &Net, spec: &OperatorSpec) -> Result<BoxStream, Stri
             let b = &net.brokers[spec.broker];
             let (client, server) = tokio::io::duplex(1 << 16);
             let broker = b.broker.clone();
-            let peer = format!("operator {name}");
+            let peer = match spec.websocket {
+                None => format!("operator {name}"),
+                Some(ws) => format!("operator {name} over {}", if ws.tls { "WSS" } else { "WebSocket" }),
+            };
             let Some(ws) = spec.websocket else {
                 // On AWS IoT the console's MQTT client is signed in with IAM: here a link
                 // that presents a verified client certificate on the ALPN that allows it.
@@ -499,10 +502,9 @@ async fn operator_link(net: &Net, spec: &OperatorSpec) -> Result<BoxStream, Stri
                     alpn: None,
                     validation: tasmota_core::mqtt::tls::Validation::TrustAnchors,
                 };
-                net.client
-                    .handshake(&req, client)
-                    .await
-                    .map_err(|f| format!("operator '{name}': TLS handshake with broker '{}' failed: {f:?}", b.spec.name))?
+                net.client.handshake(&req, client).await.map_err(|f| {
+                    format!("operator '{name}': TLS handshake with broker '{}' failed: {f:?}", b.spec.name)
+                })?
             } else {
                 tokio::spawn(async move { broker::ws::serve(&broker, server, peer, None).await });
                 Box::pin(client)

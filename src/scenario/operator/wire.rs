@@ -17,13 +17,29 @@ use super::{Command, Protocol, PublishProperties, Received, Session};
 #[derive(Debug, PartialEq, Eq)]
 pub enum Incoming {
     /// `refused`: why the broker did not accept the CONNECT (`None`: it did).
-    ConnAck { code: u8, refused: Option<String> },
-    SubAck { codes: Vec<u8>, reason_string: Option<String> },
+    ConnAck {
+        code: u8,
+        refused: Option<String>,
+    },
+    SubAck {
+        codes: Vec<u8>,
+        reason_string: Option<String>,
+    },
     /// `code`: `None` in 3.1.1 (no reason code on the wire).
-    PubAck { pkid: u16, code: Option<u8>, reason_string: Option<String> },
+    PubAck {
+        pkid: u16,
+        code: Option<u8>,
+        reason_string: Option<String>,
+    },
     /// `ack`: the packet id to acknowledge (QoS 1).
-    Publish { received: Received, ack: Option<u16> },
-    Disconnect { code: u8, reason_string: Option<String> },
+    Publish {
+        received: Received,
+        ack: Option<u16>,
+    },
+    Disconnect {
+        code: u8,
+        reason_string: Option<String>,
+    },
     Other,
 }
 
@@ -117,9 +133,7 @@ pub fn puback(protocol: Protocol, pkid: u16, out: &mut BytesMut) -> Result<(), S
 pub fn pingreq(protocol: Protocol, out: &mut BytesMut) -> Result<(), String> {
     match protocol {
         Protocol::Mqtt311 => v4::Packet::PingReq.write(out, super::MAX_PACKET).map(drop).map_err(|e| e.to_string()),
-        Protocol::Mqtt5 => {
-            v5::Packet::PingReq(v5::PingReq).write(out, None).map(drop).map_err(|e| e.to_string())
-        }
+        Protocol::Mqtt5 => v5::Packet::PingReq(v5::PingReq).write(out, None).map(drop).map_err(|e| e.to_string()),
     }
 }
 
@@ -353,7 +367,8 @@ mod tests {
 
     #[test]
     fn suback_and_puback_codes_are_the_bytes_on_the_wire() {
-        let mut b = BytesMut::from(&[0x90u8, 0x05, 0x00, 0x01, 0x00, 0x00, 0x97, 0x40, 0x04, 0x00, 0x02, 0x10, 0x00][..]);
+        let mut b =
+            BytesMut::from(&[0x90u8, 0x05, 0x00, 0x01, 0x00, 0x00, 0x97, 0x40, 0x04, 0x00, 0x02, 0x10, 0x00][..]);
         assert_eq!(
             format!("{:?}", read(Protocol::Mqtt5, &mut b, 1024)),
             "Packet(SubAck { codes: [0, 151], reason_string: None })"
