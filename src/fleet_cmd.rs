@@ -25,6 +25,9 @@ Examples:
   # Against your own Mosquitto, with a login
   tasmota-sim fleet --devices 300 --broker mqtt://127.0.0.1:1883 --user bob --password secret --for 20s
 
+  # The same workload from an MQTT 5 operator client (the devices stay MQTT 3.1.1)
+  tasmota-sim fleet --devices 500 --virtual --for 10m --commands-per-second 10 --operator-protocol 5
+
   # The reconnect storm: the embedded broker goes away at 2 min for 30 s
   tasmota-sim fleet --devices 1000 --virtual --for 10m --broker-outage 2m/30s
 

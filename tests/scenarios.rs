@@ -604,8 +604,8 @@ fn a_shared_subscription_split_is_checked_against_a_reference_and_fails_when_wro
     assert_eq!(code, Some(0), "{out}");
     // worker2 not in the group: every message reaches both.
     let both = library.replacen(
-        "name = \"worker2\"\nprotocol = 5\nsubscribe = [\"$share/workers/tele/+/STATE\"]",
-        "name = \"worker2\"\nprotocol = 5\nsubscribe = [\"tele/+/STATE\"]",
+        "ws://mqtt.lan:8080/mqtt)\nsubscribe = [\"$share/workers/tele/+/STATE\"]",
+        "ws://mqtt.lan:8080/mqtt)\nsubscribe = [\"tele/+/STATE\"]",
         1,
     );
     assert_ne!(both, library);
