@@ -390,4 +390,71 @@ mod tests {
             ]
         );
     }
+
+    /// An MQTT 5 session against a scripted broker: what it sends, and what it makes of
+    /// reason codes: a refused filter and a refused PUBLISH are `Refused`, a DISCONNECT
+    /// ends the link with its reason code.
+    #[tokio::test]
+    async fn the_mqtt5_operator_reports_reason_codes_and_sends_properties() {
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (etx, mut erx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let events = move |e| {
+                let _ = etx.send(e);
+            };
+            let session = Session {
+                client_id: "c".into(),
+                login: None,
+                subscribe: vec!["a".into(), "$share/g/b".into()],
+                protocol: Protocol::Mqtt5,
+            };
+            run(Box::pin(client), &session, &mut rx, &events).await
+        });
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        // CONNECT: "MQTT", level 5, clean start, keepalive 60, no properties, id "c".
+        assert_eq!(hex(&packet(&mut server).await), "100e00044d5154540502003c00000163");
+        server.write_all(&[0x20, 0x03, 0x00, 0x00, 0x00]).await.unwrap();
+        assert_eq!(hex(&packet(&mut server).await), "821400010000016100000a2473686172652f672f6200");
+        server.write_all(&[0x90, 0x05, 0x00, 0x01, 0x00, 0x00, 0x97]).await.unwrap();
+        let mut events = Vec::new();
+        for _ in 0..4 {
+            events.push(format!("{:?}", erx.recv().await.unwrap()));
+        }
+        assert_eq!(
+            events,
+            [
+                "Ack(Ack { kind: ConnAck, codes: [0], topics: [], reason_string: None })",
+                "Ack(Ack { kind: SubAck, codes: [0, 151], topics: [\"a\", \"$share/g/b\"], reason_string: None })",
+                "Refused { kind: SubAck, what: \"had its subscription to '$share/g/b' refused (SUBACK 0x97 Quota exceeded)\" }",
+                "Ready",
+            ]
+        );
+        let properties = PublishProperties {
+            user_properties: vec![("k".into(), "v".into())],
+            message_expiry: Some(300),
+            response_topic: Some("r".into()),
+            correlation_data: Some(b"x".to_vec()),
+            content_type: None,
+        };
+        tx.send(Command { topic: "t".into(), payload: "p".into(), retain: false, qos: 1, properties }).unwrap();
+        // PUBLISH QoS 1, id 2: expiry 300 (0x02), response topic (0x08), correlation (0x09),
+        // user property (0x26).
+        assert_eq!(hex(&packet(&mut server).await), "321b000174000214020000012c08000172090001782600016b00017670");
+        server.write_all(&[0x40, 0x04, 0x00, 0x02, 0x87, 0x00]).await.unwrap();
+        assert_eq!(
+            format!("{:?}", erx.recv().await.unwrap()),
+            "Ack(Ack { kind: PubAck, codes: [135], topics: [\"t\"], reason_string: None })"
+        );
+        assert_eq!(
+            format!("{:?}", erx.recv().await.unwrap()),
+            "Refused { kind: PubAck, what: \"had its PUBLISH to 't' refused (PUBACK 0x87 Not authorized)\" }"
+        );
+        server.write_all(&[0xE0, 0x02, 0x8E, 0x00]).await.unwrap();
+        assert_eq!(
+            format!("{:?}", erx.recv().await.unwrap()),
+            "Down(\"the broker sent DISCONNECT 0x8E (SessionTakenOver)\")"
+        );
+        task.await.unwrap();
+    }
 }
