@@ -139,6 +139,8 @@ pub struct World {
     pub operators: Vec<OperatorSlot>,
     /// Virtual (or real) time zero.
     t0: Instant,
+    /// Whether time is tokio's paused clock (else the wall clock).
+    pub virtual_clock: bool,
     tx: mpsc::UnboundedSender<Event>,
     rx: mpsc::UnboundedReceiver<Event>,
 }
@@ -186,6 +188,7 @@ impl World {
             is_touched: vec![false; n],
             operators: Vec::new(),
             t0,
+            virtual_clock,
             tx,
             rx,
         };
