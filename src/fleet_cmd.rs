@@ -25,6 +25,9 @@ Examples:
   # Against your own Mosquitto, with a login
   tasmota-sim fleet --devices 300 --broker mqtt://127.0.0.1:1883 --user bob --password secret --for 20s
 
+  # The same workload from an MQTT 5 operator client (the devices stay MQTT 3.1.1)
+  tasmota-sim fleet --devices 500 --virtual --for 10m --commands-per-second 10 --operator-protocol 5
+
   # The reconnect storm: the embedded broker goes away at 2 min for 30 s
   tasmota-sim fleet --devices 1000 --virtual --for 10m --broker-outage 2m/30s
 
@@ -73,6 +76,10 @@ pub struct FleetArgs {
     /// number, and the fleet has an operator on each.
     #[arg(long, value_name = "URL", env = "TASMOTA_SIM_BROKER", value_delimiter = ',')]
     broker: Vec<BrokerUrl>,
+    /// The MQTT the operator client speaks: 4 (MQTT 3.1.1) or 5 (MQTT 5). The devices
+    /// always speak MQTT 3.1.1, as Tasmota does.
+    #[arg(long, value_name = "LEVEL", default_value = "4", value_parser = parse_protocol)]
+    operator_protocol: tasmota_sim::scenario::operator::Protocol,
     /// MqttUser for every device and the operator.
     #[arg(long, value_name = "NAME", env = "TASMOTA_SIM_USER")]
     user: Option<String>,
@@ -422,6 +429,7 @@ pub fn run(args: FleetArgs) -> ExitCode {
         aws_region: args.aws_region,
         shaped_by,
         shard,
+        operator_protocol: args.operator_protocol,
     };
     let runtime = match runtime(virtual_clock) {
         Ok(r) => r,
@@ -446,6 +454,12 @@ fn runtime(virtual_clock: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
         eprintln!("tasmota-sim fleet: cannot start the runtime: {e}");
         ExitCode::from(1)
     })
+}
+
+/// `--operator-protocol 4|5`.
+fn parse_protocol(s: &str) -> Result<tasmota_sim::scenario::operator::Protocol, String> {
+    let level = s.parse::<i64>().map_err(|_| format!("'{s}': 4 (MQTT 3.1.1) or 5 (MQTT 5)"))?;
+    tasmota_sim::scenario::operator::Protocol::from_level(level)
 }
 
 /// `--processes K`: K workers of this binary, one merged report.

@@ -18,6 +18,9 @@ Examples:
   # Accept a changed console after checking it (rewrites fixtures/transcripts/<name>.log)
   tasmota-sim scenario scenarios/backoff.toml --bless
 
+  # MQTT 5 operators: user properties, reason codes, a shared subscription
+  tasmota-sim scenario scenarios/mqtt5-shared-subscription.toml scenarios/mqtt5-operator.toml
+
   # The same steps in real time against a real Mosquitto with TLS
   tasmota-sim scenario scenarios/mosquitto-tls-password.toml --broker mqtts://127.0.0.1:8883 --ca-file ca.pem
 
@@ -45,7 +48,8 @@ pub struct ScenarioArgs {
     #[arg(long)]
     real_time: bool,
     /// Run in real time against this broker instead of the scenario's embedded one
-    /// (mqtt://HOST:PORT or mqtts://HOST:PORT).
+    /// (mqtt://HOST:PORT or mqtts://HOST:PORT; the devices never use WebSockets: an
+    /// operator with ws_port or wss_port reaches that port on HOST over WebSocket).
     #[arg(long, value_name = "URL")]
     broker: Option<BrokerUrl>,
     /// With --broker: trust the certificates in this PEM file.

@@ -488,3 +488,65 @@ fn a_shard_started_late_still_counts_the_group_answers_of_its_devices() {
         assert_eq!(r["group_commands"][0]["answered"], 10, "{}: {}", json.display(), r["group_commands"]);
     }
 }
+
+/// `--operator-protocol 5`: the fleet's operator client speaks MQTT 5 (the devices stay
+/// MQTT 3.1.1); the report is the same fleet's as with the 3.1.1 operator.
+#[test]
+fn an_mqtt5_operator_gives_the_same_report() {
+    let args = [
+        "--devices",
+        "50",
+        "--virtual",
+        "--for",
+        "90s",
+        "--commands-per-second",
+        "5",
+        "--group-command",
+        "Power ON@60s",
+        "--quiet",
+    ];
+    let v4 = without_machine(report(&args));
+    let v5 = without_machine(report(&[&args[..], &["--operator-protocol", "5"]].concat()));
+    assert!(v5["commands_answered"].as_u64().unwrap() > 300, "{v5}");
+    assert_eq!(v5["group_commands"][0]["answered"], 50);
+    assert_eq!(v5, v4);
+    let explicit = without_machine(report(&[&args[..], &["--operator-protocol", "4"]].concat()));
+    assert_eq!(explicit, v4);
+    for bad in ["3", "6", "five"] {
+        let out = fleet(&["--devices", "5", "--virtual", "--operator-protocol", bad]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert!(err.contains("--operator-protocol"), "{bad}: {err}");
+        assert!(err.contains("4 (MQTT 3.1.1") && err.contains("5 (MQTT 5)"), "{bad}: {err}");
+    }
+}
+
+/// What the broker saw: `tasmota-sim broker`'s connection log names each client's
+/// protocol as Mosquitto does (p2 MQTT 3.1.1, p5 MQTT 5).
+#[test]
+fn the_fleet_operator_connects_with_the_protocol_asked_for() {
+    for (level, p) in [("4", "p2"), ("5", "p5")] {
+        let port = common::free_port();
+        let mut broker = Command::new(BIN)
+            .args(["broker", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = common::read_lines(broker.stdout.take().unwrap());
+        let log = common::read_lines(broker.stderr.take().unwrap());
+        let listening = lines.recv_timeout(std::time::Duration::from_secs(30)).unwrap();
+        assert!(listening.starts_with("listening on "), "{listening}");
+        let url = format!("mqtt://127.0.0.1:{port}");
+        let out = fleet(&["--devices", "2", "--broker", &url, "--for", "6s", "--operator-protocol", level, "--quiet"]);
+        let _ = broker.kill();
+        let _ = broker.wait();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let log: Vec<String> = log.try_iter().collect();
+        let operator: Vec<&String> = log.iter().filter(|l| l.contains("as tasmota-sim-fleet-operator (")).collect();
+        assert_eq!(operator.len(), 1, "{log:#?}");
+        assert!(operator[0].contains(&format!("as tasmota-sim-fleet-operator ({p}, c1, k60")), "{}", operator[0]);
+        // The devices speak MQTT 3.1.1 either way.
+        assert!(log.iter().any(|l| l.contains("as DVES_000000 (p2, ")), "{log:#?}");
+    }
+}

@@ -405,3 +405,291 @@ fn a_closed_stdout_does_not_panic_or_change_the_verdict() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(out.status.code(), Some(0), "{err}");
 }
+
+// ---- MQTT 5 and WebSocket operators ------------------------------------------------------
+
+/// A device and two MQTT 5 operators on one plain broker: `cloud` (commands, answers)
+/// and `watch` (`cmnd/#` and `stat/#`).
+const MQTT5: &str = "transcript = false
+[[device]]
+settings = { mqtt_host = \"mqtt.lan\" }
+[[broker]]
+host = \"mqtt.lan\"
+[[operator]]
+name = \"cloud\"
+protocol = 5
+subscribe = [\"stat/+/RESULT\"]
+[[operator]]
+name = \"watch\"
+protocol = 5
+subscribe = [\"cmnd/#\", \"stat/#\"]
+[[step]]
+expect = { console = \"MQT: Connected\" }
+";
+
+/// Runs `MQTT5` + `steps`; (exit code, output).
+fn mqtt5(dir: &Path, name: &str, steps: &str) -> (Option<i32>, String) {
+    run_text(dir, name, &format!("{MQTT5}{steps}"), &[])
+}
+
+#[test]
+fn operator_fields_with_bad_values_are_invalid_with_file_line_and_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = "[[broker]]\nhost = \"mqtt.lan\"\n[[operator]]\n";
+    let cases: &[(&str, &str)] = &[
+        ("protocol = 3\n", ":4:12: protocol: 3 (MQTT 3.1) is not spoken by the operator: 4 (MQTT 3.1.1, the default) or 5 (MQTT 5)"),
+        ("protocol = 6\n", ":4:12: protocol: 6 is not an MQTT protocol level: 4 (MQTT 3.1.1, the default) or 5 (MQTT 5)"),
+        ("protocol = \"5\"\n", ":4:12: invalid type: string \"5\", expected i64"),
+        ("ws_port = 1883\n", ":4:11: ws_port: 1883 is broker 'broker''s port (plain MQTT); its WebSocket listener needs a port of its own"),
+        ("ws_port = 8080\nwss_port = 8081\n", ":5:12: wss_port: an operator takes ws_port or wss_port, not both"),
+        ("wss_port = 0\n", ":4:12: wss_port: 0 is not a port"),
+    ];
+    for (fields, want) in cases {
+        let (code, out) = run_text(dir.path(), "bad.toml", &format!("{base}{fields}[[step]]\nadvance = \"1s\"\n"), &[]);
+        assert_eq!(code, Some(2), "{fields}: {out}");
+        assert!(out.contains(&format!("bad.toml{want}")), "{fields}: {out}");
+    }
+    let steps: &[(&str, &str)] = &[
+        (
+            "[[step]]\nmqtt_publish = { topic = \"t\", user_properties = { a = \"b\" } }\n",
+            ":5:1: mqtt_publish: MQTT 3.1.1 has no PUBLISH properties (user_properties, message_expiry, response_topic, correlation_data, content_type); operator 'operator' needs protocol = 5",
+        ),
+        (
+            "[[step]]\nexpect = { publish = { topic = \"t\", response_topic = \"r\" } }\n",
+            ":5:1: publish: MQTT 3.1.1 has no PUBLISH properties",
+        ),
+        (
+            "[[step]]\nexpect = { ack = { packet = \"PUBACK\", codes = [0x10] } }\n",
+            ":6:29: ack: an MQTT 3.1.1 PUBACK has no reason code; operator 'operator' needs protocol = 5 for codes",
+        ),
+        ("[[step]]\nexpect = { ack = { packet = \"UNSUBACK\" } }\n", ":6:29: ack: 'UNSUBACK': the packet is CONNACK, SUBACK or PUBACK"),
+    ];
+    for (step, want) in steps {
+        let (code, out) = run_text(dir.path(), "bad.toml", &format!("{base}name = \"operator\"\n{step}"), &[]);
+        assert_eq!(code, Some(2), "{step}: {out}");
+        assert!(out.contains(&format!("bad.toml{want}")), "{step}: {out}");
+    }
+    let v5 = format!("{base}protocol = 5\n[[step]]\n");
+    let (code, out) = run_text(
+        dir.path(),
+        "bad.toml",
+        &format!("{v5}mqtt_publish = {{ topic = \"t\", message_expiry = \"1500ms\" }}\n"),
+        &[],
+    );
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("bad.toml:6:48: mqtt_publish: message_expiry: whole seconds, 1s to 4294967295s"), "{out}");
+    let shared = format!(
+        "{base}name = \"a\"\n[[operator]]\nname = \"b\"\n[[operator]]\nname = \"c\"\n[[step]]\n\
+         expect_not = {{ shared = {{ members = [\"a\", \"b\"], reference = \"c\" }} }}\n"
+    );
+    let (code, out) = run_text(dir.path(), "bad.toml", &shared, &[]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("bad.toml:9:1: shared: only in expect (not expect_not or expect_order)"), "{out}");
+    let within = shared.replace("expect_not", "expect").replace("\"c\" }", "\"c\" }, within = \"5s\"");
+    let (code, out) = run_text(dir.path(), "bad.toml", &within, &[]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("shared: checks what was received when the step runs (let time pass with advance first); it takes no within"), "{out}");
+    let one = shared.replace("expect_not", "expect").replace("[\"a\", \"b\"]", "[\"a\", \"a\"]");
+    let (code, out) = run_text(dir.path(), "bad.toml", &one, &[]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("shared: operator 'a' named twice"), "{out}");
+}
+
+#[test]
+fn user_properties_and_the_other_publish_properties_pass_through_and_must_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let publish = "[[step]]\nmqtt_publish = { operator = \"cloud\", topic = \"cmnd/tasmota_4B3316/Power\", payload = \"ON\", \
+                   user_properties = [[\"k\", \"1\"], [\"k\", \"2\"], [\"from\", \"cloud\"]], response_topic = \"cloud/r\", \
+                   correlation_data = \"c-1\", message_expiry = \"1h\", content_type = \"text/plain\" }\n";
+    let expect = |what: &str| {
+        format!("[[step]]\nexpect = {{ publish = {{ topic = \"cmnd/tasmota_4B3316/Power\", {what} }}, operator = \"watch\" }}\n")
+    };
+    let good = [
+        "user_properties = { from = \"cloud\" }",
+        "user_properties = [[\"k\", \"2\"], [\"k\", \"1\"]]",
+        "response_topic = \"cloud/r\", correlation_data = \"c-1\"",
+        "message_expiry = \"60m\", content_type = \"text/plain\"",
+    ];
+    for what in good {
+        let (code, out) = mqtt5(dir.path(), "props.toml", &format!("{publish}{}", expect(what)));
+        assert_eq!(code, Some(0), "{what}: {out}");
+    }
+    // Each property that is not as given fails, naming what was received.
+    let bad = [
+        ("user_properties = { from = \"device\" }", "[from=device]"),
+        ("user_properties = { k = \"3\" }", "[k=3]"),
+        ("user_properties = { missing = \"1\" }", "[missing=1]"),
+        ("response_topic = \"cloud/x\"", "(response topic cloud/x)"),
+        ("correlation_data = \"c-2\"", "(correlation c-2)"),
+        ("message_expiry = \"59m\"", "(expiry 3540 s)"),
+        ("content_type = \"application/json\"", "(content type application/json)"),
+    ];
+    for (what, shown) in bad {
+        let (code, out) = mqtt5(dir.path(), "props.toml", &format!("{publish}{}", expect(what)));
+        assert_eq!(code, Some(1), "{what}: {out}");
+        assert!(out.contains("FAIL props at step 3"), "{what}: {out}");
+        assert!(
+            out.contains(&format!(
+                "expected operator 'watch' receives cmnd/tasmota_4B3316/Power {shown} within 10s; not seen"
+            )),
+            "{what}: {out}"
+        );
+        assert!(
+            out.contains("cmnd/tasmota_4B3316/Power = ON [k=1] [k=2] [from=cloud] (expiry 3600 s) (response topic cloud/r) (correlation c-1) (content type text/plain)"),
+            "{what}: {out}"
+        );
+    }
+    // The device's answer (an MQTT 3.1.1 publisher) carries no user properties.
+    let answer = "[[step]]\nexpect = { publish = { topic = \"stat/tasmota_4B3316/RESULT\", user_properties = { from = \"cloud\" } }, operator = \"watch\" }\n";
+    let (code, out) = mqtt5(dir.path(), "props.toml", &format!("{publish}{answer}"));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("stat/tasmota_4B3316/RESULT = {\"POWER\":\"ON\"}\n"), "{out}");
+}
+
+#[test]
+fn reason_codes_of_connack_suback_and_puback_must_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = "[[step]]\nexpect = { ack = { packet = \"CONNACK\", codes = [0] }, operator = \"cloud\", since = \"start\" }\n\
+              [[step]]\nexpect = { ack = { packet = \"SUBACK\", codes = [0, 0] }, operator = \"watch\", since = \"start\" }\n\
+              [[step]]\nmqtt_publish = { operator = \"cloud\", topic = \"nobody/listens\", qos = 1 }\n\
+              [[step]]\nexpect = { ack = { packet = \"PUBACK\", codes = [0x10], topic = \"nobody/listens\" }, operator = \"cloud\" }\n";
+    let (code, out) = mqtt5(dir.path(), "acks.toml", ok);
+    assert_eq!(code, Some(0), "{out}");
+    for (from, to, step, seen) in [
+        ("codes = [0] }", "codes = [0x86] }", 2, "CONNACK [0x00]"),
+        ("codes = [0, 0] }", "codes = [0] }", 3, "SUBACK [0x00, 0x00] for cmnd/#, stat/#"),
+        ("codes = [0x10], topic", "codes = [0x00], topic", 5, "PUBACK [0x10] for nobody/listens"),
+        (
+            "topic = \"nobody/listens\" }, operator",
+            "topic = \"other\" }, operator",
+            5,
+            "PUBACK [0x10] for nobody/listens",
+        ),
+    ] {
+        let (code, out) = mqtt5(dir.path(), "acks.toml", &ok.replace(from, to));
+        assert_eq!(code, Some(1), "{to}: {out}");
+        assert!(out.contains(&format!("FAIL acks at step {step}")), "{to}: {out}");
+        assert!(out.contains(&format!("\n      {seen}\n")), "{to}: {out}");
+    }
+    // A refused subscription fails the scenario, unless an ack expectation names its code.
+    let refused = "transcript = false\n[[broker]]\nprofile = \"aws-iot\"\nlimits = [\"subscriptions=1\"]\n\
+                   [[operator]]\nprotocol = 5\nsubscribe = [\"stat/#\", \"tele/#\"]\n[[step]]\nadvance = \"5s\"\n";
+    let (code, out) = run_text(dir.path(), "suback5.toml", refused, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("before the first step: operator 'operator' had its subscription to 'tele/#' refused (SUBACK 0x97 Quota exceeded)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("expect = { ack = { packet = \"SUBACK\", codes = [...] }, operator = \"operator\" }"),
+        "{out}"
+    );
+    let named = refused.replace("advance = \"5s\"", "expect = { ack = { packet = \"SUBACK\", codes = [0x00, 0x97] } }");
+    let (code, out) = run_text(dir.path(), "suback5-expected.toml", &named, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    // An ack expectation that does not name the refusal's code says nothing about it.
+    let unnamed = refused.replace("advance = \"5s\"", "expect = { ack = { packet = \"SUBACK\" } }");
+    let (code, out) = run_text(dir.path(), "suback5-unnamed.toml", &unnamed, &[]);
+    assert_eq!(code, Some(1), "{out}");
+}
+
+#[test]
+fn a_shared_subscription_split_is_checked_against_a_reference_and_fails_when_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let library =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/mqtt5-shared-subscription.toml"))
+            .unwrap()
+            .replace("name = \"mqtt5-shared-subscription\"", "transcript = false");
+    let (code, out) = run_text(dir.path(), "share.toml", &library, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    // worker2 not in the group: every message reaches both.
+    let both = library.replacen(
+        "ws://mqtt.lan:8080/mqtt)\nsubscribe = [\"$share/workers/tele/+/STATE\"]",
+        "ws://mqtt.lan:8080/mqtt)\nsubscribe = [\"tele/+/STATE\"]",
+        1,
+    );
+    assert_ne!(both, library);
+    let (code, out) = run_text(dir.path(), "share.toml", &both, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("FAIL share at step 5"), "{out}");
+    assert!(
+        out.contains("expected each of the 18 messages on tele/+/STATE operator 'everything' received to reach exactly one of 'worker1', 'worker2'; tele/tasmota_000001/STATE = {\"Time\":\"1970-01-01T00:00:08\""),
+        "{out}"
+    );
+    assert!(out.contains(" reached 'worker1' 1x, 'worker2' 1x"), "{out}");
+    // Neither worker subscribed to the telemetry: it reaches none of them.
+    let none = library.replace("$share/workers/tele/+/STATE", "$share/workers/stat/#");
+    let (code, out) = run_text(dir.path(), "share.toml", &none.replace("[[step]]\nexpect = { publish", "#"), &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains(" reached none of them"), "{out}");
+    // A member that gets what the reference did not (here: the reference listens elsewhere).
+    let extra = library.replace(
+        "name = \"everything\"\nsubscribe = [\"tele/+/STATE\"]",
+        "name = \"everything\"\nsubscribe = [\"tele/tasmota_000001/STATE\"]",
+    );
+    let (code, out) = run_text(dir.path(), "share.toml", &extra.replace("topic = \"tele/+/STATE\" } }", "} }"), &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("which operator 'everything' did not"), "{out}");
+    // Nothing to compare: no time has passed since the action.
+    let early = library.replace("advance = \"60s\"", "console = \"Power\"");
+    let (code, out) = run_text(dir.path(), "share.toml", &early, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("expected messages on tele/+/STATE to compare, but operator 'everything' received none since the last action or match"), "{out}");
+}
+
+#[test]
+fn operators_reach_the_embedded_broker_over_websocket_and_wss() {
+    let dir = tempfile::tempdir().unwrap();
+    for (field, over) in [("ws_port = 8080", "WebSocket"), ("wss_port = 8443", "WSS")] {
+        for protocol in [4, 5] {
+            let t = format!(
+                "transcript = false\n[[device]]\nsettings = {{ mqtt_host = \"mqtt.lan\" }}\n[[broker]]\nhost = \"mqtt.lan\"\n\
+                 [[operator]]\nprotocol = {protocol}\n{field}\nsubscribe = [\"stat/+/RESULT\"]\n\
+                 [[step]]\nexpect = {{ record = {{ kind = \"open\", detail_regex = '^operator operator over {over} ' }}, since = \"start\" }}\n\
+                 [[step]]\nexpect = {{ console = \"MQT: Connected\" }}\n\
+                 [[step]]\nmqtt_publish = {{ topic = \"cmnd/tasmota_4B3316/Power\", payload = \"ON\" }}\n\
+                 [[step]]\nexpect = {{ publish = {{ topic = \"stat/tasmota_4B3316/RESULT\", json = {{ POWER = \"ON\" }} }} }}\n"
+            );
+            let (code, out) = run_text(dir.path(), "ws.toml", &t, &[]);
+            assert_eq!(code, Some(0), "{field} {protocol}: {out}");
+            // The broker's record tells the link apart: an operator on plain MQTT fails it.
+            let plain = t.replace(&format!("{field}\n"), "");
+            let (code, out) = run_text(dir.path(), "ws.toml", &plain, &[]);
+            assert_eq!(code, Some(1), "{field} {protocol}: {out}");
+        }
+    }
+}
+
+/// The operator over WebSocket to a real broker (`tasmota-sim broker --ws-listen`), in
+/// real time with `--broker`; the device takes plain MQTT.
+#[test]
+fn an_operator_reaches_a_real_broker_over_websocket_with_broker_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mqtt, ws) = (common::free_port(), common::free_port());
+    let _broker = common::BrokerProcess::start(&[
+        "--listen",
+        &format!("127.0.0.1:{mqtt}"),
+        "--ws-listen",
+        &format!("127.0.0.1:{ws}"),
+    ]);
+    let t = format!(
+        "transcript = false\n[[device]]\nsettings = {{ mqtt_host = \"mqtt.lan\" }}\n[[broker]]\nhost = \"mqtt.lan\"\nexternal = true\n\
+         [[operator]]\nprotocol = 5\nws_port = {ws}\nsubscribe = [\"stat/+/RESULT\"]\n\
+         [[step]]\nexpect = {{ console = \"MQT: Connected\" }}\n\
+         [[step]]\nadvance = \"1s\"\n\
+         [[step]]\nmqtt_publish = {{ topic = \"cmnd/tasmota_4B3316/Power\", payload = \"ON\", user_properties = {{ a = \"b\" }} }}\n\
+         [[step]]\nexpect = {{ publish = {{ topic = \"stat/tasmota_4B3316/RESULT\", json = {{ POWER = \"ON\" }} }} }}\n"
+    );
+    let url = format!("mqtt://127.0.0.1:{mqtt}");
+    let (code, out) = run_text(dir.path(), "ws-real.toml", &t, &["--broker", &url]);
+    assert_eq!(code, Some(0), "{out}");
+    // The same operator on a port with no WebSocket listener fails before the first step.
+    let (code, out) = run_text(
+        dir.path(),
+        "ws-real.toml",
+        &t.replace(&format!("ws_port = {ws}"), &format!("ws_port = {mqtt}")),
+        &["--broker", &url],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("before the first step: operator 'operator'"), "{out}");
+}

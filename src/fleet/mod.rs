@@ -14,7 +14,8 @@
 //!
 //! Targets: `--virtual` runs an embedded `plain` broker over in-memory links on tokio's
 //! paused clock (an hour of fleet life in seconds); `--embedded` runs it in this process
-//! on a loopback socket in real time; `--broker URL` uses any MQTT 3.1.1 broker.
+//! on a loopback socket in real time; `--broker URL` uses any MQTT 3.1.1 broker (MQTT 5
+//! too with `--operator-protocol 5`: the operator client speaks it, the devices never do).
 
 pub mod bill;
 pub mod embedded;
@@ -119,6 +120,9 @@ pub struct Options {
     /// Run only this slice of the fleet's devices (`--shard I/N`): MACs and topics come
     /// from the global index; only shard 0 publishes the group commands.
     pub shard: Option<merge::Shard>,
+    /// What the operator client speaks (`--operator-protocol`; the devices always speak
+    /// MQTT 3.1.1, as Tasmota does).
+    pub operator_protocol: operator::Protocol,
 }
 
 /// The global device indices of `shard` among `total` devices: `[lo, hi)`, the shards'
@@ -435,11 +439,17 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
         };
         let tx = tx.clone();
         let login = opts.login.clone();
+        let protocol = opts.operator_protocol;
         operator_tasks.push(tokio::spawn(async move {
             let events = move |e| {
                 let _ = tx.send(Event::Operator(k, e));
             };
-            let filters = vec!["stat/+/RESULT".to_string(), "tele/+/INFO1".to_string()];
+            let session = operator::Session {
+                client_id: id,
+                login,
+                subscribe: vec!["stat/+/RESULT".to_string(), "tele/+/INFO1".to_string()],
+                protocol,
+            };
             let mut link = Some(first);
             // Like mosquitto_sub, it connects again a second after its link ends (a
             // broker outage), until the run ends.
@@ -450,7 +460,7 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
                 };
                 match stream {
                     Ok(stream) => {
-                        operator::run(stream, id.clone(), login.clone(), filters.clone(), &mut op_rx, &events).await;
+                        operator::run(stream, &session, &mut op_rx, &events).await;
                         if op_rx.is_closed() {
                             return;
                         }
@@ -557,6 +567,7 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
                         payload: payload.to_string(),
                         retain: false,
                         qos: 0,
+                        properties: Default::default(),
                     });
                 }
             }
@@ -589,6 +600,7 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
                         payload: "TOGGLE".into(),
                         retain: false,
                         qos: 0,
+                        properties: Default::default(),
                     });
                     pending[i] = Some(now);
                     pending_count += 1;
@@ -651,7 +663,8 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
                     operators_ready[k] = true;
                     operator_ready = operators_ready.iter().all(|r| *r);
                 }
-                Some(Event::Operator(_, OperatorEvent::Refused(what))) => {
+                Some(Event::Operator(_, OperatorEvent::Ack(_))) => {}
+                Some(Event::Operator(_, OperatorEvent::Refused { what, .. })) => {
                     // Without its subscriptions the operator sees no answer: nothing to measure.
                     return Err(FleetError::Run(format!("the fleet's operator client {what}")));
                 }

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use tasmota_core::{Hardware, Mac, Settings};
 use toml::Spanned;
 
+use super::operator::Protocol;
 pub use super::step::{Action, DeviceFault, Expect, Matcher, PublishPattern, RecordPattern, Role, Step, STEP_KINDS};
 use super::step::{At, RawStep, Refs};
 use crate::broker::auth::{Authorizer, PasswordList};
@@ -116,6 +117,12 @@ struct RawOperator {
     password: Option<String>,
     #[serde(default)]
     subscribe: Vec<String>,
+    /// The MQTT protocol level the operator speaks: 4 (MQTT 3.1.1, the default) or 5.
+    protocol: Option<Spanned<i64>>,
+    /// Reach the broker with MQTT over WebSocket on this port (the path `/mqtt`).
+    ws_port: Option<Spanned<u16>>,
+    /// The same over TLS (WSS).
+    wss_port: Option<Spanned<u16>>,
 }
 
 // ---- the checked scenario ---------------------------------------------------------------
@@ -175,6 +182,17 @@ pub struct OperatorSpec {
     pub client_id: String,
     pub login: Option<(String, String)>,
     pub subscribe: Vec<String>,
+    /// MQTT 3.1.1 (`protocol = 4`, the default) or MQTT 5 (`protocol = 5`).
+    pub protocol: Protocol,
+    /// MQTT over WebSocket (`ws_port`/`wss_port`) instead of MQTT on the link.
+    pub websocket: Option<WebSocketPort>,
+}
+
+/// An operator's `ws_port` (`tls` false) or `wss_port` (`tls` true).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebSocketPort {
+    pub port: u16,
+    pub tls: bool,
 }
 
 impl Scenario {
@@ -362,7 +380,23 @@ impl Checker<'_> {
                 (None, None) => brokers[broker].users.first().cloned(),
             };
             let client_id = o.client_id.unwrap_or_else(|| format!("tasmota-sim-{name}"));
-            operators.push(OperatorSpec { name, broker, client_id, login, subscribe: o.subscribe });
+            let protocol = match &o.protocol {
+                None => Protocol::Mqtt311,
+                Some(p) => Protocol::from_level(*p.get_ref()).unwrap_or_else(|e| {
+                    self.fail(p.span(), format!("protocol: {e}"));
+                    Protocol::Mqtt311
+                }),
+            };
+            let websocket = self.operator_websocket(&o.ws_port, &o.wss_port, &brokers[broker]);
+            operators.push(OperatorSpec {
+                name,
+                broker,
+                client_id,
+                login,
+                subscribe: o.subscribe,
+                protocol,
+                websocket,
+            });
         }
         // Without a declared operator, one watches everything on the first broker.
         if operators.is_empty() && !brokers.is_empty() {
@@ -373,6 +407,8 @@ impl Checker<'_> {
                 client_id: "tasmota-sim-operator".into(),
                 login,
                 subscribe: vec!["#".into()],
+                protocol: Protocol::Mqtt311,
+                websocket: None,
             });
         }
 
@@ -473,6 +509,44 @@ impl Checker<'_> {
             faults,
             external: b.external,
         })
+    }
+
+    /// An operator's `ws_port` or `wss_port` (not both), on a port the broker does not
+    /// use for plain MQTT or MQTT over TLS.
+    fn operator_websocket(
+        &mut self,
+        ws: &Option<Spanned<u16>>,
+        wss: &Option<Spanned<u16>>,
+        broker: &BrokerSpec,
+    ) -> Option<WebSocketPort> {
+        let (given, tls) = match (ws, wss) {
+            (None, None) => return None,
+            (Some(_), Some(w)) => {
+                self.fail(w.span(), "wss_port: an operator takes ws_port or wss_port, not both");
+                return None;
+            }
+            (Some(p), None) => (p, false),
+            (None, Some(p)) => (p, true),
+        };
+        let key = if tls { "wss_port" } else { "ws_port" };
+        let port = *given.get_ref();
+        if port == 0 {
+            self.fail(given.span(), format!("{key}: 0 is not a port"));
+            return None;
+        }
+        for (other, what) in [(broker.port, "port (plain MQTT)"), (broker.tls_port, "tls_port (MQTT over TLS)")] {
+            if other == Some(port) {
+                self.fail(
+                    given.span(),
+                    format!(
+                        "{key}: {port} is broker '{}''s {what}; its WebSocket listener needs a port of its own",
+                        broker.name
+                    ),
+                );
+                return None;
+            }
+        }
+        Some(WebSocketPort { port, tls })
     }
 
     pub(super) fn broker_ref(&mut self, brokers: &[BrokerSpec], name: Option<&str>, span: Span) -> Option<usize> {

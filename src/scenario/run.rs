@@ -7,8 +7,8 @@ use std::time::Duration;
 use tasmota_core::BootReason;
 
 use super::file::{Action, Expect, Matcher, PublishPattern, RecordPattern, Role, Scenario, Step};
-use super::step::Since;
-use super::world::{EmbeddedBroker, EmbeddedNet, Net, World};
+use super::step::{AckPattern, Since};
+use super::world::{EmbeddedBroker, EmbeddedNet, Net, Trouble, World};
 use super::{operator, transcript, BrokerUrl, Options, Outcome, Verdict};
 use crate::broker::{self, Broker, Record, TlsListen};
 use crate::link::{Connector, TlsCompat, Trust};
@@ -23,6 +23,8 @@ use crate::link::{Connector, TlsCompat, Trust};
 struct Cursors {
     console: Vec<usize>,
     received: Vec<usize>,
+    /// Per operator: its CONNACKs, SUBACKs and PUBACKs.
+    acks: Vec<usize>,
     records: Vec<usize>,
 }
 
@@ -32,6 +34,7 @@ impl Cursors {
         Cursors {
             console: (0..world.device_count()).map(|i| world.console(i).len()).collect(),
             received: world.operators.iter().map(|o| o.received.len()).collect(),
+            acks: world.operators.iter().map(|o| o.acks.len()).collect(),
             records: brokers.iter().map(Broker::record_count).collect(),
         }
     }
@@ -42,6 +45,7 @@ impl Cursors {
         Cursors {
             console: later(&self.console, &other.console),
             received: later(&self.received, &other.received),
+            acks: later(&self.acks, &other.acks),
             records: later(&self.records, &other.records),
         }
     }
@@ -118,6 +122,7 @@ async fn run_steps(s: &Scenario, opts: &Options, virtual_clock: bool) -> Outcome
     let start = Cursors {
         console: vec![0; s.devices.len()],
         received: vec![0; s.operators.len()],
+        acks: vec![0; s.operators.len()],
         records: vec![0; brokers.len()],
     };
     let mut reading = Reading { now: start.clone(), start, steps: Vec::new() };
@@ -186,7 +191,7 @@ async fn run_steps(s: &Scenario, opts: &Options, virtual_clock: bool) -> Outcome
 struct Troubles {
     /// (operator, the step during or after which it was noticed (0-based; `None`:
     /// before the first), what happened)
-    pending: Vec<(usize, Option<usize>, String)>,
+    pending: Vec<(usize, Option<usize>, Trouble)>,
 }
 
 impl Troubles {
@@ -205,8 +210,18 @@ impl Troubles {
             _ => Vec::new(),
         };
         for e in expects {
-            if let Matcher::Record { broker, .. } = &e.what {
-                self.pending.retain(|(op, _, _)| s.operators[*op].broker != *broker);
+            match &e.what {
+                Matcher::Record { broker, .. } => {
+                    self.pending.retain(|(op, _, _)| s.operators[*op].broker != *broker);
+                }
+                // An `ack` that names a refusal's code says the scenario meant that kind of
+                // refusal for that operator; one without codes says nothing about it.
+                Matcher::Ack { operator, pattern: AckPattern { kind, codes: Some(codes), .. } }
+                    if codes.iter().any(|c| *c >= 0x80) =>
+                {
+                    self.pending.retain(|(op, _, t)| !(*op == *operator && t.refused == Some(*kind)));
+                }
+                _ => {}
             }
         }
     }
@@ -220,19 +235,26 @@ impl Troubles {
         let (op, step, what) = self.pending.first()?;
         let spec = &s.operators[*op];
         let before = if step.is_none() { "before the first step: " } else { "" };
-        let message = format!(
-            "{before}{}\n  if the scenario means it, expect it on the broker's record, e.g. \
-             expect = {{ record = {{ kind = \"close\", client = \"{}\" }} }}",
-            Troubles::describe(s, *op, what),
-            spec.client_id
-        );
+        let hint = match what.refused {
+            Some(kind) => format!(
+                "expect it from the operator, e.g. expect = {{ ack = {{ packet = \"{}\", codes = [...] }}, operator = \"{}\" }}",
+                kind.name(),
+                spec.name
+            ),
+            None => format!(
+                "expect it on the broker's record, e.g. expect = {{ record = {{ kind = \"close\", client = \"{}\" }} }}",
+                spec.client_id
+            ),
+        };
+        let message =
+            format!("{before}{}\n  if the scenario means it, {hint}", Troubles::describe(s, *op, &what.what),);
         let step = step.map(|i| (i + 1, s.steps[i].line, s.steps[i].column));
         Some(Verdict::Failed { step, message })
     }
 
     /// What went wrong for the operators, as a note under another failure.
     fn meanwhile(&self, s: &Scenario) -> String {
-        self.pending.iter().map(|(op, _, what)| format!("\n(meanwhile {})", Troubles::describe(s, *op, what))).collect()
+        self.pending.iter().map(|(op, _, t)| format!("\n(meanwhile {})", Troubles::describe(s, *op, &t.what))).collect()
     }
 }
 
@@ -252,8 +274,14 @@ fn build_net(s: &Scenario, opts: &Options) -> Result<Net, String> {
         }
         return Ok(Net::External { connector: external_connector(s, opts, url)?, url: url.clone() });
     }
+    // A broker has a certificate when it has a TLS port or an operator reaches it by WSS.
+    let has_tls = |i: usize| {
+        s.brokers[i].tls_port.is_some()
+            || s.operators.iter().any(|o| o.broker == i && o.websocket.is_some_and(|w| w.tls))
+    };
     let tls_names: Vec<String> = {
-        let mut n: Vec<String> = s.brokers.iter().filter(|b| b.tls_port.is_some()).map(|b| b.host.clone()).collect();
+        let mut n: Vec<String> =
+            s.brokers.iter().enumerate().filter(|(i, _)| has_tls(*i)).map(|(_, b)| b.host.clone()).collect();
         n.sort();
         n.dedup();
         n
@@ -268,7 +296,7 @@ fn build_net(s: &Scenario, opts: &Options) -> Result<Net, String> {
         (Some(Arc::new(acceptors)), roots)
     };
     let mut brokers = Vec::new();
-    for spec in &s.brokers {
+    for (i, spec) in s.brokers.iter().enumerate() {
         let mut config = broker::Config::new(spec.profile);
         for (u, p) in &spec.users {
             config.users.add(&format!("{u}:{p}")).map_err(|e| format!("broker '{}': {e}", spec.name))?;
@@ -286,8 +314,8 @@ fn build_net(s: &Scenario, opts: &Options) -> Result<Net, String> {
         }
         config.faults = spec.faults.clone();
         config.record_in_memory = true;
-        let tls = match (&acceptors, spec.tls_port) {
-            (Some(a), Some(_)) => Some(TlsListen { acceptors: a.clone(), mtls: false }),
+        let tls = match &acceptors {
+            Some(a) if has_tls(i) => Some(TlsListen { acceptors: a.clone(), mtls: false }),
             _ => None,
         };
         brokers.push(EmbeddedBroker { spec: spec.clone(), broker: Broker::new(config), tls });
@@ -344,8 +372,14 @@ async fn run_step(world: &mut World, brokers: &[Broker], reading: &mut Reading, 
             // What the line sets off at this instant is carried out before the next step.
             settle_now(world).await;
         }
-        Action::MqttPublish { operator, topic, payload, retain, qos } => {
-            let cmd = operator::Command { topic: topic.clone(), payload: payload.clone(), retain: *retain, qos: *qos };
+        Action::MqttPublish { operator, topic, payload, retain, qos, properties } => {
+            let cmd = operator::Command {
+                topic: topic.clone(),
+                payload: payload.clone(),
+                retain: *retain,
+                qos: *qos,
+                properties: properties.clone(),
+            };
             world.operator_publish(*operator, cmd)?;
             // What the broker does with it (including closing the link) belongs to this step.
             world.settle().await;
@@ -391,6 +425,20 @@ async fn run_step(world: &mut World, brokers: &[Broker], reading: &mut Reading, 
                 let want = body.as_deref().unwrap_or("(any body)");
                 return Err(format!("http: expected {status} {want}\n  got      {} {}", r.status, r.body));
             }
+        }
+        Action::Expect(e @ Expect { what: Matcher::Shared { members, reference, topic }, .. }) => {
+            // What is on its way arrives first; then the share is counted once, over what
+            // the reference had by now. In real time a copy may still be on the wire:
+            // the members get a second more, so a message delivered twice is seen twice.
+            world.settle().await;
+            let cutoff_ms = world.now_ms();
+            if !world.virtual_clock {
+                let grace = world.now_plus(Duration::from_secs(1));
+                world.run_until(grace, |_| false).await;
+            }
+            let from = reading.from(e).clone();
+            let next = shared_split(world, &from, e.since, cutoff_ms, *reference, members, topic.as_deref())?;
+            reading.matched(&next);
         }
         Action::Expect(e) => {
             let from = reading.from(e).clone();
@@ -502,8 +550,100 @@ fn find(w: &World, brokers: &[Broker], from: &Cursors, m: &Matcher) -> Option<Cu
                 return None;
             }
         }
+        Matcher::Ack { operator, pattern } => {
+            let got = &w.operators[*operator].acks;
+            let i = got[from.acks[*operator]..].iter().position(|a| ack_matches(pattern, &a.ack))?;
+            next.acks[*operator] += i + 1;
+        }
+        // Checked once by `shared_split`, never waited for.
+        Matcher::Shared { .. } => return None,
     }
     Some(next)
+}
+
+fn ack_matches(p: &AckPattern, a: &operator::Ack) -> bool {
+    p.kind == a.kind
+        && p.codes.as_ref().is_none_or(|c| *c == a.codes)
+        && p.topic.as_ref().is_none_or(|t| a.topics.contains(t))
+}
+
+/// A shared subscription's split: every message `reference` received on `topic` (a
+/// filter) since `from` reached exactly one of `members`, and the members received
+/// nothing there that the reference did not. Messages are told apart by topic and
+/// payload (and counted, so one sent twice must arrive twice). Returns the cursors past
+/// everything read, or what was wrong.
+fn shared_split(
+    w: &World,
+    from: &Cursors,
+    since: Since,
+    cutoff_ms: u64,
+    reference: usize,
+    members: &[usize],
+    topic: Option<&str>,
+) -> Result<Cursors, String> {
+    use std::collections::BTreeMap;
+    let on_topic = |m: &operator::Received| {
+        topic.is_none_or(|t| crate::broker::topic::matches(t, &m.topic, false) || t == m.topic)
+    };
+    let name = |i: usize| format!("'{}'", w.operators[i].name);
+    let what = topic.unwrap_or("any topic");
+    let seen = |i: usize| w.operators[i].received[from.received[i]..].iter().filter(move |m| on_topic(&m.msg));
+    // (topic, payload) -> how many times the reference got it, and each member.
+    let mut count: BTreeMap<(&str, &str), (usize, Vec<usize>)> = BTreeMap::new();
+    for m in seen(reference).filter(|m| m.at_ms <= cutoff_ms) {
+        count.entry((&m.msg.topic, &m.msg.payload)).or_insert_with(|| (0, vec![0; members.len()])).0 += 1;
+    }
+    if count.is_empty() {
+        return Err(format!(
+            "expected messages on {what} to compare, but operator {} received none since {} (let time pass with advance first)",
+            name(reference),
+            since
+        ));
+    }
+    let mut per_member = vec![0usize; members.len()];
+    for (k, &m) in members.iter().enumerate() {
+        for seen_msg in seen(m) {
+            let msg = &seen_msg.msg;
+            per_member[k] += 1;
+            match count.get_mut(&(msg.topic.as_str(), msg.payload.as_str())) {
+                Some(c) => c.1[k] += 1,
+                // Sent after the cutoff (real time): the reference's copy was not counted.
+                None if seen_msg.at_ms > cutoff_ms => {}
+                None => {
+                    return Err(format!(
+                        "operator {} received {} = {} on {what}, which operator {} did not",
+                        name(m),
+                        msg.topic,
+                        msg.payload,
+                        name(reference)
+                    ))
+                }
+            }
+        }
+    }
+    let split: Vec<String> = members.iter().zip(&per_member).map(|(m, n)| format!("{} {n}", name(*m))).collect();
+    for ((t, p), (times, got)) in &count {
+        let total: usize = got.iter().sum();
+        if total != *times {
+            let reached: Vec<String> =
+                members.iter().zip(got).filter(|(_, n)| **n > 0).map(|(m, n)| format!("{} {n}x", name(*m))).collect();
+            let reached = if reached.is_empty() { "none of them".to_string() } else { reached.join(", ") };
+            return Err(format!(
+                "expected each of the {} messages on {what} operator {} received to reach exactly one of {}; \
+                 {t} = {p} reached {reached}{}",
+                count.values().map(|c| c.0).sum::<usize>(),
+                name(reference),
+                members.iter().map(|m| name(*m)).collect::<Vec<_>>().join(", "),
+                if *times > 1 { format!(" (sent {times}x)") } else { String::new() }
+            ));
+        }
+    }
+    tracing::debug!(split = %split.join(", "), "shared subscription split");
+    let mut next = from.clone();
+    for &i in members.iter().chain([reference].iter()) {
+        next.received[i] = w.operators[i].received.len();
+    }
+    Ok(next)
 }
 
 fn has_timestamp(text: &str) -> bool {
@@ -527,6 +667,33 @@ fn publish_matches(p: &PublishPattern, m: &operator::Received) -> bool {
         && p.json.as_ref().is_none_or(|want| {
             serde_json::from_str::<serde_json::Value>(&m.payload).is_ok_and(|got| json_contains(&got, want))
         })
+        && p.user_properties.iter().all(|pair| m.properties.user_properties.contains(pair))
+        && p.message_expiry.is_none_or(|e| m.properties.message_expiry == Some(e))
+        && p.response_topic.as_ref().is_none_or(|t| m.properties.response_topic.as_ref() == Some(t))
+        && p.correlation_data.as_ref().is_none_or(|c| m.properties.correlation_data.as_deref() == Some(c.as_bytes()))
+        && p.content_type.as_ref().is_none_or(|c| m.properties.content_type.as_ref() == Some(c))
+}
+
+/// A received message as failures show it: `topic = payload`, then its properties.
+fn show_received(m: &operator::Received) -> String {
+    let mut s = format!("{} = {}{}", m.topic, m.payload, if m.retain { " (retained)" } else { "" });
+    let p = &m.properties;
+    for (k, v) in &p.user_properties {
+        s.push_str(&format!(" [{k}={v}]"));
+    }
+    if let Some(e) = p.message_expiry {
+        s.push_str(&format!(" (expiry {e} s)"));
+    }
+    if let Some(t) = &p.response_topic {
+        s.push_str(&format!(" (response topic {t})"));
+    }
+    if let Some(c) = &p.correlation_data {
+        s.push_str(&format!(" (correlation {})", String::from_utf8_lossy(c)));
+    }
+    if let Some(c) = &p.content_type {
+        s.push_str(&format!(" (content type {c})"));
+    }
+    s
 }
 
 /// Whether `got` has every key of `want` with the same value (objects recursively).
@@ -557,8 +724,13 @@ fn describe_hit(w: &World, brokers: &[Broker], seen: &Cursors, m: &Matcher) -> S
         }
         Matcher::Publish { operator, .. } => {
             let m = &w.operators[*operator].received[seen.received[*operator] - 1].msg;
-            format!("the operator received {} = {}{}", m.topic, m.payload, if m.retain { " (retained)" } else { "" })
+            format!("the operator received {}", show_received(m))
         }
+        Matcher::Ack { operator, .. } => {
+            let a = &w.operators[*operator].acks[seen.acks[*operator] - 1].ack;
+            format!("the operator received {a}")
+        }
+        Matcher::Shared { .. } => "the share was as expected".to_string(),
         Matcher::Record { broker, .. } => {
             let r = brokers[*broker].records_since(seen.records[*broker] - 1);
             format!("the broker recorded {}", r.first().and_then(|r| serde_json::to_string(r).ok()).unwrap_or_default())
@@ -593,14 +765,7 @@ fn not_seen(w: &World, brokers: &[Broker], from: &Cursors, e: &Expect) -> String
         Matcher::Publish { operator, .. } => {
             let op = &w.operators[*operator];
             let got = &op.received[from.received[*operator]..];
-            msg.push_str(&tail(
-                got.iter()
-                    .map(|m| {
-                        let r = if m.msg.retain { " (retained)" } else { "" };
-                        format!("{} = {}{r}", m.msg.topic, m.msg.payload)
-                    })
-                    .collect(),
-            ));
+            msg.push_str(&tail(got.iter().map(|m| show_received(&m.msg)).collect()));
             if let Some(why) = &op.down {
                 msg.push_str(&format!("\n    (the operator's link ended: {why})"));
             }
@@ -614,6 +779,15 @@ fn not_seen(w: &World, brokers: &[Broker], from: &Cursors, e: &Expect) -> String
             let now = serde_json::to_value(settings).ok().and_then(|v| v.get(name).cloned());
             msg.push_str(&format!(": {name} is {}", now.unwrap_or_default()));
         }
+        Matcher::Ack { operator, .. } => {
+            let op = &w.operators[*operator];
+            let got = &op.acks[from.acks[*operator]..];
+            msg.push_str(&tail(got.iter().map(|a| a.ack.to_string()).collect()));
+            if let Some(why) = &op.down {
+                msg.push_str(&format!("\n    (the operator's link ended: {why})"));
+            }
+        }
+        Matcher::Shared { .. } => {}
     }
     msg
 }

@@ -15,6 +15,7 @@ use tasmota_core::Settings;
 use toml::Spanned;
 
 use super::file::{BrokerSpec, Checker, DeviceSpec, OperatorSpec, Span, DEFAULT_WITHIN};
+use super::operator::{AckKind, Protocol, PublishProperties};
 use crate::broker::fault::FaultRule;
 
 /// What a step kind does to the scenario's time and read positions.
@@ -176,6 +177,50 @@ struct RawPublish {
     retain: bool,
     #[serde(default)]
     qos: u8,
+    user_properties: Option<Spanned<RawUserProperties>>,
+    /// MQTT 5 PUBLISH properties (see [`RawProperties`]).
+    message_expiry: Option<Spanned<String>>,
+    response_topic: Option<String>,
+    correlation_data: Option<String>,
+    content_type: Option<String>,
+}
+
+/// The MQTT 5 properties of a PUBLISH, sent (`mqtt_publish`) or looked for (`publish`);
+/// both take these keys.
+struct RawProperties {
+    user_properties: Option<Spanned<RawUserProperties>>,
+    /// A duration in whole seconds (`"30s"`, `"1h"`).
+    message_expiry: Option<Spanned<String>>,
+    response_topic: Option<String>,
+    /// As text; its UTF-8 bytes are the Correlation Data.
+    correlation_data: Option<String>,
+    content_type: Option<String>,
+}
+
+/// `{ key = "value", ... }` (in key order), or `[["key", "value"], ...]` (in this order;
+/// a key may repeat).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawUserProperties {
+    Table(BTreeMap<String, String>),
+    Pairs(Vec<(String, String)>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAck {
+    packet: Spanned<String>,
+    codes: Option<Vec<u8>>,
+    /// PUBACK: the topic of the PUBLISH it answers; SUBACK: one of the filters.
+    topic: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShared {
+    members: Vec<String>,
+    reference: String,
+    topic: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -189,6 +234,8 @@ struct RawExpect {
     publish: Option<RawSeenPublish>,
     record: Option<RawRecord>,
     setting: Option<RawSetting>,
+    ack: Option<RawAck>,
+    shared: Option<RawShared>,
     within: Option<Spanned<String>>,
     /// Where to read from: the last action (default), `start` or `step N`.
     since: Option<Spanned<String>>,
@@ -202,6 +249,12 @@ struct RawSeenPublish {
     payload_regex: Option<Spanned<String>>,
     json: Option<toml::Value>,
     retain: Option<bool>,
+    user_properties: Option<Spanned<RawUserProperties>>,
+    /// MQTT 5 PUBLISH properties (see [`RawProperties`]).
+    message_expiry: Option<Spanned<String>>,
+    response_topic: Option<String>,
+    correlation_data: Option<String>,
+    content_type: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -247,6 +300,7 @@ pub enum Action {
         payload: String,
         retain: bool,
         qos: u8,
+        properties: PublishProperties,
     },
     Advance(Duration),
     Restart {
@@ -396,6 +450,26 @@ pub enum Matcher {
         name: String,
         value: serde_json::Value,
     },
+    /// A CONNACK, SUBACK or PUBACK an operator received.
+    Ack {
+        operator: usize,
+        pattern: AckPattern,
+    },
+    /// Every message `reference` received on `topic` reached exactly one of `members`
+    /// (a shared subscription's group), and they received nothing else there. Checked
+    /// once, when the step runs.
+    Shared {
+        members: Vec<usize>,
+        reference: usize,
+        topic: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct AckPattern {
+    pub kind: AckKind,
+    pub codes: Option<Vec<u8>>,
+    pub topic: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -405,6 +479,13 @@ pub struct PublishPattern {
     pub payload_regex: Option<regex::Regex>,
     pub json: Option<serde_json::Value>,
     pub retain: Option<bool>,
+    /// MQTT 5: each of these user properties is among the message's.
+    pub user_properties: Vec<(String, String)>,
+    /// MQTT 5: the rest of the properties, each as given when given.
+    pub message_expiry: Option<u32>,
+    pub response_topic: Option<String>,
+    pub correlation_data: Option<String>,
+    pub content_type: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -465,7 +546,22 @@ impl Checker<'_> {
             self.fail(at.span.clone(), "mqtt_publish: qos is 0 or 1");
             return None;
         }
-        Some(Action::MqttPublish { operator, topic: p.topic, payload: p.payload, retain: p.retain, qos: p.qos })
+        let raw = RawProperties {
+            user_properties: p.user_properties,
+            message_expiry: p.message_expiry,
+            response_topic: p.response_topic,
+            correlation_data: p.correlation_data,
+            content_type: p.content_type,
+        };
+        let properties = self.properties(raw, &at.refs.operators[operator], "mqtt_publish", at.span.clone())?;
+        Some(Action::MqttPublish {
+            operator,
+            topic: p.topic,
+            payload: p.payload,
+            retain: p.retain,
+            qos: p.qos,
+            properties,
+        })
     }
 
     fn step_advance(&mut self, d: Spanned<String>, _: &mut At) -> Option<Action> {
@@ -579,7 +675,12 @@ impl Checker<'_> {
     }
 
     fn step_expect_not(&mut self, e: RawExpect, at: &mut At) -> Option<Action> {
-        self.expect(e, at).map(Action::ExpectNot)
+        let e = self.expect(e, at)?;
+        if let Matcher::Shared { .. } = e.what {
+            self.fail(at.span.clone(), "shared: only in expect (not expect_not or expect_order)");
+            return None;
+        }
+        Some(Action::ExpectNot(e))
     }
 
     fn step_expect_order(&mut self, items: Vec<RawExpect>, at: &mut At) -> Option<Action> {
@@ -596,6 +697,10 @@ impl Checker<'_> {
             return None;
         }
         let items: Vec<Expect> = items.into_iter().filter_map(|e| self.expect(e, at)).collect();
+        if items.iter().any(|e| matches!(e.what, Matcher::Shared { .. })) {
+            self.fail(at.span.clone(), "shared: only in expect (not expect_not or expect_order)");
+            return None;
+        }
         Some(Action::ExpectOrder { items, within })
     }
 
@@ -607,12 +712,24 @@ impl Checker<'_> {
             e.publish.is_some(),
             e.record.is_some(),
             e.setting.is_some(),
+            e.ack.is_some(),
+            e.shared.is_some(),
         ]
         .iter()
         .filter(|b| **b)
         .count();
         if set != 1 {
-            self.fail(span, "an expectation names one of: console, console_regex, publish, record, setting");
+            self.fail(
+                span,
+                "an expectation names one of: console, console_regex, publish, record, setting, ack, shared",
+            );
+            return None;
+        }
+        if let (Some(_), Some(w)) = (&e.shared, &e.within) {
+            self.fail(
+                w.span(),
+                "shared: checks what was received when the step runs (let time pass with advance first); it takes no within",
+            );
             return None;
         }
         let within = match &e.within {
@@ -638,8 +755,28 @@ impl Checker<'_> {
                 None => None,
             };
             let json = p.json.map(|v| serde_json::to_value(v).unwrap_or(serde_json::Value::Null));
-            let shown = describe_publish(&p.topic, &p.payload, &payload_regex, &json, p.retain);
-            let pattern = PublishPattern { topic: p.topic, payload: p.payload, payload_regex, json, retain: p.retain };
+            let raw = RawProperties {
+                user_properties: p.user_properties,
+                message_expiry: p.message_expiry,
+                response_topic: p.response_topic,
+                correlation_data: p.correlation_data,
+                content_type: p.content_type,
+            };
+            let props = self.properties(raw, &r.operators[operator], "publish", span.clone())?;
+            let mut shown = describe_publish(&p.topic, &p.payload, &payload_regex, &json, p.retain);
+            shown.push_str(&describe_properties(&props));
+            let pattern = PublishPattern {
+                topic: p.topic,
+                payload: p.payload,
+                payload_regex,
+                json,
+                retain: p.retain,
+                user_properties: props.user_properties,
+                message_expiry: props.message_expiry,
+                response_topic: props.response_topic,
+                correlation_data: props.correlation_data.map(|b| String::from_utf8_lossy(&b).into_owned()),
+                content_type: props.content_type,
+            };
             (
                 Matcher::Publish { operator, pattern },
                 format!("operator '{}' receives {shown}", r.operators[operator].name),
@@ -690,6 +827,68 @@ impl Checker<'_> {
             let value = serde_json::to_value(&s.value).unwrap_or(serde_json::Value::Null);
             let shown = format!("setting {} = {value}", s.name);
             (Matcher::Setting { device, name: s.name, value }, shown)
+        } else if let Some(a) = e.ack {
+            let operator = self.operator_ref(r.operators, e.operator.as_deref(), span.clone())?;
+            let spec = &r.operators[operator];
+            let Some(kind) = AckKind::ALL.into_iter().find(|k| k.name() == a.packet.get_ref().as_str()) else {
+                self.fail(
+                    a.packet.span(),
+                    format!("ack: '{}': the packet is CONNACK, SUBACK or PUBACK", a.packet.get_ref()),
+                );
+                return None;
+            };
+            if kind == AckKind::PubAck && a.codes.is_some() && spec.protocol == Protocol::Mqtt311 {
+                self.fail(
+                    a.packet.span(),
+                    format!(
+                        "ack: an MQTT 3.1.1 PUBACK has no reason code; operator '{}' needs protocol = 5 for codes",
+                        spec.name
+                    ),
+                );
+                return None;
+            }
+            let mut shown = format!("operator '{}' receives {}", spec.name, kind.name());
+            if let Some(codes) = &a.codes {
+                let codes: Vec<String> = codes.iter().map(|c| format!("0x{c:02X}")).collect();
+                shown.push_str(&format!(" [{}]", codes.join(", ")));
+            }
+            if let Some(t) = &a.topic {
+                shown.push_str(&format!(" for {t}"));
+            }
+            (Matcher::Ack { operator, pattern: AckPattern { kind, codes: a.codes, topic: a.topic } }, shown)
+        } else if let Some(sh) = e.shared {
+            let reference = self.operator_ref(r.operators, Some(&sh.reference), span.clone())?;
+            let mut members = Vec::new();
+            for m in &sh.members {
+                let i = self.operator_ref(r.operators, Some(m), span.clone())?;
+                if members.contains(&i) || i == reference {
+                    self.fail(
+                        span,
+                        format!("shared: operator '{m}' named twice (members and reference are all different)"),
+                    );
+                    return None;
+                }
+                members.push(i);
+            }
+            if members.len() < 2 {
+                self.fail(span, "shared: members names the operators of one share group, at least two");
+                return None;
+            }
+            let broker = r.operators[reference].broker;
+            if let Some(&other) = members.iter().find(|&&m| r.operators[m].broker != broker) {
+                self.fail(
+                    span,
+                    format!("shared: operator '{}' is on another broker than the reference", r.operators[other].name),
+                );
+                return None;
+            }
+            let shown = format!(
+                "every {} operator '{}' receives reaches exactly one of {}",
+                sh.topic.as_deref().unwrap_or("message"),
+                sh.reference,
+                sh.members.iter().map(|m| format!("'{m}'")).collect::<Vec<_>>().join(", ")
+            );
+            (Matcher::Shared { members, reference, topic: sh.topic }, shown)
         } else {
             return None;
         };
@@ -697,6 +896,53 @@ impl Checker<'_> {
             text.push_str(&format!(" (since {since})"));
         }
         Some(Expect { what, within, since, text })
+    }
+
+    /// The MQTT 5 properties of a PUBLISH, for `operator`: none at all for a 3.1.1 one.
+    fn properties(
+        &mut self,
+        raw: RawProperties,
+        operator: &OperatorSpec,
+        what: &str,
+        span: Span,
+    ) -> Option<PublishProperties> {
+        let user_properties = match raw.user_properties {
+            None => Vec::new(),
+            Some(u) => match u.into_inner() {
+                RawUserProperties::Table(t) => t.into_iter().collect(),
+                RawUserProperties::Pairs(p) => p,
+            },
+        };
+        let message_expiry = match &raw.message_expiry {
+            None => None,
+            Some(d) => {
+                let t = self.duration(d, &format!("{what}: message_expiry"));
+                if t.subsec_millis() != 0 || t.is_zero() || t.as_secs() > u64::from(u32::MAX) {
+                    self.fail(d.span(), format!("{what}: message_expiry: whole seconds, 1s to 4294967295s"));
+                    return None;
+                }
+                Some(t.as_secs() as u32)
+            }
+        };
+        let p = PublishProperties {
+            user_properties,
+            message_expiry,
+            response_topic: raw.response_topic,
+            correlation_data: raw.correlation_data.map(String::into_bytes),
+            content_type: raw.content_type,
+        };
+        if !p.is_empty() && operator.protocol == Protocol::Mqtt311 {
+            self.fail(
+                span,
+                format!(
+                    "{what}: MQTT 3.1.1 has no PUBLISH properties (user_properties, message_expiry, response_topic, \
+                     correlation_data, content_type); operator '{}' needs protocol = 5",
+                    operator.name
+                ),
+            );
+            return None;
+        }
+        Some(p)
     }
 
     /// A regex, or an error at the regex's own line and column.
@@ -755,6 +1001,27 @@ fn edit_distance(a: &str, b: &str) -> usize {
         }
     }
     row[b.len()]
+}
+
+/// The properties an expectation looks for, as reports show them.
+fn describe_properties(p: &PublishProperties) -> String {
+    let mut s = String::new();
+    for (k, v) in &p.user_properties {
+        s.push_str(&format!(" [{k}={v}]"));
+    }
+    if let Some(e) = p.message_expiry {
+        s.push_str(&format!(" (expiry {e} s)"));
+    }
+    if let Some(t) = &p.response_topic {
+        s.push_str(&format!(" (response topic {t})"));
+    }
+    if let Some(c) = &p.correlation_data {
+        s.push_str(&format!(" (correlation {})", String::from_utf8_lossy(c)));
+    }
+    if let Some(c) = &p.content_type {
+        s.push_str(&format!(" (content type {c})"));
+    }
+    s
 }
 
 fn describe_publish(

@@ -21,8 +21,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::file::{BrokerSpec, DeviceFault, Scenario};
-use super::operator::{self, OperatorEvent, Received};
+use super::file::{BrokerSpec, DeviceFault, OperatorSpec, Scenario};
+use super::operator::{self, Ack, AckKind, OperatorEvent, Received};
 use crate::broker::{self, Broker, LinkInfo, TlsInfo, TlsListen};
 use crate::host::{Console, HostDevice, HostSetup, LinkEvent, Network, Opening, Timers};
 use crate::link::{BoxStream, Connector};
@@ -42,6 +42,21 @@ pub struct ConsoleLine {
 pub struct Message {
     pub at_ms: u64,
     pub msg: Received,
+}
+
+/// An acknowledgement an operator received, with the world time.
+#[derive(Debug, Clone)]
+pub struct SeenAck {
+    pub at_ms: u64,
+    pub ack: Ack,
+}
+
+/// Something that went wrong for an operator: a lost link (`refused` `None`), or a
+/// refusal in a SUBACK or PUBACK.
+#[derive(Debug, Clone)]
+pub struct Trouble {
+    pub refused: Option<AckKind>,
+    pub what: String,
 }
 
 /// How devices reach brokers.
@@ -100,9 +115,11 @@ pub struct OperatorSlot {
     pub ready: bool,
     pub down: Option<String>,
     pub received: Vec<Message>,
+    /// Every CONNACK, SUBACK and PUBACK it received, in order.
+    pub acks: Vec<SeenAck>,
     /// What went wrong for the operator (a lost link, a refused subscription) that the
     /// runner has not yet taken.
-    pub troubles: Vec<String>,
+    pub troubles: Vec<Trouble>,
     /// Its broker (index into the scenario's brokers).
     broker: usize,
     /// The broker's restart count when the operator last became ready: a link lost to a
@@ -122,6 +139,8 @@ pub struct World {
     pub operators: Vec<OperatorSlot>,
     /// Virtual (or real) time zero.
     t0: Instant,
+    /// Whether time is tokio's paused clock (else the wall clock).
+    pub virtual_clock: bool,
     tx: mpsc::UnboundedSender<Event>,
     rx: mpsc::UnboundedReceiver<Event>,
 }
@@ -169,6 +188,7 @@ impl World {
             is_touched: vec![false; n],
             operators: Vec::new(),
             t0,
+            virtual_clock,
             tx,
             rx,
         };
@@ -185,12 +205,16 @@ impl World {
                 let events = move |event| {
                     let _ = tx.send(Event::Operator { operator: i, event });
                 };
+                let session = operator::Session {
+                    client_id: spec.client_id.clone(),
+                    login: spec.login.clone(),
+                    subscribe: spec.subscribe.clone(),
+                    protocol: spec.protocol,
+                };
                 loop {
-                    match operator_link(&net, spec.broker, &spec.name).await {
+                    match operator_link(&net, &spec).await {
                         Ok(stream) => {
-                            let (id, login, filters) =
-                                (spec.client_id.clone(), spec.login.clone(), spec.subscribe.clone());
-                            operator::run(stream, id, login, filters, &mut crx, &events).await;
+                            operator::run(stream, &session, &mut crx, &events).await;
                             if crx.is_closed() {
                                 return;
                             }
@@ -206,6 +230,7 @@ impl World {
                 ready: false,
                 down: None,
                 received: Vec::new(),
+                acks: Vec::new(),
                 troubles: Vec::new(),
                 broker: spec_broker,
                 restarts_at_ready: 0,
@@ -404,11 +429,12 @@ impl World {
                         op.down = None;
                     }
                     OperatorEvent::Message(msg) => op.received.push(Message { at_ms, msg }),
-                    OperatorEvent::Refused(what) => op.troubles.push(what),
+                    OperatorEvent::Ack(ack) => op.acks.push(SeenAck { at_ms, ack }),
+                    OperatorEvent::Refused { kind, what } => op.troubles.push(Trouble { refused: Some(kind), what }),
                     OperatorEvent::Down(why) => {
                         tracing::debug!(operator = %op.name, %why, "operator link ended");
                         if op.ready && restarts == op.restarts_at_ready {
-                            op.troubles.push(format!("lost its link: {why}"));
+                            op.troubles.push(Trouble { refused: None, what: format!("lost its link: {why}") });
                         }
                         op.ready = false;
                         op.down = Some(why);
@@ -437,29 +463,78 @@ impl World {
     }
 }
 
-/// A fresh link for an operator to its broker.
-async fn operator_link(net: &Net, broker: usize, name: &str) -> Result<BoxStream, String> {
+/// A fresh link for an operator to its broker: MQTT straight on the link, or inside a
+/// WebSocket (`ws_port`, `wss_port`).
+///
+/// To an embedded broker the link is in memory: a WebSocket link goes through the
+/// broker's WebSocket code path (the HTTP upgrade on `/mqtt`, subprotocol `mqtt`, binary
+/// frames; over TLS with the broker's certificate for `wss_port`), as a socket on that
+/// port would; the port itself only names the listener. To a real broker (`--broker`)
+/// the operator connects to that port on the broker's host.
+async fn operator_link(net: &Net, spec: &OperatorSpec) -> Result<BoxStream, String> {
+    let name = &spec.name;
     match net {
         Net::Embedded(net) => {
-            let b = &net.brokers[broker];
+            let b = &net.brokers[spec.broker];
             let (client, server) = tokio::io::duplex(1 << 16);
-            // On AWS IoT the console's MQTT client is signed in with IAM: here a link
-            // that presents a verified client certificate on the ALPN that allows it.
-            let tls = (b.spec.profile == broker::ProfileName::AwsIot).then(|| TlsInfo {
-                sni: Some(b.spec.host.clone()),
-                alpn: Some(b"x-amzn-mqtt-ca".to_vec()),
-                client_cert: true,
-                mtls_listener: false,
-            });
-            let link = LinkInfo { peer: format!("operator {name}"), tls };
             let broker = b.broker.clone();
-            tokio::spawn(async move { broker.serve(server, link).await });
-            Ok(Box::pin(client))
+            let peer = match spec.websocket {
+                None => format!("operator {name}"),
+                Some(ws) => format!("operator {name} over {}", if ws.tls { "WSS" } else { "WebSocket" }),
+            };
+            let Some(ws) = spec.websocket else {
+                // On AWS IoT the console's MQTT client is signed in with IAM: here a link
+                // that presents a verified client certificate on the ALPN that allows it.
+                let tls = (b.spec.profile == broker::ProfileName::AwsIot).then(|| TlsInfo {
+                    sni: Some(b.spec.host.clone()),
+                    alpn: Some(b"x-amzn-mqtt-ca".to_vec()),
+                    client_cert: true,
+                    mtls_listener: false,
+                });
+                let link = LinkInfo { peer, tls };
+                tokio::spawn(async move { broker.serve(server, link).await });
+                return Ok(Box::pin(client));
+            };
+            let stream: BoxStream = if ws.tls {
+                let Some(listen) = b.tls.clone() else {
+                    return Err(format!("operator '{name}': broker '{}' has no TLS certificate", b.spec.name));
+                };
+                tokio::spawn(async move { broker.serve_wss(server, peer, &listen.acceptors).await });
+                let req = tasmota_core::mqtt::tls::TlsRequest {
+                    server_name: b.spec.host.clone(),
+                    alpn: None,
+                    validation: tasmota_core::mqtt::tls::Validation::TrustAnchors,
+                };
+                net.client.handshake(&req, client).await.map_err(|f| {
+                    format!("operator '{name}': TLS handshake with broker '{}' failed: {f:?}", b.spec.name)
+                })?
+            } else {
+                tokio::spawn(async move { broker::ws::serve(&broker, server, peer, None).await });
+                Box::pin(client)
+            };
+            operator::websocket::upgrade(stream, &b.spec.host, ws.port, ws.tls)
+                .await
+                .map_err(|e| format!("operator '{name}': {e}"))
         }
-        Net::External { connector, url } => connector
-            .open_client(&url.host, url.port, url.tls)
-            .await
-            .map_err(|f| format!("operator '{name}' cannot reach {url}: {f}")),
+        Net::External { connector, url } => {
+            let (port, tls) = spec.websocket.map_or((url.port, url.tls), |ws| (ws.port, ws.tls));
+            let scheme = match (spec.websocket.is_some(), tls) {
+                (false, false) => "mqtt",
+                (false, true) => "mqtts",
+                (true, false) => "ws",
+                (true, true) => "wss",
+            };
+            let stream = connector
+                .open_client(&url.host, port, tls)
+                .await
+                .map_err(|f| format!("operator '{name}' cannot reach {scheme}://{}:{port}: {f}", url.host))?;
+            match spec.websocket {
+                None => Ok(stream),
+                Some(ws) => operator::websocket::upgrade(stream, &url.host, ws.port, ws.tls)
+                    .await
+                    .map_err(|e| format!("operator '{name}': {e}")),
+            }
+        }
     }
 }
 
