@@ -11,7 +11,8 @@ use bytes::{BufMut, BytesMut};
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, ConnAckProperties, Connect, ConnectReturnCode, Disconnect, DisconnectProperties, DisconnectReasonCode,
     LastWill, Login, Packet, PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PubRel,
-    PubRelReason, Publish, PublishProperties, RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+    PubRelReason, Publish, PublishProperties, RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck,
+    UnsubAckReason,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -811,9 +812,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     Err(ReadError::Malformed(e)) => {
                         return End::Violation(DisconnectReasonCode::MalformedPacket, format!("malformed packet: {e}"))
                     }
-                    Err(ReadError::TooLarge(e)) => {
-                        return End::Violation(DisconnectReasonCode::PacketTooLarge, format!("packet too large: {e}"))
-                    }
+                    Err(ReadError::TooLarge(e)) => return self.too_large(format!("packet too large: {e}")),
                 }
             }
             if let Err(e) = self.flush().await {
@@ -1049,11 +1048,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let reached = self.forward(msg, qos, retain);
             if qos == QoS::AtLeastOnce {
                 // 0x10 where the profile's PUBACK codes have it (AWS's do not: 0x00).
-                let reason = if reached == 0 {
-                    PubAckReason::NoMatchingSubscribers
-                } else {
-                    PubAckReason::Success
-                };
+                let reason = if reached == 0 { PubAckReason::NoMatchingSubscribers } else { PubAckReason::Success };
                 self.send(&Packet::PubAck(PubAck { pkid, reason, properties: None }));
             }
         }
