@@ -242,6 +242,23 @@ mod tests {
     }
 
     #[test]
+    fn mqtt5_records_carry_user_properties_and_ack_codes() {
+        use rumqttc::v5::mqttbytes::v5::{PubAck, PubAckReason, PublishProperties, UnsubAck, UnsubAckReason};
+        let props = PublishProperties {
+            user_properties: vec![("origin".into(), "pub".into()), ("origin".into(), "again".into())],
+            ..Default::default()
+        };
+        let p = rumqttc::v5::mqttbytes::v5::Publish::new("a", QoS::AtMostOnce, "x", Some(props));
+        let line = serde_json::to_string(&Record::packet(Dir::In, &Packet::Publish(p))).unwrap();
+        assert!(line.contains(r#""user_properties":[["origin","pub"],["origin","again"]]"#), "{line}");
+        let ack = PubAck { pkid: 3, reason: PubAckReason::NoMatchingSubscribers, properties: None };
+        assert_eq!(Record::packet(Dir::Out, &Packet::PubAck(ack)).codes, Some(vec![0x10]));
+        let reasons = vec![UnsubAckReason::Success, UnsubAckReason::NoSubscriptionExisted];
+        let ack = UnsubAck { pkid: 4, reasons, properties: None };
+        assert_eq!(Record::packet(Dir::Out, &Packet::UnsubAck(ack)).codes, Some(vec![0x00, 0x11]));
+    }
+
+    #[test]
     fn binary_payloads_are_base64() {
         let p = rumqttc::v5::mqttbytes::v5::Publish::new("a", QoS::AtLeastOnce, vec![0xff, 0x00], None);
         let r = Record::packet(Dir::Out, &Packet::Publish(p));

@@ -619,4 +619,21 @@ mod tests {
         let third = state.attach(&client, false, kept, conn(3), now, None);
         assert!(third.session_present);
     }
+
+    /// Where sessions do not cross protocols (AWS), the other protocol's CONNECT starts a
+    /// new session; where they do (Mosquitto), it resumes it.
+    #[test]
+    fn a_session_is_resumed_by_its_own_protocol_only_where_the_profile_says() {
+        let mut state = State::default();
+        let client: Arc<str> = Arc::from("c");
+        let now = Instant::now();
+        let kept = Expiry { at_close: false, after: None };
+        state.attach(&client, false, kept, conn(1), now, Some(true));
+        state.detach(&client, 1, Leftovers::default(), now);
+        assert!(!state.attach(&client, false, kept, conn(2), now, Some(false)).session_present);
+        state.detach(&client, 2, Leftovers::default(), now);
+        assert!(state.attach(&client, false, kept, conn(3), now, Some(false)).session_present);
+        state.detach(&client, 3, Leftovers::default(), now);
+        assert!(state.attach(&client, false, kept, conn(4), now, None).session_present);
+    }
 }
