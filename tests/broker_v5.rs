@@ -223,6 +223,10 @@ async fn aws_session_expiry_is_clamped_to_the_account_maximum() {
     let props = ConnectProperties { session_expiry_interval: Some(3600), ..ConnectProperties::new() };
     let a = p.connect("aws5-1h", Some(props), Some((USER, PASS))).await.properties.unwrap();
     assert_eq!(a.session_expiry_interval, None, "3600 s asked is served as asked");
+    let mut p = in_memory(&b);
+    let props = ConnectProperties { session_expiry_interval: Some(3601), ..ConnectProperties::new() };
+    let a = p.connect("aws5-1h1s", Some(props), Some((USER, PASS))).await.properties.unwrap();
+    assert_eq!(a.session_expiry_interval, Some(3600), "the default account maximum is 1 h");
 
     // An account raised to AWS's 7-day maximum.
     let mut c = aws_config();
