@@ -3,6 +3,7 @@
 //!
 //! - publish throughput: 1, 100 and 1000 publishers fanning in to one subscriber of
 //!   `bench/ROW/#`, QoS 0 and QoS 1, 64-byte payloads, counted where the subscriber receives them;
+//!   the fan-in of 100 also with every client speaking MQTT 5;
 //! - connect rate: TCP connect, CONNECT, CONNACK, DISCONNECT, one client at a time and 50 at
 //!   a time, plain and TLS (the same certificate on both brokers, full handshakes);
 //! - memory per idle plain connection: the broker's VmRSS before and after N idle clients.
@@ -14,7 +15,7 @@
 //! the binary in place of this one. Without `--bench` (that is, under
 //! `cargo test --benches`) it does nothing.
 //!
-//! The load comes from this process: raw MQTT 3.1.1 encoded and decoded with rumqttc's
+//! The load comes from this process: raw MQTT 3.1.1 (or 5) encoded and decoded with rumqttc's
 //! `mqttbytes`, publishers on a two-worker tokio runtime, the subscriber on a thread of its
 //! own so it is never what limits the count. The machine's cores are shared by the load and
 //! the broker, the same way for both brokers.
@@ -280,13 +281,71 @@ async fn read_packet<S: AsyncRead + Unpin>(s: &mut S, buf: &mut BytesMut) -> Res
     }
 }
 
+/// Which MQTT the load speaks. MQTT 5 differs from 3.1.1 in the load only at CONNECT,
+/// SUBSCRIBE and PUBLISH (a property length); a 3.1.1 reader counts MQTT 5 PUBLISHes and
+/// PUBACKs the same (the property length reads as payload, a 2-byte PUBACK is both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mqtt {
+    V311,
+    V5,
+}
+
+impl Mqtt {
+    fn label(self) -> &'static str {
+        match self {
+            Mqtt::V311 => "",
+            Mqtt::V5 => ", MQTT 5",
+        }
+    }
+}
+
+fn encode_v5(packet: &rumqttc::v5::mqttbytes::v5::Packet) -> BytesMut {
+    let mut buf = BytesMut::new();
+    let _ = packet.write(&mut buf, None);
+    buf
+}
+
+/// The next whole packet's first byte and what follows its remaining length, raw.
+async fn read_frame<S: AsyncRead + Unpin>(s: &mut S, buf: &mut BytesMut) -> Result<(u8, Bytes), String> {
+    loop {
+        if let Ok(h) = rumqttc::mqttbytes::check(buf.iter(), MAX_PACKET) {
+            let frame = buf.split_to(h.frame_length()).freeze();
+            // The remaining length's bytes end at the first one without bit 7.
+            let body = frame.iter().skip(1).position(|b| b & 0x80 == 0).map_or(frame.len(), |i| i + 2);
+            return Ok((frame[0], frame.slice(body.min(frame.len())..)));
+        }
+        buf.reserve(4096);
+        match s.read_buf(buf).await {
+            Ok(0) => return Err("the broker closed the connection".into()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+}
+
 /// CONNECT (clean session) and CONNACK 0 on any stream, within `STEP`.
 async fn mqtt_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     buf: &mut BytesMut,
     id: &str,
     keep_alive: u16,
+    mqtt: Mqtt,
 ) -> Result<(), String> {
+    if mqtt == Mqtt::V5 {
+        use rumqttc::v5::mqttbytes::v5;
+        let connect = v5::Connect { keep_alive, client_id: id.into(), clean_start: true, properties: None };
+        let step = async {
+            s.write_all(&encode_v5(&v5::Packet::Connect(connect, None, None)))
+                .await
+                .map_err(|e| format!("CONNECT: {e}"))?;
+            match read_frame(s, buf).await? {
+                (0x20, body) if body.get(1) == Some(&0) => Ok(()),
+                (0x20, body) => Err(format!("CONNACK reason {:?}", body.get(1))),
+                (first, _) => Err(format!("expected CONNACK, got packet type {}", first >> 4)),
+            }
+        };
+        return tokio::time::timeout(STEP, step).await.map_err(|_| "no CONNACK within 5 s".to_string())?;
+    }
     let mut connect = Connect::new(id);
     connect.keep_alive = keep_alive;
     let step = async {
@@ -301,7 +360,7 @@ async fn mqtt_handshake<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// A connected plain client and what it has read past the CONNACK.
-async fn connect_plain(port: u16, id: &str, keep_alive: u16) -> Result<(TcpStream, BytesMut), String> {
+async fn connect_plain(port: u16, id: &str, keep_alive: u16, mqtt: Mqtt) -> Result<(TcpStream, BytesMut), String> {
     let tcp = tokio::time::timeout(STEP, TcpStream::connect(("127.0.0.1", port)))
         .await
         .map_err(|_| "TCP connect took over 5 s".to_string())?
@@ -309,19 +368,19 @@ async fn connect_plain(port: u16, id: &str, keep_alive: u16) -> Result<(TcpStrea
     let _ = tcp.set_nodelay(true);
     let mut s = tcp;
     let mut buf = BytesMut::with_capacity(4096);
-    mqtt_handshake(&mut s, &mut buf, id, keep_alive).await?;
+    mqtt_handshake(&mut s, &mut buf, id, keep_alive, mqtt).await?;
     Ok((s, buf))
 }
 
 /// `n` plain clients connected `SETUP_CONCURRENCY` at a time, in the order of their index.
-async fn connect_many(port: u16, prefix: &str, n: usize) -> Result<Vec<(TcpStream, BytesMut)>, String> {
+async fn connect_many(port: u16, prefix: &str, n: usize, mqtt: Mqtt) -> Result<Vec<(TcpStream, BytesMut)>, String> {
     let limit = Arc::new(tokio::sync::Semaphore::new(SETUP_CONCURRENCY));
     let mut set = JoinSet::new();
     for i in 0..n {
         let (limit, id) = (limit.clone(), format!("{prefix}-{i}"));
         set.spawn(async move {
             let _permit = limit.acquire_owned().await;
-            (i, connect_plain(port, &id, 0).await.map_err(|e| format!("client {id}: {e}")))
+            (i, connect_plain(port, &id, 0, mqtt).await.map_err(|e| format!("client {id}: {e}")))
         });
     }
     let mut out: Vec<Option<(TcpStream, BytesMut)>> = (0..n).map(|_| None).collect();
@@ -349,7 +408,7 @@ struct Subscriber {
     done: tokio::sync::oneshot::Receiver<Result<(), String>>,
 }
 
-async fn start_subscriber(port: u16, filter: String, qos: QoS, id: String) -> Result<Subscriber, String> {
+async fn start_subscriber(port: u16, filter: String, qos: QoS, id: String, mqtt: Mqtt) -> Result<Subscriber, String> {
     let count = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -366,7 +425,7 @@ async fn start_subscriber(port: u16, filter: String, qos: QoS, id: String) -> Re
                 }
             };
             rt.block_on(async move {
-                match subscribe(port, &filter, qos, &id).await {
+                match subscribe(port, &filter, qos, &id, mqtt).await {
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
                     }
@@ -385,8 +444,27 @@ async fn start_subscriber(port: u16, filter: String, qos: QoS, id: String) -> Re
     }
 }
 
-async fn subscribe(port: u16, filter: &str, qos: QoS, id: &str) -> Result<(TcpStream, BytesMut), String> {
-    let (mut s, mut buf) = connect_plain(port, id, 0).await?;
+async fn subscribe(port: u16, filter: &str, qos: QoS, id: &str, mqtt: Mqtt) -> Result<(TcpStream, BytesMut), String> {
+    let (mut s, mut buf) = connect_plain(port, id, 0, mqtt).await?;
+    if mqtt == Mqtt::V5 {
+        use rumqttc::v5::mqttbytes::v5;
+        let q = match qos {
+            QoS::AtMostOnce => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+            QoS::AtLeastOnce => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            QoS::ExactlyOnce => rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+        };
+        let sub = v5::Subscribe { pkid: 1, filters: vec![v5::Filter::new(filter, q)], properties: None };
+        let step = async {
+            s.write_all(&encode_v5(&v5::Packet::Subscribe(sub))).await.map_err(|e| format!("SUBSCRIBE: {e}"))?;
+            // SUBACK: packet id, property length (0 from both brokers), one reason code.
+            match read_frame(&mut s, &mut buf).await? {
+                (0x90, body) if body.last() == Some(&(qos as u8)) => Ok(()),
+                (first, body) => Err(format!("expected SUBACK granting {qos:?}, got {first:02X} {body:02X?}")),
+            }
+        };
+        tokio::time::timeout(STEP, step).await.map_err(|_| "no SUBACK within 5 s".to_string())??;
+        return Ok((s, buf));
+    }
     let mut sub = Subscribe::new(filter, qos);
     sub.pkid = 1;
     let step = async {
@@ -450,12 +528,28 @@ async fn publish_loop(
     topic: String,
     qos: QoS,
     sent: Arc<AtomicU64>,
+    mqtt: Mqtt,
 ) -> Result<(), String> {
     let payload = Bytes::from_static(&PAYLOAD);
+    // An MQTT 5 PUBLISH: the 3.1.1 one with a property length of 0 before the payload.
+    let write_publish = |p: &Publish, out: &mut BytesMut| {
+        if mqtt == Mqtt::V311 {
+            let _ = p.write(out);
+            return;
+        }
+        let q = if p.qos == QoS::AtMostOnce {
+            rumqttc::v5::mqttbytes::QoS::AtMostOnce
+        } else {
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce
+        };
+        let mut v = rumqttc::v5::mqttbytes::v5::Publish::new(p.topic.as_str(), q, p.payload.clone(), None);
+        v.pkid = p.pkid;
+        let _ = v.write(out);
+    };
     if qos == QoS::AtMostOnce {
         let mut batch = BytesMut::new();
         for _ in 0..QOS0_BATCH {
-            let _ = Publish::from_bytes(topic.as_str(), qos, payload.clone()).write(&mut batch);
+            write_publish(&Publish::from_bytes(topic.as_str(), qos, payload.clone()), &mut batch);
         }
         loop {
             s.write_all(&batch).await.map_err(|e| format!("PUBLISH: {e}"))?;
@@ -468,7 +562,7 @@ async fn publish_loop(
     loop {
         while inflight < QOS1_WINDOW {
             publish.pkid = publish.pkid.checked_add(1).unwrap_or(1);
-            let _ = publish.write(&mut out);
+            write_publish(&publish, &mut out);
             inflight += 1;
         }
         if !out.is_empty() {
@@ -488,18 +582,19 @@ async fn publish_loop(
 }
 
 /// Messages per second the subscriber received over the window, after the warm-up.
-async fn throughput(broker: &Broker, publishers: usize, qos: QoS, plan: &Plan) -> Result<Measured, String> {
+async fn throughput(broker: &Broker, publishers: usize, qos: QoS, mqtt: Mqtt, plan: &Plan) -> Result<Measured, String> {
     // Each row publishes under a topic of its own, so what a broker still holds from an
     // earlier row never reaches this row's subscriber.
     let prefix = fresh_prefix("pub");
-    let mut sub = start_subscriber(broker.port, format!("bench/{prefix}/#"), qos, format!("{prefix}-sub")).await?;
-    let clients = connect_many(broker.port, &prefix, publishers).await?;
+    let mut sub =
+        start_subscriber(broker.port, format!("bench/{prefix}/#"), qos, format!("{prefix}-sub"), mqtt).await?;
+    let clients = connect_many(broker.port, &prefix, publishers, mqtt).await?;
     let sent = Arc::new(AtomicU64::new(0));
     let mut set = JoinSet::new();
     for (i, (s, buf)) in clients.into_iter().enumerate() {
         // Closed with RST at the end: the kernel drops what the broker has not read yet.
         let _ = s.set_zero_linger();
-        set.spawn(publish_loop(s, buf, format!("bench/{prefix}/{i}"), qos, sent.clone()));
+        set.spawn(publish_loop(s, buf, format!("bench/{prefix}/{i}"), qos, sent.clone(), mqtt));
     }
     tokio::time::sleep(plan.warmup).await;
     let (c0, s0, t0) = (sub.count.load(Ordering::Relaxed), sent.load(Ordering::Relaxed), Instant::now());
@@ -573,7 +668,7 @@ async fn connect_cycle(port: u16, tls: Option<&Arc<rustls::ClientConfig>>, id: &
 
 async fn connect_disconnect<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, id: &str) -> Result<(), String> {
     let mut buf = BytesMut::with_capacity(256);
-    mqtt_handshake(&mut s, &mut buf, id, 60).await?;
+    mqtt_handshake(&mut s, &mut buf, id, 60, Mqtt::V311).await?;
     s.write_all(&encode(&Packet::Disconnect)).await.map_err(|e| format!("DISCONNECT: {e}"))?;
     s.flush().await.map_err(|e| format!("DISCONNECT: {e}"))?;
     // The broker closes first (MQTT-3.14.4-1), so this side keeps no TIME_WAIT port.
@@ -650,10 +745,10 @@ async fn idle_memory(broker: &Broker, plan: &Plan) -> Result<Measured, String> {
     let pid = broker.pid();
     // A few connections first, so what is allocated once (buffers, worker threads) is
     // in the baseline rather than spread over the clients.
-    drop(connect_many(broker.port, &fresh_prefix("warm"), 20).await?);
+    drop(connect_many(broker.port, &fresh_prefix("warm"), 20, Mqtt::V311).await?);
     settle(broker).await?;
     let before = stable_rss(pid).await.ok_or("cannot read VmRSS")?;
-    let clients = connect_many(broker.port, &fresh_prefix("idle"), plan.idle_clients).await?;
+    let clients = connect_many(broker.port, &fresh_prefix("idle"), plan.idle_clients, Mqtt::V311).await?;
     settle(broker).await?;
     let after = stable_rss(pid).await.ok_or("cannot read VmRSS")?;
     broker.alive()?;
@@ -682,7 +777,7 @@ async fn stable_rss(pid: u32) -> Option<u64> {
 
 #[derive(Clone)]
 enum Kind {
-    Throughput { publishers: usize, qos: QoS },
+    Throughput { publishers: usize, qos: QoS, mqtt: Mqtt },
     Connect { workers: usize, tls: bool },
     IdleMemory,
 }
@@ -718,8 +813,16 @@ fn rows(plan: &Plan) -> Vec<(String, Kind)> {
             let q = qos as u8;
             rows.push((
                 format!("publish {publishers} → 1, QoS {q}, 64 B (msg/s)"),
-                Kind::Throughput { publishers, qos },
+                Kind::Throughput { publishers, qos, mqtt: Mqtt::V311 },
             ));
+            // MQTT 5 next to its 3.1.1 row: the fan-in of 100 (issue 20).
+            if publishers == 100 {
+                let mqtt = Mqtt::V5;
+                rows.push((
+                    format!("publish {publishers} → 1, QoS {q}, 64 B{} (msg/s)", mqtt.label()),
+                    Kind::Throughput { publishers, qos, mqtt },
+                ));
+            }
         }
     }
     for tls in [false, true] {
@@ -754,7 +857,7 @@ async fn measure(
     let budget = plan.warmup + plan.window + Duration::from_secs(90);
     let run = async {
         match kind {
-            Kind::Throughput { publishers, qos } => throughput(broker, *publishers, *qos, plan).await,
+            Kind::Throughput { publishers, qos, mqtt } => throughput(broker, *publishers, *qos, *mqtt, plan).await,
             Kind::Connect { workers, tls: false } => connect_rate(broker, *workers, None, plan).await,
             Kind::Connect { workers, tls: true } => connect_rate(broker, *workers, Some(tls.clone()?), plan).await,
             Kind::IdleMemory => idle_memory(broker, plan).await,
@@ -876,8 +979,9 @@ fn section(command: &str, plan: &Plan, mosquitto: &str, table: &str) -> String {
          `{command}` on {date}, tasmota-sim {} {commit}, {mosquitto}.\n\
          Machine: {}.\n\n\
          Both brokers run on loopback in one run; the load comes from the bench process (raw \
-         MQTT 3.1.1, publishers on two tokio workers, the subscriber on its own thread), the \
-         same for both. Throughput: messages per second received by one subscriber of `bench/ROW/#` \
+         MQTT 3.1.1, or MQTT 5 in the rows that say so, publishers on two tokio workers, the \
+         subscriber on its own thread), the same for both. The machine is shared with other \
+         builds: absolute numbers move from run to run, the ratio in one run is what counts. Throughput: messages per second received by one subscriber of `bench/ROW/#` \
          (at the publishers' QoS; each row publishes under a fresh `bench/ROW/N` so nothing left \
          over from an earlier row counts) over {} s after {} s of warm-up; QoS 0 publishers write as fast \
          as the broker reads, QoS 1 publishers keep {QOS1_WINDOW} unacknowledged. Connect: TCP \

@@ -51,7 +51,8 @@ Faults (--fault KIND[=VALUE][,client=ID][,times=N]; ID may end in '*'):
 Limits of the aws-iot profile (--limit NAME=VALUE or NAME=off): topic-bytes (256),
 topic-slashes (7), payload-bytes (131072), client-id-bytes (128), filters-per-subscribe (8),
 subscriptions (50), publishes-per-second (100), connects-per-second (1), inflight (100),
-keepalive (30..1200).
+keepalive (30..1200), session-expiry (3600 s, the account's persistent-session maximum;
+at most 604800).
 
 Prints 'listening on mqtt://ADDR:PORT (profile NAME)' per listener once ready, then logs
 on stderr as Mosquitto does in the foreground ('1700000000: New client connected from

@@ -85,7 +85,7 @@ async fn open(via: Via, id: &str) -> Result<(Io, BytesMut), String> {
         }
     };
     let mut buf = BytesMut::with_capacity(4096);
-    mqtt_handshake(&mut s, &mut buf, id, 0).await?;
+    mqtt_handshake(&mut s, &mut buf, id, 0, super::Mqtt::V311).await?;
     Ok((s, buf))
 }
 

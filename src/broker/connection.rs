@@ -11,7 +11,8 @@ use bytes::{BufMut, BytesMut};
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, ConnAckProperties, Connect, ConnectReturnCode, Disconnect, DisconnectProperties, DisconnectReasonCode,
     LastWill, Login, Packet, PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PubRel,
-    PubRelReason, Publish, RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+    PubRelReason, Publish, PublishProperties, RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck,
+    UnsubAckReason,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -20,7 +21,7 @@ use tokio::time::{sleep_until, Instant};
 use super::auth::{AwsUsername, Effect};
 use super::fault::{Fault, Phase};
 use super::log::LogLevel;
-use super::profile::RetainPolicy;
+use super::profile::{AssignedClientId, RetainPolicy};
 use super::record::{Dir, Record};
 use super::router::{
     lock, shared_parts, Attached, Delivery, Expiry, Kick, Leftovers, Mailbox, Message, MessageProps, SubOptions, ToConn,
@@ -307,7 +308,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     fn max_remaining(&self) -> usize {
         // The payload limit plus room for the topic and packet id.
-        self.shared.profile.limits.payload_bytes.map_or(MQTT_MAX_REMAINING, |p| p + 2 + 65_535 + 2)
+        let payload = self.shared.profile.limits.payload_bytes.map_or(MQTT_MAX_REMAINING, |p| p + 2 + 65_535 + 2);
+        // An MQTT 5 client was told the Maximum Packet Size in CONNACK (§3.2.2.3.6): the
+        // whole packet, so the remaining length is that less the fixed header.
+        match (self.proto.is_v5(), self.shared.profile.mqtt5.maximum_packet_size) {
+            (true, Some(max)) => payload.min(remaining_within(max as usize)),
+            _ => payload,
+        }
+    }
+
+    /// DISCONNECT for a packet over one of the broker's size limits (the profile's code).
+    fn too_large(&self, why: String) -> End {
+        End::Violation(wire::disconnect_reason(self.shared.profile.mqtt5.packet_too_large), why)
     }
 
     // ---- CONNECT ----
@@ -449,7 +461,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 self.send_connack(ConnectReturnCode::BadClientId, false, None);
                 return Err(End::Refused("empty client id with a persistent session".into()));
             }
-            c.client_id = format!("auto-{:08X}", self.id);
+            c.client_id = match self.shared.profile.mqtt5.assigned_client_id {
+                AssignedClientId::ConnectionNumber => format!("auto-{:08X}", self.id),
+                AssignedClientId::GenUuid => format!("$GEN/{}", random_uuid()),
+            };
         }
         let client: Arc<str> = Arc::from(c.client_id.as_str());
         self.client = Some(client.clone());
@@ -584,9 +599,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         // profile.
         let mut expiry_served = None;
         let ends = match self.v5.as_deref_mut() {
-            None => Expiry { at_close: c.clean_start, after: profile.session_expiry },
+            None => Expiry { at_close: c.clean_start, after: profile.session_expiry() },
             Some(v5) => {
-                if let Some(max) = profile.mqtt5.session_expiry_max {
+                // AWS: "If the value you set exceeds the maximum of your account, AWS IoT
+                // Core will return the adjusted value in the CONNACK" (D#mqtt-persistent-sessions).
+                if let Some(max) = profile.limits.session_expiry {
                     if v5.session_expiry > max {
                         v5.session_expiry = max;
                         expiry_served = Some(max);
@@ -597,12 +614,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         };
         let attach = {
             let mut state = lock(&self.shared.state);
+            // AWS: MQTT 3 and 5 sessions do not resume each other (D#mqtt-persistent-sessions).
+            let family = (!profile.mqtt5.sessions_cross_protocol).then_some(self.proto.is_v5());
             state.attach(
                 &client,
                 c.clean_start,
                 ends,
                 Attached { conn: self.id, mailbox: self.mailbox.clone() },
                 Instant::now(),
+                family,
             )
         };
         self.attached = true;
@@ -616,7 +636,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 session_expiry_interval: expiry_served,
                 receive_max: rules.receive_maximum,
                 max_qos: (!self.shared.profile.qos2).then_some(1),
-                retain_available: (self.shared.profile.retain == RetainPolicy::Close).then_some(0),
+                retain_available: (self.shared.profile.retain == RetainPolicy::Close
+                    && rules.retain_refusal == wire::disconnect_code(DisconnectReasonCode::RetainNotSupported))
+                .then_some(0),
                 max_packet_size: rules.maximum_packet_size,
                 assigned_client_identifier: assigned.then(|| client.to_string()),
                 topic_alias_max: (rules.topic_alias_maximum > 0).then_some(rules.topic_alias_maximum),
@@ -790,9 +812,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     Err(ReadError::Malformed(e)) => {
                         return End::Violation(DisconnectReasonCode::MalformedPacket, format!("malformed packet: {e}"))
                     }
-                    Err(ReadError::TooLarge(e)) => {
-                        return End::Violation(DisconnectReasonCode::PacketTooLarge, format!("packet too large: {e}"))
-                    }
+                    Err(ReadError::TooLarge(e)) => return self.too_large(format!("packet too large: {e}")),
                 }
             }
             if let Err(e) = self.flush().await {
@@ -868,6 +888,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             Packet::Publish(p) => self.on_publish(p)?,
             Packet::PubAck(a) => self.acked(a.pkid, false),
+            Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_)
+                if self.proto.is_v5() && !self.shared.profile.mqtt5.qos2_flow =>
+            {
+                // AWS: no PUBREC, PUBREL or PUBCOMP in MQTT 5 (D#mqtt-differences).
+                return Err(End::Violation(
+                    DisconnectReasonCode::ProtocolError,
+                    "PUBREC, PUBREL or PUBCOMP: QoS 2 is not served".into(),
+                ));
+            }
             Packet::PubRec(r) => {
                 let failed = !matches!(r.reason, PubRecReason::Success | PubRecReason::NoMatchingSubscribers);
                 if failed {
@@ -946,7 +975,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     "DISCONNECT sets a session expiry on a session that had none".into(),
                 );
             }
-            let asked = self.shared.profile.mqtt5.session_expiry_max.map_or(asked, |m| asked.min(m));
+            let asked = self.shared.profile.limits.session_expiry.map_or(asked, |m| asked.min(m));
             v5.session_expiry = asked;
             let client = self.client_id();
             lock(&self.shared.state).set_expiry(&client, Expiry { at_close: asked == 0, after: expiry_after(asked) });
@@ -979,10 +1008,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         if let Some(max) = profile.limits.payload_bytes {
             if p.payload.len() > max {
-                return Err(End::Violation(
-                    DisconnectReasonCode::PacketTooLarge,
-                    format!("payload of {} bytes (limit {max})", p.payload.len()),
-                ));
+                return Err(self.too_large(format!("payload of {} bytes (limit {max})", p.payload.len())));
             }
         }
         if p.qos == QoS::ExactlyOnce && !profile.qos2 {
@@ -990,7 +1016,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         if p.retain && profile.retain == RetainPolicy::Close {
             return Err(End::Violation(
-                DisconnectReasonCode::RetainNotSupported,
+                wire::disconnect_reason(profile.mqtt5.retain_refusal),
                 "retained PUBLISH without iot:RetainPublish".into(),
             ));
         }
@@ -1021,11 +1047,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         } else {
             let reached = self.forward(msg, qos, retain);
             if qos == QoS::AtLeastOnce {
-                let reason = if reached == 0 && self.shared.profile.mqtt5.no_subscribers_reason {
-                    PubAckReason::NoMatchingSubscribers
-                } else {
-                    PubAckReason::Success
-                };
+                // 0x10 where the profile's PUBACK codes have it (AWS's do not: 0x00).
+                let reason = if reached == 0 { PubAckReason::NoMatchingSubscribers } else { PubAckReason::Success };
                 self.send(&Packet::PubAck(PubAck { pkid, reason, properties: None }));
             }
         }
@@ -1078,14 +1101,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if let Some(max) = self.shared.profile.mqtt5.user_properties_bytes {
             let size: usize = p.user_properties.iter().map(|(k, v)| k.len() + v.len()).sum();
             if size > max {
-                return Err(End::Violation(
-                    DisconnectReasonCode::PacketTooLarge,
-                    format!("user properties of {size} bytes (limit {max})"),
-                ));
+                return Err(self.too_large(format!("user properties of {size} bytes (limit {max})")));
             }
         }
         p.topic_alias = None;
-        let expires = p.message_expiry_interval.take().map(|s| Instant::now() + Duration::from_secs(s as u64));
+        let expires = p
+            .message_expiry_interval
+            .take()
+            .map(|s| Instant::now() + Duration::from_secs(self.shared.profile.message_expiry(s) as u64));
         Ok(MessageProps { properties: p, expires })
     }
 
@@ -1122,11 +1145,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     // MQTT 5 §3.9.3: the broker may grant a lower QoS (its Maximum QoS).
                     qos = QoS::AtLeastOnce;
                 }
-                if let Err(e) = profile.check_topic_limits(&f.path) {
-                    return Err(End::Violation(DisconnectReasonCode::TopicFilterInvalid, format!("SUBSCRIBE: {e}")));
-                }
                 let share = shared_parts(&f.path);
                 let inner = share.map_or(f.path.as_str(), |(_, inner)| inner);
+                // A shared subscription's limits are its filter's: AWS does not count the
+                // `$share/<name>/` prefix (D#mqtt5-shared-subscription).
+                if let Err(e) = profile.check_topic_limits(inner) {
+                    return Err(End::Violation(DisconnectReasonCode::TopicFilterInvalid, format!("SUBSCRIBE: {e}")));
+                }
                 let group_ok = share.is_none_or(|(g, _)| !g.is_empty() && !g.contains(['+', '#']));
                 if let (Err(e), _) | (Ok(()), Err(e)) = (
                     topic::validate_filter(inner),
@@ -1139,9 +1164,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         format!("SUBSCRIBE to an invalid filter '{}': {e}", f.path),
                     ));
                 }
-                if share.is_some() {
+                if let Some((group, _)) = share {
                     if !profile.mqtt5.shared_subscriptions {
                         codes.push(SubscribeReasonCode::SharedSubscriptionsNotSupported);
+                        continue;
+                    }
+                    if profile.mqtt5.share_name_chars.is_some_and(|max| group.chars().count() > max) {
+                        codes.push(SubscribeReasonCode::TopicFilterInvalid);
                         continue;
                     }
                     if f.nolocal && v5 {
@@ -1192,6 +1221,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// returns how many clients it went to.
     fn forward(&self, msg: Arc<Message>, qos: QoS, retain: bool) -> usize {
         let origin = self.client.as_ref();
+        self.shared.expire_retained_later(&msg, retain);
         lock(&self.shared.state).publish(&self.shared.profile, msg, qos, retain, origin)
     }
 
@@ -1288,6 +1318,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     // ---- output ----
 
     fn send(&mut self, p: &Packet) {
+        let folded = match (self.proto.is_v5(), &self.shared.profile.mqtt5.codes) {
+            (true, Some(codes)) => wire::fold_codes(p, codes),
+            _ => None,
+        };
+        let p = folded.as_ref().unwrap_or(p);
         self.record_packet(Dir::Out, p);
         let start = self.out.len();
         match wire::write(p, self.proto, &mut self.out) {
@@ -1324,7 +1359,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
         }
         if self.shared.recorder.enabled() || self.shared.log >= LogLevel::Debug {
-            let mut p = Publish::new(d.msg.topic.clone(), d.qos, d.msg.payload.clone(), None);
+            // The record shows the user properties an MQTT 5 client gets.
+            let user_properties = match (self.proto.is_v5(), d.msg.props.as_deref()) {
+                (true, Some(m)) if !m.properties.user_properties.is_empty() => Some(PublishProperties {
+                    user_properties: m.properties.user_properties.clone(),
+                    ..Default::default()
+                }),
+                _ => None,
+            };
+            let mut p = Publish::new(d.msg.topic.clone(), d.qos, d.msg.payload.clone(), user_properties);
             p.pkid = pkid;
             p.retain = d.retain;
             p.dup = dup;
@@ -1453,6 +1496,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         let mut state = lock(&shared.state);
                         if state.delayed_wills.get(&client) == Some(&conn) {
                             state.delayed_wills.remove(&client);
+                            shared.expire_retained_later(&msg, w.retain);
                             state.publish(&shared.profile, msg, w.qos, w.retain, Some(&client));
                         }
                     });
@@ -1480,7 +1524,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     fn record_packet(&self, dir: Dir, p: &Packet) {
         self.shared.log.print(LogLevel::Debug, || self.packet_line(dir, p));
         if self.shared.recorder.enabled() {
-            self.record(Record::packet(dir, p));
+            let mut r = Record::packet(dir, p);
+            if !self.proto.is_v5() && wire::ack_codes(p).is_some() {
+                // 3.1.1's PUBACK, PUBREC, PUBREL, PUBCOMP and UNSUBACK carry no reason code.
+                r.codes = None;
+            }
+            self.record(r);
         }
     }
 
@@ -1565,6 +1614,39 @@ fn connack_reason(code: u8) -> ConnectReturnCode {
 /// Seconds of MQTT 5 session expiry as the session keeps them (0xFFFFFFFF: no limit).
 fn expiry_after(seconds: u32) -> Option<Duration> {
     (seconds != u32::MAX).then(|| Duration::from_secs(seconds as u64))
+}
+
+/// The largest remaining length of a packet of at most `max` bytes in all.
+fn remaining_within(max: usize) -> usize {
+    // The fixed header is 1 byte and 1..=4 of remaining length: at most 3 steps down.
+    let mut len = max.saturating_sub(2);
+    while len > 0 && 1 + remaining_length_len(len) + len > max {
+        len -= 1;
+    }
+    len
+}
+
+/// A random version 4 UUID (RFC 9562 §5.4), from the standard library's per-process
+/// random hash keys (no dependency for one assigned client id).
+fn random_uuid() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let word = |salt: u64| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(salt);
+        h.finish()
+    };
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let (a, b) = (word(nanos), word(!nanos));
+    let b = (b & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000; // variant 10
+    let a = (a & 0xFFFF_FFFF_FFFF_0FFF) | 0x0000_0000_0000_4000; // version 4
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xFFFF,
+        a & 0xFFFF,
+        b >> 48,
+        b & 0xFFFF_FFFF_FFFF
+    )
 }
 
 /// How many bytes the remaining length `len` takes.

@@ -99,6 +99,25 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// A retained message with a Message Expiry Interval is dropped from the store when
+    /// it expires (MQTT 5 §3.3.2.3.3), not kept until someone subscribes.
+    fn expire_retained_later(self: &Arc<Shared>, msg: &Arc<router::Message>, retain: bool) {
+        let Some(at) = msg.props.as_ref().and_then(|p| p.expires) else { return };
+        if !retain || msg.payload.is_empty() {
+            return;
+        }
+        let (shared, msg) = (Arc::downgrade(self), Arc::downgrade(msg));
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let (Some(shared), Some(msg)) = (shared.upgrade(), msg.upgrade()) else { return };
+            if lock(&shared.state).expire_retained(&msg) && shared.recorder.enabled() {
+                let mut r = Record::event("expired", format!("retained {}: message expiry interval passed", msg.topic));
+                r.t_ms = shared.elapsed_ms();
+                shared.recorder.push(r);
+            }
+        });
+    }
+
     fn elapsed_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }

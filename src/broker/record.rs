@@ -45,9 +45,13 @@ pub struct Record {
     pub dup: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pkid: Option<u16>,
-    /// CONNACK return code, SUBACK codes.
+    /// Reason codes: CONNACK's, SUBACK's, DISCONNECT's; for an MQTT 5 client also
+    /// PUBACK's, PUBREC's, PUBREL's, PUBCOMP's and UNSUBACK's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub codes: Option<Vec<u8>>,
+    /// An MQTT 5 PUBLISH's user properties, in order (`[name, value]` pairs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_properties: Option<Vec<(String, String)>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_present: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -100,12 +104,26 @@ impl Record {
                 r.qos = Some(p.qos as u8);
                 r.retain = Some(p.retain);
                 r.dup = Some(p.dup);
+                let props = p.properties.as_ref().filter(|p| !p.user_properties.is_empty());
+                r.user_properties = props.map(|p| p.user_properties.clone());
                 ("PUBLISH", (p.pkid != 0).then_some(p.pkid))
             }
-            Packet::PubAck(p) => ("PUBACK", Some(p.pkid)),
-            Packet::PubRec(p) => ("PUBREC", Some(p.pkid)),
-            Packet::PubRel(p) => ("PUBREL", Some(p.pkid)),
-            Packet::PubComp(p) => ("PUBCOMP", Some(p.pkid)),
+            Packet::PubAck(p) => {
+                r.codes = super::v5::ack_codes(packet);
+                ("PUBACK", Some(p.pkid))
+            }
+            Packet::PubRec(p) => {
+                r.codes = super::v5::ack_codes(packet);
+                ("PUBREC", Some(p.pkid))
+            }
+            Packet::PubRel(p) => {
+                r.codes = super::v5::ack_codes(packet);
+                ("PUBREL", Some(p.pkid))
+            }
+            Packet::PubComp(p) => {
+                r.codes = super::v5::ack_codes(packet);
+                ("PUBCOMP", Some(p.pkid))
+            }
             Packet::Subscribe(s) => {
                 r.filters = Some(s.filters.iter().map(|f| format!("{} (QoS {})", f.path, f.qos as u8)).collect());
                 ("SUBSCRIBE", Some(s.pkid))
@@ -118,7 +136,10 @@ impl Record {
                 r.filters = Some(u.filters.clone());
                 ("UNSUBSCRIBE", Some(u.pkid))
             }
-            Packet::UnsubAck(u) => ("UNSUBACK", Some(u.pkid)),
+            Packet::UnsubAck(u) => {
+                r.codes = super::v5::ack_codes(packet);
+                ("UNSUBACK", Some(u.pkid))
+            }
             Packet::PingReq(_) => ("PINGREQ", None),
             Packet::PingResp(_) => ("PINGRESP", None),
             Packet::Disconnect(d) => {
@@ -218,6 +239,23 @@ mod tests {
             line,
             r#"{"t_ms":0,"dir":"in","conn":0,"client":"dev1","kind":"CONNECT","payload":"Offline","qos":0,"retain":false,"username":"tasmota?x-amz-customauthorizer-name=TasmotaAuth","password":"<redacted>","keep_alive":10,"clean_session":true,"will":"tele/t/LWT"}"#
         );
+    }
+
+    #[test]
+    fn mqtt5_records_carry_user_properties_and_ack_codes() {
+        use rumqttc::v5::mqttbytes::v5::{PubAck, PubAckReason, PublishProperties, UnsubAck, UnsubAckReason};
+        let props = PublishProperties {
+            user_properties: vec![("origin".into(), "pub".into()), ("origin".into(), "again".into())],
+            ..Default::default()
+        };
+        let p = rumqttc::v5::mqttbytes::v5::Publish::new("a", QoS::AtMostOnce, "x", Some(props));
+        let line = serde_json::to_string(&Record::packet(Dir::In, &Packet::Publish(p))).unwrap();
+        assert!(line.contains(r#""user_properties":[["origin","pub"],["origin","again"]]"#), "{line}");
+        let ack = PubAck { pkid: 3, reason: PubAckReason::NoMatchingSubscribers, properties: None };
+        assert_eq!(Record::packet(Dir::Out, &Packet::PubAck(ack)).codes, Some(vec![0x10]));
+        let reasons = vec![UnsubAckReason::Success, UnsubAckReason::NoSubscriptionExisted];
+        let ack = UnsubAck { pkid: 4, reasons, properties: None };
+        assert_eq!(Record::packet(Dir::Out, &Packet::UnsubAck(ack)).codes, Some(vec![0x00, 0x11]));
     }
 
     #[test]

@@ -209,6 +209,9 @@ pub struct Session {
     pub queue: VecDeque<Delivery>,
     /// Packet ids continue across reconnects of a persistent session.
     pub next_pkid: u16,
+    /// Made by an MQTT 5 client (else 3.1/3.1.1); matters where sessions do not cross
+    /// protocols (AWS).
+    pub v5: bool,
     /// Incoming QoS 2 messages received (PUBREC sent) and waiting for PUBREL.
     pub qos2_in: HashMap<u16, (Arc<Message>, bool)>,
     pub expires: Option<Instant>,
@@ -223,6 +226,7 @@ impl Session {
             subscriptions: HashMap::new(),
             queue: VecDeque::new(),
             next_pkid: 1,
+            v5: false,
             qos2_in: HashMap::new(),
             expires: None,
         }
@@ -265,7 +269,9 @@ pub struct State {
 
 impl State {
     /// Attaches connection `conn` to the session of `client`, kicking the connection that
-    /// held it (its will is published). `clean` discards any old session.
+    /// held it (its will is published). `clean` discards any old session. `family`:
+    /// `Some(v5)` when only a session of the same protocol family (MQTT 5, or 3.1/3.1.1)
+    /// is resumed; `None` when any is.
     pub fn attach(
         &mut self,
         client: &Arc<str>,
@@ -273,6 +279,7 @@ impl State {
         ends: Expiry,
         conn: Attached,
         now: Instant,
+        family: Option<bool>,
     ) -> Attach {
         self.delayed_wills.remove(client);
         let mut present = false;
@@ -286,7 +293,8 @@ impl State {
             // A session that ends with its connection (3.1.1 clean session, MQTT 5
             // expiry 0) is over once that connection is kicked or gone, even if its
             // detach has not run yet: a client reconnecting at once gets no session.
-            if clean_start || expired || old.clean {
+            let other_protocol = family.is_some_and(|v5| v5 != old.v5);
+            if clean_start || expired || old.clean || other_protocol {
                 self.discard(client);
             } else {
                 present = true;
@@ -297,6 +305,7 @@ impl State {
         session.expiry = ends.after;
         session.expires = None;
         session.attached = Some(conn);
+        session.v5 = family.unwrap_or(session.v5);
         Attach {
             session_present: present,
             taken_over,
@@ -494,6 +503,18 @@ impl State {
         count
     }
 
+    /// Drops the retained copy of `msg` once its Message Expiry Interval has passed (MQTT
+    /// 5 §3.3.2.3.3: an expired retained message is no longer stored); a newer retained
+    /// message on the topic stays. True if it was dropped.
+    pub fn expire_retained(&mut self, msg: &Arc<Message>) -> bool {
+        let current = self.retained.get(&msg.topic).is_some_and(|r| Arc::ptr_eq(&r.msg, msg));
+        if current {
+            self.retained.remove(&msg.topic);
+            self.retained_topics.remove(&msg.topic);
+        }
+        current
+    }
+
     /// Hands a delivery to the client's connection, or keeps it for an offline persistent
     /// session (QoS 1/2 only, at most [`MAX_QUEUED`]).
     pub fn deliver(&mut self, client: &Arc<str>, d: Delivery) {
@@ -590,12 +611,29 @@ mod tests {
         let now = Instant::now();
         let clean = Expiry { at_close: true, after: None };
         let kept = Expiry { at_close: false, after: None };
-        assert!(!state.attach(&client, true, clean, conn(1), now).session_present);
-        let again = state.attach(&client, false, kept, conn(2), now);
+        assert!(!state.attach(&client, true, clean, conn(1), now, None).session_present);
+        let again = state.attach(&client, false, kept, conn(2), now, None);
         assert!(again.taken_over);
         assert!(!again.session_present, "the clean session ended with its connection");
         // A persistent one is still resumed.
-        let third = state.attach(&client, false, kept, conn(3), now);
+        let third = state.attach(&client, false, kept, conn(3), now, None);
         assert!(third.session_present);
+    }
+
+    /// Where sessions do not cross protocols (AWS), the other protocol's CONNECT starts a
+    /// new session; where they do (Mosquitto), it resumes it.
+    #[test]
+    fn a_session_is_resumed_by_its_own_protocol_only_where_the_profile_says() {
+        let mut state = State::default();
+        let client: Arc<str> = Arc::from("c");
+        let now = Instant::now();
+        let kept = Expiry { at_close: false, after: None };
+        state.attach(&client, false, kept, conn(1), now, Some(true));
+        state.detach(&client, 1, Leftovers::default(), now);
+        assert!(!state.attach(&client, false, kept, conn(2), now, Some(false)).session_present);
+        state.detach(&client, 2, Leftovers::default(), now);
+        assert!(state.attach(&client, false, kept, conn(3), now, Some(false)).session_present);
+        state.detach(&client, 3, Leftovers::default(), now);
+        assert!(state.attach(&client, false, kept, conn(4), now, None).session_present);
     }
 }

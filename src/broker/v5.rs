@@ -26,8 +26,10 @@ use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode, Filter, LastWill, Login, Packet, PingReq,
     PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PubRel, PubRelReason, Publish,
-    RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, Unsubscribe,
+    RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
 };
+
+use super::profile::AckCodes;
 use rumqttc::v5::mqttbytes::QoS;
 
 /// Which MQTT a client speaks, from its CONNECT's protocol name and level.
@@ -419,6 +421,112 @@ pub fn connack_byte(code: ConnectReturnCode) -> u8 {
         C::ServerMoved => 0x9D,
         C::ConnectionRateExceeded => 0x9F,
         C::RefusedProtocolVersion | C::BadClientId | C::ServiceUnavailable => 0x80,
+    }
+}
+
+/// The PUBACK reason code byte (§3.4.2.1).
+pub fn puback_code(r: PubAckReason) -> u8 {
+    use PubAckReason as R;
+    match r {
+        R::Success => 0x00,
+        R::NoMatchingSubscribers => 0x10,
+        R::UnspecifiedError => 0x80,
+        R::ImplementationSpecificError => 0x83,
+        R::NotAuthorized => 0x87,
+        R::TopicNameInvalid => 0x90,
+        R::PacketIdentifierInUse => 0x91,
+        R::QuotaExceeded => 0x97,
+        R::PayloadFormatInvalid => 0x99,
+    }
+}
+
+/// The PUBREC reason code byte (§3.5.2.1: PUBACK's codes).
+fn pubrec_code(r: PubRecReason) -> u8 {
+    use PubRecReason as R;
+    puback_code(match r {
+        R::Success => PubAckReason::Success,
+        R::NoMatchingSubscribers => PubAckReason::NoMatchingSubscribers,
+        R::UnspecifiedError => PubAckReason::UnspecifiedError,
+        R::ImplementationSpecificError => PubAckReason::ImplementationSpecificError,
+        R::NotAuthorized => PubAckReason::NotAuthorized,
+        R::TopicNameInvalid => PubAckReason::TopicNameInvalid,
+        R::PacketIdentifierInUse => PubAckReason::PacketIdentifierInUse,
+        R::QuotaExceeded => PubAckReason::QuotaExceeded,
+        R::PayloadFormatInvalid => PubAckReason::PayloadFormatInvalid,
+    })
+}
+
+/// The UNSUBACK reason code byte (§3.11.3).
+pub fn unsuback_code(r: UnsubAckReason) -> u8 {
+    use UnsubAckReason as R;
+    match r {
+        R::Success => 0x00,
+        R::NoSubscriptionExisted => 0x11,
+        R::UnspecifiedError => 0x80,
+        R::ImplementationSpecificError => 0x83,
+        R::NotAuthorized => 0x87,
+        R::TopicFilterInvalid => 0x8F,
+        R::PacketIdentifierInUse => 0x91,
+    }
+}
+
+/// The PUBREC/PUBREL/PUBCOMP and ack reason codes of `p` as its record shows them.
+pub fn ack_codes(p: &Packet) -> Option<Vec<u8>> {
+    Some(match p {
+        Packet::PubAck(a) => vec![puback_code(a.reason)],
+        Packet::UnsubAck(a) => a.reasons.iter().map(|r| unsuback_code(*r)).collect(),
+        Packet::PubRec(a) => vec![pubrec_code(a.reason)],
+        Packet::PubRel(a) => vec![if a.reason == PubRelReason::Success { 0x00 } else { 0x92 }],
+        Packet::PubComp(a) => vec![if a.reason == PubCompReason::Success { 0x00 } else { 0x92 }],
+        _ => return None,
+    })
+}
+
+/// `p` with every reason code its ack list lacks folded into one it has (see
+/// [`AckCodes::fold`]); `None` when nothing changes. The folded codes are all Success
+/// (0x00) or Unspecified error (0x80), which every MQTT 5 ack has.
+pub fn fold_codes(p: &Packet, codes: &AckCodes) -> Option<Packet> {
+    let unspecified = |c: u8, allowed: &[u8]| AckCodes::fold(allowed, c) != c;
+    match p {
+        Packet::ConnAck(a) if unspecified(connack_byte(a.code), codes.connack) => {
+            let code = match AckCodes::fold(codes.connack, connack_byte(a.code)) {
+                0 => ConnectReturnCode::Success,
+                _ => ConnectReturnCode::UnspecifiedError,
+            };
+            Some(Packet::ConnAck(ConnAck { code, ..a.clone() }))
+        }
+        Packet::PubAck(a) if unspecified(puback_code(a.reason), codes.puback) => {
+            let reason = match AckCodes::fold(codes.puback, puback_code(a.reason)) {
+                0 => PubAckReason::Success,
+                _ => PubAckReason::UnspecifiedError,
+            };
+            Some(Packet::PubAck(PubAck { reason, ..a.clone() }))
+        }
+        Packet::SubAck(a) if a.return_codes.iter().any(|c| unspecified(suback_code(c), codes.suback)) => {
+            let return_codes = a
+                .return_codes
+                .iter()
+                .map(|c| match AckCodes::fold(codes.suback, suback_code(c)) {
+                    f if f == suback_code(c) => *c,
+                    0 => SubscribeReasonCode::Success(QoS::AtMostOnce),
+                    _ => SubscribeReasonCode::Unspecified,
+                })
+                .collect();
+            Some(Packet::SubAck(SubAck { return_codes, ..a.clone() }))
+        }
+        Packet::UnsubAck(a) if a.reasons.iter().any(|r| unspecified(unsuback_code(*r), codes.unsuback)) => {
+            let reasons = a
+                .reasons
+                .iter()
+                .map(|r| match AckCodes::fold(codes.unsuback, unsuback_code(*r)) {
+                    f if f == unsuback_code(*r) => *r,
+                    0 => UnsubAckReason::Success,
+                    _ => UnsubAckReason::UnspecifiedError,
+                })
+                .collect();
+            Some(Packet::UnsubAck(UnsubAck { reasons, ..a.clone() }))
+        }
+        _ => None,
     }
 }
 
