@@ -195,11 +195,11 @@ fn flags_that_cannot_act_exit_2_with_the_reason() {
         ),
         (
             &["--tls-self-signed", certs][..],
-            "--tls-self-signed/--cert: no TLS listener to use them; add --tls-listen or --mtls-listen",
+            "--tls-self-signed/--cert: no TLS listener to use them; add --tls-listen, --mtls-listen or --wss-listen",
         ),
         (
             &["--fault", "tls-alert"][..],
-            "--fault tls-alert: it acts in the TLS handshake; add --tls-listen or --mtls-listen",
+            "--fault tls-alert: it acts in the TLS handshake; add --tls-listen, --mtls-listen or --wss-listen",
         ),
         (
             &["--listen", "no-such-host.invalid:1883"][..],
