@@ -120,6 +120,8 @@ pub struct World {
     touched: Vec<usize>,
     is_touched: Vec<bool>,
     pub operators: Vec<OperatorSlot>,
+    /// Each device's `Var1..` at its first boot (the scenario's `vars`).
+    start_vars: Vec<Vec<String>>,
     /// Virtual (or real) time zero.
     t0: Instant,
     tx: mpsc::UnboundedSender<Event>,
@@ -168,6 +170,7 @@ impl World {
             touched: Vec::new(),
             is_touched: vec![false; n],
             operators: Vec::new(),
+            start_vars: s.devices.iter().map(|d| d.vars.clone()).collect(),
             t0,
             tx,
             rx,
@@ -230,6 +233,10 @@ impl World {
     pub fn boot_devices(&mut self) {
         for i in 0..self.devices.len() {
             self.power_on(i, BootReason::PowerOn);
+            // The Vars the scenario gives: in RAM from the first boot on.
+            if let (Some(core), Some(vars)) = (self.devices[i].running_mut(), self.start_vars.get(i)) {
+                core.preset_rule_vars(vars);
+            }
         }
     }
 

@@ -30,6 +30,90 @@ use crate::time::Instant;
 pub const MAX_RULE_SETS: usize = 3;
 /// `MAX_RULE_SIZE` (tasmota.h): a set holds 511 characters and its NUL.
 pub const MAX_RULE_SIZE: usize = 512;
+/// `SetRule`'s Unishox output buffer: `MAX_RULE_SIZE + 8` ("take some margin").
+const COMPRESS_BUFFER: usize = MAX_RULE_SIZE + 8;
+
+/// A compressed set is stored as `0, (length + 7) / 8, bytes…, 0` (`SetRule`): the
+/// length byte holds at most 255, so 2040 characters.
+pub const MAX_COMPRESSED_RULE_LEN: usize = 255 * 8;
+
+/// The Unishox size of a set that does not fit as it is (512 characters or more), when
+/// `SetRule` can store it: compressed (escapes counted) to less than `MAX_RULE_SIZE - 2`.
+pub fn compressed_rule_size(text: &str) -> Option<usize> {
+    if text.len() > MAX_COMPRESSED_RULE_LEN {
+        return None;
+    }
+    let mut out = alloc::vec::Vec::new();
+    crate::unishox::compress(text.as_bytes(), Some(&mut out), COMPRESS_BUFFER).filter(|&n| n < MAX_RULE_SIZE - 2)
+}
+
+/// Whether `Rule<n> <text>` could store `text` (for files that give rule sets).
+pub fn storable(text: &str) -> Result<(), String> {
+    if text.contains('\0') {
+        return Err(String::from("holds a NUL, which ends a rule set in the firmware"));
+    }
+    if text.len() < MAX_RULE_SIZE || compressed_rule_size(text).is_some() {
+        return Ok(());
+    }
+    if text.len() > MAX_COMPRESSED_RULE_LEN {
+        return Err(format!(
+            "{} bytes; a set over 511 is stored compressed with its length / 8 in one byte, so at most {MAX_COMPRESSED_RULE_LEN}",
+            text.len()
+        ));
+    }
+    Err(format!(
+        "{} bytes, and Unishox does not compress it below {} bytes (SetRule: MAX_RULE_SIZE - 2)",
+        text.len(),
+        MAX_RULE_SIZE - 2
+    ))
+}
+
+/// `GetRuleLenStorage`: the bytes a set takes in `Settings->rules[i]`, its NULs included
+/// (a compressed one: its first NUL, the length byte, the bytes and the last NUL, counted
+/// as `2 + strlen(&rules[i][1])`).
+pub fn rule_storage_len(text: &str) -> usize {
+    if text.len() < MAX_RULE_SIZE {
+        1 + text.len()
+    } else {
+        3 + compressed_rule_size(text).unwrap_or(0)
+    }
+}
+
+/// `100 - changeUIntScale(compressed, 0, len, 0, 100)` of `SetRule`'s log lines (a failed
+/// dry run's -1 is 65535 as the `uint16_t` argument).
+pub(crate) fn percent_saved(compressed: Option<usize>, len: usize) -> u32 {
+    let num = compressed.map_or(u16::MAX, |n| n.min(usize::from(u16::MAX)) as u16);
+    100 - u32::from(change_uint_scale(num, 0, len.min(usize::from(u16::MAX)) as u16, 0, 100))
+}
+
+/// `changeUIntScale` (support_float.ino) for `to_min < to_max`.
+fn change_uint_scale(inum: u16, from_min: u16, from_max: u16, to_min: u16, to_max: u16) -> u16 {
+    if from_min >= from_max {
+        return to_min.min(to_max);
+    }
+    let (num, from_min, from_max, to_min, to_max) =
+        (u32::from(inum), u32::from(from_min), u32::from(from_max), u32::from(to_min), u32::from(to_max));
+    let num = num.clamp(from_min, from_max);
+    if num == from_min {
+        return to_min as u16;
+    }
+    if num == from_max {
+        return to_max as u16;
+    }
+    let result = if num - from_min < 0x8000 {
+        if to_max - to_min > from_max - from_min {
+            let numerator = (num - from_min) * (to_max - to_min) * 2;
+            (numerator / (from_max - from_min) + 1) / 2 + to_min
+        } else {
+            let numerator = ((num - from_min) * 2 + 1) * (to_max - to_min + 1);
+            numerator / ((from_max - from_min + 1) * 2) + to_min
+        }
+    } else {
+        (num - from_min) * (to_max - to_min + 1) / (from_max - from_min) + to_min
+    };
+    result.clamp(to_min, to_max) as u16
+}
+
 /// `MAX_RULE_VARS` and `MAX_RULE_MEMS` (tasmota.h).
 pub const MAX_RULE_VARS: usize = 16;
 pub const MAX_RULE_MEMS: usize = 16;
@@ -269,6 +353,30 @@ impl Device {
     /// The rule engine, made on first use.
     pub(crate) fn rule_engine(&mut self) -> &mut RuleEngine {
         self.rules.get_or_insert_with(Default::default)
+    }
+
+    /// Sets `Var1..` to what a scenario or fleet says the device starts with, as if the
+    /// firmware had them in `rules_vars` (RAM: gone at the next boot). Each keeps 32
+    /// characters (`char rules_vars[MAX_RULE_VARS][33]`); no `Var<n>#State` event is raised.
+    pub fn preset_rule_vars(&mut self, vars: &[String]) {
+        if vars.iter().all(String::is_empty) {
+            return;
+        }
+        let r = self.rule_engine();
+        for (slot, v) in r.vars.iter_mut().zip(vars) {
+            *slot = cut(v, 32);
+        }
+    }
+
+    /// `Var1..16` now (empty until a rule or command sets them).
+    pub fn rule_vars(&self) -> [&str; MAX_RULE_VARS] {
+        let mut out = [""; MAX_RULE_VARS];
+        if let Some(r) = self.rules.as_ref() {
+            for (o, v) in out.iter_mut().zip(&r.vars) {
+                *o = v.as_str();
+            }
+        }
+        out
     }
 
     /// `Settings->rule_enabled`.
