@@ -26,6 +26,8 @@ use crate::device::Device;
 use crate::json::{parse_object, Value};
 use crate::time::Instant;
 
+mod scan;
+
 /// `MAX_RULE_SETS` (tasmota.h).
 pub const MAX_RULE_SETS: usize = 3;
 /// `MAX_RULE_SIZE` (tasmota.h): a set holds 511 characters and its NUL.
@@ -180,6 +182,11 @@ pub(crate) struct RuleEngine {
     teleperiod: bool,
     /// The 50 ms tick after the last one that ran (`state_50msecond`).
     next_tick: Instant,
+    /// `GetNextSensor`'s walk over the sensor drivers (`RulesEvery100ms`).
+    scan: scan::Scan,
+    /// Bit n: an enabled set names the JSON key of sensor driver n (energy, DS18x20,
+    /// DHT), as [`Device::rules_scan_refresh`] last found.
+    scan_names: u8,
 }
 
 impl Default for RuleEngine {
@@ -198,6 +205,8 @@ impl Default for RuleEngine {
             busy: false,
             teleperiod: false,
             next_tick: Instant::from_millis(0),
+            scan: scan::Scan::default(),
+            scan_names: 0,
         }
     }
 }
@@ -400,6 +409,7 @@ impl Device {
         }
         if self.rules_enabled() != 0 {
             self.rule_engine();
+            self.rules_scan_refresh();
         }
     }
 
@@ -775,6 +785,107 @@ impl Device {
         }
     }
 
+    /// Whether the sensor walk runs (`RulesEvery100ms`: a set on, the engine idle; the
+    /// uptime condition is the walk's own) and over how many drivers.
+    fn scan_drivers(&self) -> Option<([crate::sensors::SensorDriver; 3], usize)> {
+        let r = self.rules.as_ref()?;
+        let (drivers, count) = self.sensor_drivers();
+        (self.rules_enabled() != 0 && !r.busy && count > 0).then_some((drivers, count))
+    }
+
+    /// Whether an enabled set names the driver's JSON key (`ENERGY`, `DS18B20`, `AM2301`,
+    /// `DHT11`) other than after `TELE-`: a rule that does not cannot match its event
+    /// (`RulesRuleMatch` returns before the Once bits when the name is not in the JSON).
+    fn rules_name(&self, driver: crate::sensors::SensorDriver) -> bool {
+        use crate::sensors::SensorDriver;
+        let Some(r) = self.settings.rules.as_ref() else { return false };
+        let mut names = [""; 2];
+        match driver {
+            SensorDriver::Energy => names[0] = "ENERGY",
+            SensorDriver::Ds18x20 => names[0] = "DS18B20",
+            SensorDriver::Dht => {
+                for (slot, kind) in
+                    names.iter_mut().zip([crate::hardware::SensorKind::Am2301, crate::hardware::SensorKind::Dht11])
+                {
+                    if self.hw.sensors.iter().any(|s| s.kind == kind) {
+                        *slot = kind.name();
+                    }
+                }
+            }
+        }
+        // A trigger that could match starts with the name; after `TELE-` it is another
+        // name (`TELE-AM2301` is not in the walk's JSON).
+        let contains = |text: &str, name: &str| {
+            let (t, n) = (text.as_bytes(), name.as_bytes());
+            !n.is_empty()
+                && (0..t.len().saturating_sub(n.len() - 1)).any(|at| {
+                    t[at..at + n.len()].eq_ignore_ascii_case(n)
+                        && !(at >= 5 && t[at - 5..at].eq_ignore_ascii_case(b"TELE-"))
+                })
+        };
+        (0..MAX_RULE_SETS).any(|i| r.enabled & (1 << i) != 0 && names.iter().any(|n| contains(&r.rules[i], n)))
+    }
+
+    /// When `RulesEvery100ms` next hands the rules a sensor's JSON that an enabled rule
+    /// names (see `rules/scan.rs`); `None` for a device without rules or sensors.
+    pub(crate) fn rules_100ms_due(&self) -> Option<Instant> {
+        let (drivers, count) = self.scan_drivers()?;
+        let names = self.rules.as_ref()?.scan_names;
+        let mut wanted = [false; 3];
+        for (w, d) in wanted.iter_mut().zip(&drivers[..count]) {
+            *w = names & (1 << *d as u8) != 0;
+        }
+        if !wanted.contains(&true) {
+            return None;
+        }
+        let r = self.rules.as_ref()?;
+        let mut scan = r.scan;
+        scan.catch_up(self.boot_at, self.now, count);
+        scan.next_event(self.boot_at, count, |i| wanted[i]).map(|(t, _)| t)
+    }
+
+    /// `RulesEvery100ms` -> `GetNextSensor` at a tick [`Device::rules_100ms_due`] gave:
+    /// the driver's JSON (`{"AM2301":{…}}`) goes to the rules as an event of its own.
+    pub(crate) fn rules_every_100ms(&mut self) {
+        let Some((drivers, count)) = self.scan_drivers() else { return };
+        let (now, boot) = (self.now, self.boot_at);
+        let Some(i) = self.rule_engine().scan.step_at(boot, now, count) else { return };
+        let mut json = String::new();
+        self.sensor_driver_json(drivers[i], &mut json);
+        // ResponseJsonStart: the leading ',' becomes '{'.
+        let event = format!("{{{}}}", json.get(1..).unwrap_or(""));
+        self.rules_process_event(&event);
+    }
+
+    /// Finds again which sensor drivers the enabled sets name (after a set or its flags
+    /// changed, and at boot).
+    pub(crate) fn rules_scan_refresh(&mut self) {
+        use crate::sensors::SensorDriver;
+        let mut names = 0u8;
+        for d in [SensorDriver::Energy, SensorDriver::Ds18x20, SensorDriver::Dht] {
+            if self.rules_name(d) {
+                names |= 1 << d as u8;
+            }
+        }
+        if let Some(r) = self.rules.as_mut() {
+            r.scan_names = names;
+        }
+    }
+
+    /// Brings the sensor walk up to `now` before the rules go off or on (the walk ran up
+    /// to here while they were on; it did not while they were off).
+    pub(crate) fn rules_scan_sync(&mut self, was_enabled: bool) {
+        let (now, boot) = (self.now, self.boot_at);
+        let count = self.sensor_drivers().1;
+        if let Some(r) = self.rules.as_mut() {
+            if was_enabled {
+                r.scan.catch_up(boot, now, count);
+            } else {
+                r.scan.resume(now);
+            }
+        }
+    }
+
     /// `RulesEverySecond`: `Time#Minute` once a minute (from a minute after boot, with a
     /// valid clock), then the RuleTimers that ran out.
     pub(crate) fn rules_every_second(&mut self) {
@@ -911,5 +1022,43 @@ mod robustness {
             d.handle_timeout(t);
             while d.poll_output().is_some() {}
         }
+    }
+
+    /// The sensor walk wakes a device only for the steps a rule can see: none without an
+    /// enabled rule naming a sensor, one a second with one.
+    #[test]
+    fn the_sensor_walk_wakes_only_for_rules_that_name_a_sensor() {
+        use crate::hardware::{Model, SensorKind, SensorSpec};
+        let wakes = |lines: &[&str]| {
+            let hw = Hardware {
+                sensors: alloc::vec![SensorSpec {
+                    kind: SensorKind::Am2301,
+                    temperature: Model::Constant(20_000),
+                    humidity: Some(Model::Constant(45_000)),
+                    id: None,
+                    gpio: None,
+                }],
+                ..Hardware::default()
+            };
+            let mut d = Device::boot(hw, Settings::default(), BootReason::PowerOn, Instant::from_millis(0));
+            for l in lines {
+                d.handle_serial_line(l, Instant::from_millis(0));
+            }
+            let (start, end) = (Instant::from_millis(20_000), Instant::from_millis(80_000));
+            d.handle_timeout(start);
+            let mut n = 0;
+            while let Some(t) = d.poll_timeout().filter(|t| *t <= end) {
+                d.handle_timeout(t);
+                while d.poll_output().is_some() {}
+                n += 1;
+            }
+            n
+        };
+        // (Without a broker the device ticks every 250 ms, and with a set on its 50 ms tick
+        // gives Mqtt#Disconnected after each failed attempt: the same with or without
+        // the walk.)
+        assert_eq!(wakes(&["Rule1 on AM2301#Temperature>25 do Power 1 endon"]), wakes(&[]));
+        let tele_only = wakes(&["Rule1 on Tele-AM2301#Temperature>25 do Power 1 endon", "Rule1 1"]);
+        assert_eq!(wakes(&["Rule1 on AM2301#Temperature>25 do Power 1 endon", "Rule1 1"]), tele_only + 60);
     }
 }

@@ -59,6 +59,9 @@ fn cmnd_rule(d: &mut Device, mb: &mut Mailbox) {
     }
     let set = index - 1;
     if mb.data_len > 0 {
+        // The sensor walk ran while a set was on (RulesEvery100ms).
+        let was_enabled = d.rules_enabled() != 0;
+        d.rules_scan_sync(was_enabled);
         let bit = 1u8 << set;
         if (0..=10).contains(&mb.payload) {
             let r = d.settings.rules_mut();
@@ -83,6 +86,10 @@ fn cmnd_rule(d: &mut Device, mb: &mut Mailbox) {
             }
         }
         d.rule_engine().reset_triggers(set);
+        if !was_enabled && d.rules_enabled() != 0 {
+            d.rules_scan_sync(false);
+        }
+        d.rules_scan_refresh();
     }
     let (rule, enabled, once, stop) = match d.settings.rules.as_ref() {
         Some(r) => (r.rules[set].clone(), r.enabled, r.once, r.stop),
