@@ -134,30 +134,22 @@ fn set_rule(d: &mut Device, set: usize, content: &str, append: bool) -> Option<u
         if !text.is_empty() {
             // The dry run (no output buffer) does not count the escapes.
             let dry = crate::unishox::compress(text.as_bytes(), None, MAX_RULE_SIZE + 8);
-            let shown = dry.map_or(-1, |n| n as i64);
-            d.log(
-                LogLevel::Info,
-                format!(
-                    "RUL: Stored uncompressed, would compress from {} to {shown} (-{}%)",
-                    text.len(),
-                    percent_saved(dry, text.len())
-                ),
-            );
+            log_compression(d, "Stored uncompressed, would compress", text.len(), dry);
         }
         d.settings.rules_mut().rules[set] = text;
         return Some(len_in + offset);
     }
     let compressed = compressed_rule_size(&text)?;
-    d.log(
-        LogLevel::Info,
-        format!(
-            "RUL: Compressed from {} to {compressed} (-{}%)",
-            text.len(),
-            percent_saved(Some(compressed), text.len())
-        ),
-    );
+    log_compression(d, "Compressed", text.len(), Some(compressed));
     d.settings.rules_mut().rules[set] = text;
     Some(compressed)
+}
+
+/// `RUL: Stored uncompressed, would compress from %d to %d (-%d%%)` and `RUL: Compressed
+/// from %d to %d (-%d%%)` (`SetRule`, INFO); a failed dry run shows -1.
+fn log_compression(d: &mut Device, what: &str, len: usize, size: Option<usize>) {
+    let shown = size.map_or(-1, |n| n as i64);
+    d.log(LogLevel::Info, format!("RUL: {what} from {len} to {shown} (-{}%)", percent_saved(size, len)));
 }
 
 /// A set longer than 509 characters is also logged in pieces cut at spaces (`CmndRule`).
