@@ -105,7 +105,7 @@ fn change_uint_scale(inum: u16, from_min: u16, from_max: u16, to_min: u16, to_ma
     let result = if num - from_min < 0x8000 {
         if to_max - to_min > from_max - from_min {
             let numerator = (num - from_min) * (to_max - to_min) * 2;
-            (numerator / (from_max - from_min) + 1) / 2 + to_min
+            (numerator / (from_max - from_min)).div_ceil(2) + to_min
         } else {
             let numerator = ((num - from_min) * 2 + 1) * (to_max - to_min + 1);
             numerator / ((from_max - from_min + 1) * 2) + to_min

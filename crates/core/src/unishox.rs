@@ -176,7 +176,7 @@ impl Encoder<'_> {
             }
             code <<= blen;
             self.ol += blen as usize;
-            if let Some(out) = self.out.as_mut().filter(|_| self.ol % 8 == 0) {
+            if let Some(out) = self.out.as_mut().filter(|_| self.ol.is_multiple_of(8)) {
                 // A full byte: a 0x00 or the marker itself is escaped.
                 let last = out[self.ol / 8 - 1];
                 if last == 0 || last == ESCAPE_MARKER {

@@ -153,7 +153,7 @@ pub fn parse(text: &str) -> Result<Vec<Vector>, ParseError> {
             let bad = || err(format!("'temperature' takes a sensor number and °C, got '{rest}'"));
             let (n, value) = rest.trim().split_once(' ').ok_or_else(bad)?;
             let n = n.parse().map_err(|_| bad())?;
-            let milli = milli_values(value).map_err(|e| err(e))?;
+            let milli = milli_values(value).map_err(&err)?;
             let [milli] = milli[..] else { return Err(bad()) };
             v.steps.push(Step::Temperature(n, milli));
         } else if let Some(rest) = raw.strip_prefix("sensor-error ") {
