@@ -10,13 +10,10 @@
 //! while the engine is busy, so what those commands publish does not start rules again
 //! (the firmware's loop protection).
 //!
-//! Not simulated: the Unishox compression of rules longer than 511 characters (the
-//! default build compresses them and logs `RUL: Stored uncompressed, would compress from
-//! …` on every set; here a set that does not fit in 511 characters is refused as in a
-//! build without `USE_UNISHOX_COMPRESSION`), `Timer`/`%SUNRISE%` values (the device has
-//! no timers; `%TIMERn%` is the stock `0`), the 100 ms sensor scan (`RulesEvery100ms`,
-//! `GetNextSensor`), and `Time#Initialized`/`Time#Set` (they need an NTP sync; `Time
-//! <epoch>` does not sync).
+//! Also here: `SetRule` with Unishox (`crate::unishox`), the sensor walk of
+//! `RulesEvery100ms` (`rules/scan.rs`), `Time#Initialized`/`Time#Set` from `Time <epoch>`.
+//! Not simulated: `Timer`/`%SUNRISE%` values (the device has no timers; `%TIMERn%` is the
+//! stock `0`) and NTP.
 
 use alloc::format;
 use alloc::string::String;
