@@ -538,6 +538,10 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
                 break;
             }
             devices[booted].power_on(BootReason::PowerOn);
+            let vars = plan::start_vars(&opts.groups, range.start + booted);
+            if let Some(core) = devices[booted].running_mut() {
+                core.preset_rule_vars(vars);
+            }
             if let Some(core) = devices[booted].core() {
                 topics.insert(core.topic().to_string(), booted);
             }

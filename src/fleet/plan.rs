@@ -16,8 +16,13 @@
 //!
 //! [[group]]                          # every device of a group runs the same rules
 //! count = 50
-//! settings = { rules = { rules = ["ON Mqtt#Connected DO Publish stat/%topic%/up 1 ENDON", "", ""], enabled = 1 } }
+//! rules = ["ON Mqtt#Connected DO Publish stat/%topic%/up %var1% ENDON"]  # Rule1..3; on unless
+//! rules_once = [false]              # rules_enabled = [false, ...] says otherwise
+//! vars = ["1"]                      # Var1..16 from boot; mems = [...] for Mem1..16
 //! ```
+//!
+//! The rules shorthand is the scenario device's (`crate::scenario::rules`); the settings'
+//! `rules = { rules = [...], enabled = 1, once = 0, stop = 0, mems = [...] }` works too.
 //!
 //! Every error names the file, the line and column, and the problem.
 
@@ -29,6 +34,7 @@ use tasmota_core::{Mac, Settings};
 use super::mac_number;
 use crate::profile::Profile;
 use crate::scenario::line_col;
+use crate::scenario::rules::{RawList, RulesShorthand};
 
 /// One group of alike devices.
 #[derive(Clone, Debug)]
@@ -39,6 +45,20 @@ pub struct Group {
     pub mac_base: Mac,
     /// The settings each device starts from (the broker fields are set by the fleet).
     pub settings: Settings,
+    /// `Var1..` each device has from its first boot (`vars = [...]`).
+    pub vars: Vec<String>,
+}
+
+/// The Vars the `global`-th device of the fleet starts with (its group's `vars`).
+pub fn start_vars(groups: &[Group], global: usize) -> &[String] {
+    let mut first = 0;
+    for g in groups {
+        if global < first + g.count {
+            return &g.vars;
+        }
+        first += g.count;
+    }
+    &[]
 }
 
 /// The largest fleet one process plans.
@@ -60,6 +80,13 @@ struct RawGroup {
     tele_period: Option<toml::Spanned<i64>>,
     settings: Option<toml::Spanned<Settings>>,
     setoptions: Option<toml::Spanned<std::collections::BTreeMap<String, u32>>>,
+    /// The rules shorthand, as a scenario device has it (`crate::scenario::rules`).
+    rules: RawList,
+    rules_enabled: RawList,
+    rules_once: RawList,
+    rules_stop_on_error: RawList,
+    vars: RawList,
+    mems: RawList,
 }
 
 /// A fleet file that cannot be used: the file, where, and why.
@@ -88,7 +115,7 @@ pub fn single(
         settings.set_option(o.number, o.value);
     }
     tasmota_core::limits::check(&settings).map_err(|e| format!("--setoption: {e}"))?;
-    Ok(Group { count, profile, mac_base, settings })
+    Ok(Group { count, profile, mac_base, settings, vars: Vec::new() })
 }
 
 /// A `--setoption N=V`.
@@ -206,8 +233,17 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Group>, PlanError> {
             settings.tele_period =
                 check_tele_period(*tp.get_ref()).map_err(|e| err(Some(tp.span()), format!("tele_period: {e}")))?;
         }
+        let shorthand = RulesShorthand {
+            rules: g.rules,
+            rules_enabled: g.rules_enabled,
+            rules_once: g.rules_once,
+            rules_stop_on_error: g.rules_stop_on_error,
+            vars: g.vars,
+            mems: g.mems,
+        };
+        let vars = shorthand.apply(&mut settings).map_err(|(at, message)| err(Some(at), message))?;
         tasmota_core::limits::check(&settings).map_err(|e| err(Some(span.clone()), format!("settings: {e}")))?;
-        groups.push(Group { count: count as usize, profile, mac_base, settings });
+        groups.push(Group { count: count as usize, profile, mac_base, settings, vars });
     }
     Ok(groups)
 }
@@ -251,7 +287,8 @@ mod tests {
         .unwrap();
         let r = g[0].settings.rules.as_ref().expect("rules");
         assert_eq!((r.rules[0].as_str(), r.enabled, r.once), ("ON System#Boot DO Var1 1 ENDON", 1, 1));
-        let long = "x".repeat(512);
+        // 600 bytes that Unishox cannot squeeze below 510: SetRule would refuse them.
+        let long = crate::scenario::file::tests::incompressible();
         let e = parse_str(&format!(
             "[[group]]\ncount = 1\nsettings = {{ rules = {{ rules = [\"{long}\", \"\", \"\"] }} }}\n"
         ))

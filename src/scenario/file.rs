@@ -15,6 +15,7 @@ use tasmota_core::{Hardware, Mac, Settings};
 use toml::Spanned;
 
 use super::operator::Protocol;
+use super::rules::{RawList, RulesShorthand};
 pub use super::step::{Action, DeviceFault, Expect, Matcher, PublishPattern, RecordPattern, Role, Step, STEP_KINDS};
 use super::step::{At, RawStep, Refs};
 use crate::broker::auth::{Authorizer, PasswordList};
@@ -80,6 +81,13 @@ struct RawDevice {
     tls_handshake: Option<Spanned<String>>,
     /// A device profile: a built-in name or a path relative to the scenario file.
     profile: Option<Spanned<String>>,
+    /// The rules shorthand (see [`super::rules`]): Rule1..3, their flags, Vars and Mems.
+    rules: RawList,
+    rules_enabled: RawList,
+    rules_once: RawList,
+    rules_stop_on_error: RawList,
+    vars: RawList,
+    mems: RawList,
 }
 
 #[derive(Deserialize)]
@@ -151,6 +159,8 @@ pub struct DeviceSpec {
     pub tls_handshake: Duration,
     /// What the device is built from (its profile; the Sonoff Basic by default).
     pub hardware: Hardware,
+    /// `Var1..` at the first boot (`vars = [...]`; RAM, so a restart clears them).
+    pub vars: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -337,11 +347,23 @@ impl Checker<'_> {
                     }
                 }
             }
+            let shorthand = RulesShorthand {
+                rules: d.rules,
+                rules_enabled: d.rules_enabled,
+                rules_once: d.rules_once,
+                rules_stop_on_error: d.rules_stop_on_error,
+                vars: d.vars,
+                mems: d.mems,
+            };
+            let vars = shorthand.apply(&mut settings).unwrap_or_else(|(at, message)| {
+                self.fail(at, format!("device '{name}': {message}"));
+                Vec::new()
+            });
             // The firmware could not hold what a command could never store (core limits.rs).
             if let Err(e) = tasmota_core::limits::check(&settings) {
                 self.fail(span.clone(), format!("device '{name}': settings: {e}"));
             }
-            devices.push(DeviceSpec { name, mac, settings, tls_handshake, hardware });
+            devices.push(DeviceSpec { name, mac, settings, tls_handshake, hardware, vars });
         }
         if devices.is_empty() {
             devices.push(DeviceSpec {
@@ -350,6 +372,7 @@ impl Checker<'_> {
                 settings: Settings::default(),
                 tls_handshake: DEFAULT_TLS_HANDSHAKE,
                 hardware: Hardware::default(),
+                vars: Vec::new(),
             });
         }
 
@@ -593,11 +616,25 @@ impl Checker<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Scenario, FileError> {
         Scenario::parse(Path::new("s.toml"), text)
+    }
+
+    /// 300 characters of Latin-1 letters in no order (600 bytes): every byte is Unishox's
+    /// binary code, so it does not compress below 510 bytes.
+    pub(crate) fn incompressible() -> String {
+        let mut x = 0x2545_f491u32;
+        (0..300)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                char::from_u32(0xC0 + (x >> 26)).unwrap_or('x')
+            })
+            .collect()
     }
 
     #[test]
@@ -658,6 +695,46 @@ mod tests {
         let e = parse("[[step]]\nrestart = false\n").unwrap_err();
         assert_eq!(e.message, "restart, power_off and power_on take 'true'");
         assert_eq!(STEP_KINDS.len(), 16);
+    }
+
+    #[test]
+    fn rules_shorthand_and_its_mistakes() {
+        let s = parse(
+            "[[device]]\nrules = [\"ON System#Boot DO Power 1 ENDON\"]\nrules_once = [true]\nvars = [\"7\"]\n\
+             mems = [\"m\"]\n[[step]]\nadvance = \"1s\"\n",
+        )
+        .unwrap();
+        let r = s.devices[0].settings.rules.as_ref().unwrap();
+        assert_eq!(
+            (r.rules[0].as_str(), r.enabled, r.once, r.mems[0].as_str()),
+            ("ON System#Boot DO Power 1 ENDON", 1, 1, "m")
+        );
+        assert_eq!(s.devices[0].vars, vec!["7".to_string()]);
+
+        let e = parse("[[device]]\nrules = [\"a\", \"b\",\n  \"c\", \"d\"]\n[[step]]\nadvance = \"1s\"\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "s.toml:3:8: device 'device': rules: at most 3 rule sets (Rule1..3); this is number 4"
+        );
+        let e = parse("[[device]]\nrules = [true]\n[[step]]\nadvance = \"1s\"\n").unwrap_err();
+        assert_eq!(e.to_string(), "s.toml:2:10: device 'device': rules[0]: expected a string, found boolean");
+        let long = incompressible();
+        let e = parse(&format!("[[device]]\nrules = [\"{long}\"]\n[[step]]\nadvance = \"1s\"\n")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "s.toml:2:10: device 'device': rules[0] (Rule1): 600 bytes, and Unishox does not compress it below 510 bytes (SetRule: MAX_RULE_SIZE - 2)"
+        );
+        let e = parse(&format!("[[device]]\nrules = [\"{}\"]\n[[step]]\nadvance = \"1s\"\n", "x".repeat(2041)))
+            .unwrap_err();
+        assert!(
+            e.message.ends_with(
+                "2041 bytes; a set over 511 is stored compressed with its length / 8 in one byte, so at most 2040"
+            ),
+            "{e}"
+        );
+        // Over 511 characters, but Unishox stores it in 12 bytes: SetRule keeps it.
+        let ok = format!("on a do b endon {}", "a".repeat(500));
+        assert!(parse(&format!("[[device]]\nrules = [\"{ok}\"]\n[[step]]\nadvance = \"1s\"\n")).is_ok());
     }
 
     #[test]

@@ -13,6 +13,7 @@
 pub mod file;
 pub mod operator;
 pub mod report;
+pub mod rules;
 pub mod run;
 pub mod step;
 pub mod transcript;

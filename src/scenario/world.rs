@@ -137,6 +137,8 @@ pub struct World {
     touched: Vec<usize>,
     is_touched: Vec<bool>,
     pub operators: Vec<OperatorSlot>,
+    /// Each device's `Var1..` at its first boot (the scenario's `vars`).
+    start_vars: Vec<Vec<String>>,
     /// Virtual (or real) time zero.
     t0: Instant,
     /// Whether time is tokio's paused clock (else the wall clock).
@@ -187,6 +189,7 @@ impl World {
             touched: Vec::new(),
             is_touched: vec![false; n],
             operators: Vec::new(),
+            start_vars: s.devices.iter().map(|d| d.vars.clone()).collect(),
             t0,
             virtual_clock,
             tx,
@@ -255,6 +258,10 @@ impl World {
     pub fn boot_devices(&mut self) {
         for i in 0..self.devices.len() {
             self.power_on(i, BootReason::PowerOn);
+            // The Vars the scenario gives: in RAM from the first boot on.
+            if let (Some(core), Some(vars)) = (self.devices[i].running_mut(), self.start_vars.get(i)) {
+                core.preset_rule_vars(vars);
+            }
         }
     }
 

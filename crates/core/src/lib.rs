@@ -143,6 +143,7 @@ pub mod settings;
 pub mod telemetry;
 pub mod time;
 mod topic;
+pub mod unishox;
 #[cfg(feature = "vectors")]
 pub mod vectors;
 pub mod web;

@@ -212,12 +212,10 @@ fn number(field: &str, value: i64, range: &RangeInclusive<i32>, source: &str) ->
 /// number within the range its command accepts.
 pub fn check(s: &Settings) -> Result<(), LimitError> {
     if let Some(r) = s.rules.as_ref() {
-        let max = crate::rules::MAX_RULE_SIZE - 1;
-        if let Some(i) = r.rules.iter().position(|t| t.len() > max || t.contains('\0')) {
-            return Err(LimitError {
-                field: format!("rules.rules[{i}]"),
-                problem: format!("is {} bytes or holds a NUL; a rule set keeps at most {max} (SetRule: Settings->rules[{i}][MAX_RULE_SIZE])", r.rules[i].len()),
-            });
+        for (i, text) in r.rules.iter().enumerate() {
+            if let Err(problem) = crate::rules::storable(text) {
+                return Err(LimitError { field: format!("rules.rules[{i}]"), problem: format!("{problem} (SetRule)") });
+            }
         }
         if r.calc_resolution > 7 {
             return Err(LimitError {

@@ -10,13 +10,10 @@
 //! while the engine is busy, so what those commands publish does not start rules again
 //! (the firmware's loop protection).
 //!
-//! Not simulated: the Unishox compression of rules longer than 511 characters (the
-//! default build compresses them and logs `RUL: Stored uncompressed, would compress from
-//! …` on every set; here a set that does not fit in 511 characters is refused as in a
-//! build without `USE_UNISHOX_COMPRESSION`), `Timer`/`%SUNRISE%` values (the device has
-//! no timers; `%TIMERn%` is the stock `0`), the 100 ms sensor scan (`RulesEvery100ms`,
-//! `GetNextSensor`), and `Time#Initialized`/`Time#Set` (they need an NTP sync; `Time
-//! <epoch>` does not sync).
+//! Also here: `SetRule` with Unishox (`crate::unishox`), the sensor walk of
+//! `RulesEvery100ms` (`rules/scan.rs`), `Time#Initialized`/`Time#Set` from `Time <epoch>`.
+//! Not simulated: `Timer`/`%SUNRISE%` values (the device has no timers; `%TIMERn%` is the
+//! stock `0`) and NTP.
 
 use alloc::format;
 use alloc::string::String;
@@ -26,10 +23,96 @@ use crate::device::Device;
 use crate::json::{parse_object, Value};
 use crate::time::Instant;
 
+mod scan;
+
 /// `MAX_RULE_SETS` (tasmota.h).
 pub const MAX_RULE_SETS: usize = 3;
 /// `MAX_RULE_SIZE` (tasmota.h): a set holds 511 characters and its NUL.
 pub const MAX_RULE_SIZE: usize = 512;
+/// `SetRule`'s Unishox output buffer: `MAX_RULE_SIZE + 8` ("take some margin").
+const COMPRESS_BUFFER: usize = MAX_RULE_SIZE + 8;
+
+/// A compressed set is stored as `0, (length + 7) / 8, bytes…, 0` (`SetRule`): the
+/// length byte holds at most 255, so 2040 characters.
+pub const MAX_COMPRESSED_RULE_LEN: usize = 255 * 8;
+
+/// The Unishox size of a set that does not fit as it is (512 characters or more), when
+/// `SetRule` can store it: compressed (escapes counted) to less than `MAX_RULE_SIZE - 2`.
+pub fn compressed_rule_size(text: &str) -> Option<usize> {
+    if text.len() > MAX_COMPRESSED_RULE_LEN {
+        return None;
+    }
+    let mut out = alloc::vec::Vec::new();
+    crate::unishox::compress(text.as_bytes(), Some(&mut out), COMPRESS_BUFFER).filter(|&n| n < MAX_RULE_SIZE - 2)
+}
+
+/// Whether `Rule<n> <text>` could store `text` (for files that give rule sets).
+pub fn storable(text: &str) -> Result<(), String> {
+    if text.contains('\0') {
+        return Err(String::from("holds a NUL, which ends a rule set in the firmware"));
+    }
+    if text.len() < MAX_RULE_SIZE || compressed_rule_size(text).is_some() {
+        return Ok(());
+    }
+    if text.len() > MAX_COMPRESSED_RULE_LEN {
+        return Err(format!(
+            "{} bytes; a set over 511 is stored compressed with its length / 8 in one byte, so at most {MAX_COMPRESSED_RULE_LEN}",
+            text.len()
+        ));
+    }
+    Err(format!(
+        "{} bytes, and Unishox does not compress it below {} bytes (SetRule: MAX_RULE_SIZE - 2)",
+        text.len(),
+        MAX_RULE_SIZE - 2
+    ))
+}
+
+/// `GetRuleLenStorage`: the bytes a set takes in `Settings->rules[i]`, its NULs included
+/// (a compressed one: its first NUL, the length byte, the bytes and the last NUL, counted
+/// as `2 + strlen(&rules[i][1])`).
+pub fn rule_storage_len(text: &str) -> usize {
+    if text.len() < MAX_RULE_SIZE {
+        1 + text.len()
+    } else {
+        3 + compressed_rule_size(text).unwrap_or(0)
+    }
+}
+
+/// `100 - changeUIntScale(compressed, 0, len, 0, 100)` of `SetRule`'s log lines (a failed
+/// dry run's -1 is 65535 as the `uint16_t` argument).
+pub(crate) fn percent_saved(compressed: Option<usize>, len: usize) -> u32 {
+    let num = compressed.map_or(u16::MAX, |n| n.min(usize::from(u16::MAX)) as u16);
+    100 - u32::from(change_uint_scale(num, 0, len.min(usize::from(u16::MAX)) as u16, 0, 100))
+}
+
+/// `changeUIntScale` (support_float.ino) for `to_min < to_max`.
+fn change_uint_scale(inum: u16, from_min: u16, from_max: u16, to_min: u16, to_max: u16) -> u16 {
+    if from_min >= from_max {
+        return to_min.min(to_max);
+    }
+    let (num, from_min, from_max, to_min, to_max) =
+        (u32::from(inum), u32::from(from_min), u32::from(from_max), u32::from(to_min), u32::from(to_max));
+    let num = num.clamp(from_min, from_max);
+    if num == from_min {
+        return to_min as u16;
+    }
+    if num == from_max {
+        return to_max as u16;
+    }
+    let result = if num - from_min < 0x8000 {
+        if to_max - to_min > from_max - from_min {
+            let numerator = (num - from_min) * (to_max - to_min) * 2;
+            (numerator / (from_max - from_min)).div_ceil(2) + to_min
+        } else {
+            let numerator = ((num - from_min) * 2 + 1) * (to_max - to_min + 1);
+            numerator / ((from_max - from_min + 1) * 2) + to_min
+        }
+    } else {
+        (num - from_min) * (to_max - to_min + 1) / (from_max - from_min) + to_min
+    };
+    result.clamp(to_min, to_max) as u16
+}
+
 /// `MAX_RULE_VARS` and `MAX_RULE_MEMS` (tasmota.h).
 pub const MAX_RULE_VARS: usize = 16;
 pub const MAX_RULE_MEMS: usize = 16;
@@ -96,6 +179,11 @@ pub(crate) struct RuleEngine {
     teleperiod: bool,
     /// The 50 ms tick after the last one that ran (`state_50msecond`).
     next_tick: Instant,
+    /// `GetNextSensor`'s walk over the sensor drivers (`RulesEvery100ms`).
+    scan: scan::Scan,
+    /// Bit n: an enabled set names the JSON key of sensor driver n (energy, DS18x20,
+    /// DHT), as [`Device::rules_scan_refresh`] last found.
+    scan_names: u8,
 }
 
 impl Default for RuleEngine {
@@ -114,6 +202,8 @@ impl Default for RuleEngine {
             busy: false,
             teleperiod: false,
             next_tick: Instant::from_millis(0),
+            scan: scan::Scan::default(),
+            scan_names: 0,
         }
     }
 }
@@ -271,6 +361,30 @@ impl Device {
         self.rules.get_or_insert_with(Default::default)
     }
 
+    /// Sets `Var1..` to what a scenario or fleet says the device starts with, as if the
+    /// firmware had them in `rules_vars` (RAM: gone at the next boot). Each keeps 32
+    /// characters (`char rules_vars[MAX_RULE_VARS][33]`); no `Var<n>#State` event is raised.
+    pub fn preset_rule_vars(&mut self, vars: &[String]) {
+        if vars.iter().all(String::is_empty) {
+            return;
+        }
+        let r = self.rule_engine();
+        for (slot, v) in r.vars.iter_mut().zip(vars) {
+            *slot = cut(v, 32);
+        }
+    }
+
+    /// `Var1..16` now (empty until a rule or command sets them).
+    pub fn rule_vars(&self) -> [&str; MAX_RULE_VARS] {
+        let mut out = [""; MAX_RULE_VARS];
+        if let Some(r) = self.rules.as_ref() {
+            for (o, v) in out.iter_mut().zip(&r.vars) {
+                *o = v.as_str();
+            }
+        }
+        out
+    }
+
     /// `Settings->rule_enabled`.
     pub(crate) fn rules_enabled(&self) -> u8 {
         self.settings.rules.as_ref().map_or(0, |r| r.enabled)
@@ -292,6 +406,7 @@ impl Device {
         }
         if self.rules_enabled() != 0 {
             self.rule_engine();
+            self.rules_scan_refresh();
         }
     }
 
@@ -667,6 +782,107 @@ impl Device {
         }
     }
 
+    /// Whether the sensor walk runs (`RulesEvery100ms`: a set on, the engine idle; the
+    /// uptime condition is the walk's own) and over how many drivers.
+    fn scan_drivers(&self) -> Option<([crate::sensors::SensorDriver; 3], usize)> {
+        let r = self.rules.as_ref()?;
+        let (drivers, count) = self.sensor_drivers();
+        (self.rules_enabled() != 0 && !r.busy && count > 0).then_some((drivers, count))
+    }
+
+    /// Whether an enabled set names the driver's JSON key (`ENERGY`, `DS18B20`, `AM2301`,
+    /// `DHT11`) other than after `TELE-`: a rule that does not cannot match its event
+    /// (`RulesRuleMatch` returns before the Once bits when the name is not in the JSON).
+    fn rules_name(&self, driver: crate::sensors::SensorDriver) -> bool {
+        use crate::sensors::SensorDriver;
+        let Some(r) = self.settings.rules.as_ref() else { return false };
+        let mut names = [""; 2];
+        match driver {
+            SensorDriver::Energy => names[0] = "ENERGY",
+            SensorDriver::Ds18x20 => names[0] = "DS18B20",
+            SensorDriver::Dht => {
+                for (slot, kind) in
+                    names.iter_mut().zip([crate::hardware::SensorKind::Am2301, crate::hardware::SensorKind::Dht11])
+                {
+                    if self.hw.sensors.iter().any(|s| s.kind == kind) {
+                        *slot = kind.name();
+                    }
+                }
+            }
+        }
+        // A trigger that could match starts with the name; after `TELE-` it is another
+        // name (`TELE-AM2301` is not in the walk's JSON).
+        let contains = |text: &str, name: &str| {
+            let (t, n) = (text.as_bytes(), name.as_bytes());
+            !n.is_empty()
+                && (0..t.len().saturating_sub(n.len() - 1)).any(|at| {
+                    t[at..at + n.len()].eq_ignore_ascii_case(n)
+                        && !(at >= 5 && t[at - 5..at].eq_ignore_ascii_case(b"TELE-"))
+                })
+        };
+        (0..MAX_RULE_SETS).any(|i| r.enabled & (1 << i) != 0 && names.iter().any(|n| contains(&r.rules[i], n)))
+    }
+
+    /// When `RulesEvery100ms` next hands the rules a sensor's JSON that an enabled rule
+    /// names (see `rules/scan.rs`); `None` for a device without rules or sensors.
+    pub(crate) fn rules_100ms_due(&self) -> Option<Instant> {
+        let (drivers, count) = self.scan_drivers()?;
+        let names = self.rules.as_ref()?.scan_names;
+        let mut wanted = [false; 3];
+        for (w, d) in wanted.iter_mut().zip(&drivers[..count]) {
+            *w = names & (1 << *d as u8) != 0;
+        }
+        if !wanted.contains(&true) {
+            return None;
+        }
+        let r = self.rules.as_ref()?;
+        let mut scan = r.scan;
+        scan.catch_up(self.boot_at, self.now, count);
+        scan.next_event(self.boot_at, count, |i| wanted[i]).map(|(t, _)| t)
+    }
+
+    /// `RulesEvery100ms` -> `GetNextSensor` at a tick [`Device::rules_100ms_due`] gave:
+    /// the driver's JSON (`{"AM2301":{…}}`) goes to the rules as an event of its own.
+    pub(crate) fn rules_every_100ms(&mut self) {
+        let Some((drivers, count)) = self.scan_drivers() else { return };
+        let (now, boot) = (self.now, self.boot_at);
+        let Some(i) = self.rule_engine().scan.step_at(boot, now, count) else { return };
+        let mut json = String::new();
+        self.sensor_driver_json(drivers[i], &mut json);
+        // ResponseJsonStart: the leading ',' becomes '{'.
+        let event = format!("{{{}}}", json.get(1..).unwrap_or(""));
+        self.rules_process_event(&event);
+    }
+
+    /// Finds again which sensor drivers the enabled sets name (after a set or its flags
+    /// changed, and at boot).
+    pub(crate) fn rules_scan_refresh(&mut self) {
+        use crate::sensors::SensorDriver;
+        let mut names = 0u8;
+        for d in [SensorDriver::Energy, SensorDriver::Ds18x20, SensorDriver::Dht] {
+            if self.rules_name(d) {
+                names |= 1 << d as u8;
+            }
+        }
+        if let Some(r) = self.rules.as_mut() {
+            r.scan_names = names;
+        }
+    }
+
+    /// Brings the sensor walk up to `now` before the rules go off or on (the walk ran up
+    /// to here while they were on; it did not while they were off).
+    pub(crate) fn rules_scan_sync(&mut self, was_enabled: bool) {
+        let (now, boot) = (self.now, self.boot_at);
+        let count = self.sensor_drivers().1;
+        if let Some(r) = self.rules.as_mut() {
+            if was_enabled {
+                r.scan.catch_up(boot, now, count);
+            } else {
+                r.scan.resume(now);
+            }
+        }
+    }
+
     /// `RulesEverySecond`: `Time#Minute` once a minute (from a minute after boot, with a
     /// valid clock), then the RuleTimers that ran out.
     pub(crate) fn rules_every_second(&mut self) {
@@ -803,5 +1019,43 @@ mod robustness {
             d.handle_timeout(t);
             while d.poll_output().is_some() {}
         }
+    }
+
+    /// The sensor walk wakes a device only for the steps a rule can see: none without an
+    /// enabled rule naming a sensor, one a second with one.
+    #[test]
+    fn the_sensor_walk_wakes_only_for_rules_that_name_a_sensor() {
+        use crate::hardware::{Model, SensorKind, SensorSpec};
+        let wakes = |lines: &[&str]| {
+            let hw = Hardware {
+                sensors: alloc::vec![SensorSpec {
+                    kind: SensorKind::Am2301,
+                    temperature: Model::Constant(20_000),
+                    humidity: Some(Model::Constant(45_000)),
+                    id: None,
+                    gpio: None,
+                }],
+                ..Hardware::default()
+            };
+            let mut d = Device::boot(hw, Settings::default(), BootReason::PowerOn, Instant::from_millis(0));
+            for l in lines {
+                d.handle_serial_line(l, Instant::from_millis(0));
+            }
+            let (start, end) = (Instant::from_millis(20_000), Instant::from_millis(80_000));
+            d.handle_timeout(start);
+            let mut n = 0;
+            while let Some(t) = d.poll_timeout().filter(|t| *t <= end) {
+                d.handle_timeout(t);
+                while d.poll_output().is_some() {}
+                n += 1;
+            }
+            n
+        };
+        // (Without a broker the device ticks every 250 ms, and with a set on its 50 ms tick
+        // gives Mqtt#Disconnected after each failed attempt: the same with or without
+        // the walk.)
+        assert_eq!(wakes(&["Rule1 on AM2301#Temperature>25 do Power 1 endon"]), wakes(&[]));
+        let tele_only = wakes(&["Rule1 on Tele-AM2301#Temperature>25 do Power 1 endon", "Rule1 1"]);
+        assert_eq!(wakes(&["Rule1 on AM2301#Temperature>25 do Power 1 endon", "Rule1 1"]), tele_only + 60);
     }
 }

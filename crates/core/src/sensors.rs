@@ -58,6 +58,14 @@ pub(crate) struct EnergyState {
     set: [Option<i32>; 2],
 }
 
+/// A sensor driver of the simulated hardware (`xsns_03`, `xsns_05`, `xsns_06`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SensorDriver {
+    Energy = 0,
+    Ds18x20 = 1,
+    Dht = 2,
+}
+
 /// `DOUBLE_CLICK_WINDOW`: presses closer than this count as one multi-press.
 pub const DOUBLE_CLICK_WINDOW_MS: u64 = 500;
 
@@ -413,23 +421,63 @@ impl Device {
     /// The body of a SENSOR message after `"Time":...` (`MqttShowSensor`): switches, then
     /// sensors, then ENERGY, then TempUnit.
     pub(crate) fn sensor_json(&mut self) -> String {
-        let secs = self.uptime_s;
         let mut s = format!("{{\"Time\":\"{}\"", iso_time(self.local_secs()));
         for n in 0..self.hw.switches {
             let on = (self.inputs.switches >> n) & 1;
             s.push_str(&format!(",\"Switch{}\":\"{}\"", n + 1, escape(self.settings.state_text(on))));
         }
-        // XsnsCall order: xsns_05 (DS18x20) before xsns_06 (DHT); the DHTs in GPIO order
-        // (`DhtPinState` is called pin by pin).
-        // (At most 4 DHTs: an insertion sort keeps the stable sort's code out of the image.)
-        let sensors = &self.hw.sensors;
-        let mut order: Vec<usize> = (0..sensors.len()).filter(|&i| !sensors[i].kind.is_dht()).collect();
-        let first_dht = order.len();
-        for i in (0..sensors.len()).filter(|&i| sensors[i].kind.is_dht()) {
-            let gpio = sensors[i].gpio.unwrap_or(0);
-            let at = order[first_dht..].iter().position(|&j| sensors[j].gpio.unwrap_or(0) > gpio);
-            order.insert(at.map_or(order.len(), |p| first_dht + p), i);
+        // XsnsCall order: xsns_05 (DS18x20) before xsns_06 (DHT).
+        self.sensor_driver_json(SensorDriver::Ds18x20, &mut s);
+        self.sensor_driver_json(SensorDriver::Dht, &mut s);
+        if self.hw.energy.is_some() {
+            s.push_str(&self.energy_json());
         }
+        if !self.hw.sensors.is_empty() {
+            s.push_str(",\"TempUnit\":\"C\"");
+        }
+        s.push('}');
+        s
+    }
+
+    /// The sensor drivers the device has, in `XsnsCall` order: xsns_03 (energy), xsns_05
+    /// (DS18x20), xsns_06 (DHT). Each appends its sensors on `FUNC_JSON_APPEND`.
+    pub(crate) fn sensor_drivers(&self) -> ([SensorDriver; 3], usize) {
+        let mut list = [SensorDriver::Energy; 3];
+        let mut n = 0;
+        let has = |dht: bool| self.hw.sensors.iter().any(|s| s.kind.is_dht() == dht);
+        for (driver, present) in [
+            (SensorDriver::Energy, self.hw.energy.is_some()),
+            (SensorDriver::Ds18x20, has(false)),
+            (SensorDriver::Dht, has(true)),
+        ] {
+            if present {
+                list[n] = driver;
+                n += 1;
+            }
+        }
+        (list, n)
+    }
+
+    /// What one driver appends on `FUNC_JSON_APPEND` (`,"AM2301":{...}` for each of its
+    /// sensors): DS18x20s in sensor order, DHTs in GPIO order (`DhtPinState` is called pin
+    /// by pin), ENERGY (`EnergyShow(true)`).
+    pub(crate) fn sensor_driver_json(&mut self, driver: SensorDriver, s: &mut String) {
+        if driver == SensorDriver::Energy {
+            if self.hw.energy.is_some() {
+                s.push_str(&self.energy_json());
+            }
+            return;
+        }
+        let dht = driver == SensorDriver::Dht;
+        let sensors = &self.hw.sensors;
+        // (At most 4 DHTs: an insertion sort keeps the stable sort's code out of the image.)
+        let mut order: Vec<usize> = Vec::new();
+        for i in (0..sensors.len()).filter(|&i| sensors[i].kind.is_dht() == dht) {
+            let gpio = if dht { sensors[i].gpio.unwrap_or(0) } else { 0 };
+            let at = order.iter().position(|&j| dht && sensors[j].gpio.unwrap_or(0) > gpio);
+            order.insert(at.unwrap_or(order.len()), i);
+        }
+        let secs = self.uptime_s;
         let dhts = self.hw.sensors.iter().filter(|s| s.kind.is_dht()).count();
         let separator = char::from(self.inputs.index_separator);
         for i in order {
@@ -474,14 +522,6 @@ impl Device {
                 }
             }
         }
-        if self.hw.energy.is_some() {
-            s.push_str(&self.energy_json());
-        }
-        if !self.hw.sensors.is_empty() {
-            s.push_str(",\"TempUnit\":\"C\"");
-        }
-        s.push('}');
-        s
     }
 
     /// The energy monitor's readings now: (volts, watts, power factor), thousandths.

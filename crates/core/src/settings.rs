@@ -40,6 +40,56 @@ pub const SETOPTION_COUNT: u32 = 178;
 /// SetOption32 .. SetOption49 are byte parameters rather than flags.
 pub const PARAM_COUNT: usize = 18;
 
+/// Fixed-size arrays as serde writes them (a tuple of N elements, so the JSON and postcard
+/// bytes are the same), read with one loop per element type: serde's own `[T; N]` reader
+/// is unrolled N times per array type, which cost the ESP32-C3 image kilobytes.
+mod fixed {
+    use alloc::vec::Vec;
+    use core::marker::PhantomData;
+    use serde::de::{Deserializer, Error, SeqAccess, Visitor};
+    use serde::ser::{SerializeTuple, Serializer};
+    use serde::{Deserialize, Serialize};
+
+    pub fn serialize<S: Serializer, T: Serialize, const N: usize>(v: &[T; N], s: S) -> Result<S::Ok, S::Error> {
+        let mut t = s.serialize_tuple(N)?;
+        for x in v {
+            t.serialize_element(x)?;
+        }
+        t.end()
+    }
+
+    struct Elements<T> {
+        n: usize,
+        t: PhantomData<T>,
+    }
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for Elements<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+            write!(f, "an array of length {}", self.n)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::with_capacity(self.n);
+            while out.len() < self.n {
+                match seq.next_element()? {
+                    Some(x) => out.push(x),
+                    None => return Err(A::Error::invalid_length(out.len(), &self)),
+                }
+            }
+            Ok(out)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>, const N: usize>(
+        d: D,
+    ) -> Result<[T; N], D::Error> {
+        let v = d.deserialize_tuple(N, Elements::<T> { n: N, t: PhantomData })?;
+        v.try_into().map_err(|_| D::Error::custom("array length"))
+    }
+}
+
 /// One device's settings. Field names follow Tasmota's `Settings` struct.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -50,13 +100,17 @@ pub struct Settings {
     pub mqtt_pwd: String,
     pub mqtt_client: String,
     pub mqtt_topic: String,
+    #[serde(with = "fixed")]
     pub mqtt_grp_topic: [String; 4],
     pub mqtt_fulltopic: String,
+    #[serde(with = "fixed")]
     pub mqtt_prefix: [String; 3],
     pub button_topic: String,
     pub switch_topic: String,
+    #[serde(with = "fixed")]
     pub state_text: [String; 4],
     pub hostname: String,
+    #[serde(with = "fixed")]
     pub friendlyname: [String; 8],
     pub devicename: String,
     pub mqtt_retry: u16,
@@ -95,22 +149,29 @@ pub struct Settings {
     pub timezone_minutes: u8,
     /// `SSId1`/`SSId2` and `Password1`/`Password2`: the WiFi networks (the simulator's
     /// WiFi is the profile's; the ESP32-C3 firmware connects with these).
+    #[serde(with = "fixed")]
     pub sta_ssid: [String; 2],
+    #[serde(with = "fixed")]
     pub sta_pwd: [String; 2],
     /// Which of the two is in use (`Settings->sta_active`).
     pub sta_active: u8,
     /// `IPAddress1..5`: static address, gateway, subnet mask, DNS 1 and 2 (0.0.0.0: DHCP).
+    #[serde(with = "fixed")]
     pub ipv4_address: [[u8; 4]; 5],
     /// `SwitchMode<n>` of Switch1..28.
+    #[serde(with = "fixed")]
     pub switchmode: [u8; 28],
     /// `WebPassword`: empty means no authentication.
     pub web_password: String,
     /// SetOption0..31 (`flag`), 50..81 (`flag3`), 82..113 (`flag4`), 114..145 (`flag5`),
     /// 146..177 (`flag6`), one bit each.
+    #[serde(with = "fixed")]
     pub flags: [u32; 5],
     /// SetOption32..49 (`param`).
+    #[serde(with = "fixed")]
     pub param: [u8; PARAM_COUNT],
     /// `MqttFingerprint1` and `MqttFingerprint2` (SetOption132 validation).
+    #[serde(with = "fixed")]
     pub mqtt_fingerprint: [[u8; 20]; 2],
     /// Rule1..3, their flags, Mem1..16 and CalcRes ([`RuleSettings`]). `None` until a
     /// rule command stores something, so a device without rules pays one pointer in
@@ -124,6 +185,7 @@ pub struct Settings {
 #[serde(default, deny_unknown_fields)]
 pub struct RuleSettings {
     /// The text of Rule1..3, at most `MAX_RULE_SIZE - 1` (511) characters each.
+    #[serde(with = "fixed")]
     pub rules: [String; 3],
     /// Bit n: Rule<n+1> is on (`Rule<n> 1`).
     pub enabled: u8,
@@ -132,6 +194,7 @@ pub struct RuleSettings {
     /// Bit n: Rule<n+1> StopOnError (`Rule<n> 9`; kept and reported only).
     pub stop: u8,
     /// `Mem1..16`: texts in the settings' text pool.
+    #[serde(with = "fixed")]
     pub mems: [String; 16],
     /// `CalcRes` 0..7: decimals of Add, Sub, Mult and Scale results.
     pub calc_resolution: u8,

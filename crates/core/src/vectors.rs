@@ -11,6 +11,7 @@
 //! given SetOption4 1                typed in an earlier boot; the device then boots again
 //! > Power TOGGLE                    typed on the serial console now
 //! wait 1500                         let 1500 ms pass
+//! temperature 1 26.5                temperature sensor 1 reads 26.5 °C from now on
 //! 00:00:00.000 CMD: Power TOGGLE    an expected console line
 //! -> stat/tasmota_4B3316/RESULT     the full topic of the publish logged just above,
 //!                                   with " (retained)" when it carries the retain flag
@@ -58,6 +59,8 @@ pub enum Step {
     Switch(u8, bool),
     /// Make the reads of DHT sensor n fail (`on`) or work again (`off`).
     SensorError(u8, bool),
+    /// Temperature sensor n reads this many thousandths of a °C from now on.
+    Temperature(u8, i32),
 }
 
 /// A vector file that does not parse.
@@ -146,6 +149,13 @@ pub fn parse(text: &str) -> Result<Vec<Vector>, ParseError> {
         } else if let Some(n) = raw.strip_prefix("button ") {
             let n = n.trim().parse().map_err(|_| err(format!("'button' takes a number, got '{n}'")))?;
             v.steps.push(Step::Button(n));
+        } else if let Some(rest) = raw.strip_prefix("temperature ") {
+            let bad = || err(format!("'temperature' takes a sensor number and °C, got '{rest}'"));
+            let (n, value) = rest.trim().split_once(' ').ok_or_else(bad)?;
+            let n = n.parse().map_err(|_| bad())?;
+            let milli = milli_values(value).map_err(&err)?;
+            let [milli] = milli[..] else { return Err(bad()) };
+            v.steps.push(Step::Temperature(n, milli));
         } else if let Some(rest) = raw.strip_prefix("sensor-error ") {
             let (n, state) = rest.trim().split_once(' ').unwrap_or((rest.trim(), ""));
             let n = n.parse().map_err(|_| err(format!("'sensor-error' takes a number and on|off, got '{rest}'")))?;
@@ -254,6 +264,12 @@ pub fn run(v: &Vector) -> Vec<String> {
             }
             Step::Switch(n, on) => {
                 if let Err(e) = device.handle_switch(*n, *on, now) {
+                    transcript.push(format!("error: {}", e.0));
+                }
+            }
+            Step::Temperature(n, milli) => {
+                let what = crate::sensors::Quantity::Temperature;
+                if let Err(e) = device.handle_sensor(*n, what, *milli, now) {
                     transcript.push(format!("error: {}", e.0));
                 }
             }

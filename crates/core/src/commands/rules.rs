@@ -12,7 +12,8 @@ use crate::console::LogLevel;
 use crate::device::Device;
 use crate::json::escape;
 use crate::rules::{
-    char_to_float, cut, dtostrfd, MAX_RULE_MEMS, MAX_RULE_SETS, MAX_RULE_SIZE, MAX_RULE_TIMERS, MAX_RULE_VARS,
+    char_to_float, compressed_rule_size, cut, dtostrfd, percent_saved, rule_storage_len, MAX_RULE_MEMS, MAX_RULE_SETS,
+    MAX_RULE_SIZE, MAX_RULE_TIMERS, MAX_RULE_VARS,
 };
 use crate::topic::Prefix;
 
@@ -58,29 +59,37 @@ fn cmnd_rule(d: &mut Device, mb: &mut Mailbox) {
     }
     let set = index - 1;
     if mb.data_len > 0 {
-        let r = d.settings.rules_mut();
+        // The sensor walk ran while a set was on (RulesEvery100ms).
+        let was_enabled = d.rules_enabled() != 0;
+        d.rules_scan_sync(was_enabled);
         let bit = 1u8 << set;
-        match mb.payload {
-            0 | 1 => r.enabled = (r.enabled & !bit) | (mb.payload as u8) << set,
-            2 => r.enabled ^= bit,
-            4 | 5 => r.once = (r.once & !bit) | ((mb.payload & 1) as u8) << set,
-            6 => r.once ^= bit,
-            8 | 9 => r.stop = (r.stop & !bit) | ((mb.payload & 1) as u8) << set,
-            10 => r.stop ^= bit,
-            3 | 7 => {}
-            _ => {
-                // '+' appends, with at least one space in between.
-                let (append, content) = match mb.data.strip_prefix('+') {
-                    Some(rest) => (true, format!(" {rest}")),
-                    None if mb.data.starts_with('"') => (false, String::new()),
-                    None => (false, mb.data.clone()),
-                };
-                if set_rule(&mut r.rules[set], &content, append).is_none() {
-                    d.log(LogLevel::Error, String::from("RUL: Not enough space"));
-                }
+        if (0..=10).contains(&mb.payload) {
+            let r = d.settings.rules_mut();
+            match mb.payload {
+                0 | 1 => r.enabled = (r.enabled & !bit) | (mb.payload as u8) << set,
+                2 => r.enabled ^= bit,
+                4 | 5 => r.once = (r.once & !bit) | ((mb.payload & 1) as u8) << set,
+                6 => r.once ^= bit,
+                8 | 9 => r.stop = (r.stop & !bit) | ((mb.payload & 1) as u8) << set,
+                10 => r.stop ^= bit,
+                _ => {}
+            }
+        } else {
+            // '+' appends, with at least one space in between.
+            let (append, content) = match mb.data.strip_prefix('+') {
+                Some(rest) => (true, format!(" {rest}")),
+                None if mb.data.starts_with('"') => (false, String::new()),
+                None => (false, mb.data.clone()),
+            };
+            if set_rule(d, set, &content, append).is_none() {
+                d.log(LogLevel::Error, String::from("RUL: Not enough space"));
             }
         }
         d.rule_engine().reset_triggers(set);
+        if !was_enabled && d.rules_enabled() != 0 {
+            d.rules_scan_sync(false);
+        }
+        d.rules_scan_refresh();
     }
     let (rule, enabled, once, stop) = match d.settings.rules.as_ref() {
         Some(r) => (r.rules[set].clone(), r.enabled, r.once, r.stop),
@@ -97,26 +106,50 @@ fn cmnd_rule(d: &mut Device, mb: &mut Mailbox) {
         state(enabled),
         state(once),
         state(stop),
-        MAX_RULE_SIZE - (1 + len),
+        MAX_RULE_SIZE - rule_storage_len(&rule),
         escape(&rule)
     );
 }
 
-/// `SetRule` of a build without Unishox: a set holds what fits in 511 characters;
-/// `None` (nothing stored) when it would not.
-fn set_rule(rule: &mut String, content: &str, append: bool) -> Option<usize> {
-    let offset = if append { rule.len() } else { 0 };
-    if content.len() + offset >= MAX_RULE_SIZE {
-        return None;
+/// `SetRule` of the default build (`USE_UNISHOX_COMPRESSION`): what fits in 511
+/// characters is stored as it is, with the size a dry run of Unishox would give logged;
+/// what does not is compressed and stored if that is below `MAX_RULE_SIZE - 2` bytes.
+/// `None` (nothing stored) when it is not.
+fn set_rule(d: &mut Device, set: usize, content: &str, append: bool) -> Option<usize> {
+    let old = d.settings.rules.as_ref().map_or(String::new(), |r| r.rules[set].clone());
+    let len_in = content.len();
+    // A set of 512 characters or more is a compressed one.
+    let mut needs_compress = len_in >= MAX_RULE_SIZE;
+    let mut offset = 0;
+    if append {
+        if old.len() < MAX_RULE_SIZE {
+            offset = old.len();
+            needs_compress |= len_in + offset >= MAX_RULE_SIZE;
+        } else {
+            needs_compress = true;
+        }
     }
-    if !append {
-        rule.clear();
+    let text = if append { format!("{old}{content}") } else { String::from(content) };
+    if !needs_compress {
+        if !text.is_empty() {
+            // The dry run (no output buffer) does not count the escapes.
+            let dry = crate::unishox::compress(text.as_bytes(), None, MAX_RULE_SIZE + 8);
+            log_compression(d, "Stored uncompressed, would compress", text.len(), dry);
+        }
+        d.settings.rules_mut().rules[set] = text;
+        return Some(len_in + offset);
     }
-    rule.push_str(content);
-    if rule.is_empty() {
-        *rule = String::new();
-    }
-    Some(rule.len())
+    let compressed = compressed_rule_size(&text)?;
+    log_compression(d, "Compressed", text.len(), Some(compressed));
+    d.settings.rules_mut().rules[set] = text;
+    Some(compressed)
+}
+
+/// `RUL: Stored uncompressed, would compress from %d to %d (-%d%%)` and `RUL: Compressed
+/// from %d to %d (-%d%%)` (`SetRule`, INFO); a failed dry run shows -1.
+fn log_compression(d: &mut Device, what: &str, len: usize, size: Option<usize>) {
+    let shown = size.map_or(-1, |n| n as i64);
+    d.log(LogLevel::Info, format!("RUL: {what} from {len} to {shown} (-{}%)", percent_saved(size, len)));
 }
 
 /// A set longer than 509 characters is also logged in pieces cut at spaces (`CmndRule`).

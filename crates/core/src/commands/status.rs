@@ -336,15 +336,22 @@ pub(super) fn cmnd_module(d: &mut Device, mb: &mut Mailbox) {
     d.response = format!("{{\"Module\":{{\"{}\":\"{}\"}}}}", d.hw.module_number, escape(&d.hw.module));
 }
 
-/// `CmndTime`: 1..4 choose the format; an epoch (>= 1451602800, 2016) sets the clock.
+/// `CmndTime`: 1..4 choose the format; an epoch (>= 1451602800, 2016) sets the clock and
+/// is answered with Time and Epoch (`format = 1` in CmndTime of 14.2.0).
 pub(super) fn cmnd_time(d: &mut Device, mb: &mut Mailbox) {
     if range::TIME_FORMAT.contains(&mb.payload) {
         d.settings.time_format = mb.payload as u8;
     } else if mb.payload >= 1_451_602_800 {
+        // RtcSetTime -> RtcSync("Time") -> RtcSecond: the rules get Time#Initialized when
+        // the local time was not yet valid, Time#Set when it was (support_rtc.ino, 14.2.0).
+        let was_valid = d.local_secs() >= START_VALID_TIME;
         d.rtc_offset_s = i64::from(mb.payload) - i64::from(d.uptime_s);
+        d.rules_flag |= if was_valid { crate::rules::flag::TIME_SET } else { crate::rules::flag::TIME_INIT };
     }
     let local = iso_time(d.local_secs());
-    d.response = match d.settings.time_format {
+    // An epoch answers in format 1 (`ResponseGetTime`: Time and Epoch), whatever is set.
+    let format = if mb.payload >= 1_451_602_800 { 2 } else { d.settings.time_format };
+    d.response = match format {
         2 | 3 => format!("{{\"Time\":\"{local}\",\"Epoch\":{}}}", d.utc_secs()),
         4 => format!("{{\"Time\":{}}}", d.utc_secs()),
         _ => format!("{{\"Time\":\"{local}\"}}"),

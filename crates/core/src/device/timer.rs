@@ -27,6 +27,9 @@ pub(crate) enum Timer {
     Pulse,
     /// The next blink step, on the 100 ms ticks (`blink_timer`).
     Blink,
+    /// The rules' sensor walk on the 100 ms ticks, while a set is on and the device has
+    /// sensors (`RulesEvery100ms`, after `Every100mSeconds`).
+    RulesSensors,
     /// The multi-press window of a button closes (`DOUBLE_CLICK_WINDOW`).
     ButtonWindow,
     /// The MQTT client's CONNACK, keepalive or ping deadline (PubSubClient's `loop()`).
@@ -49,8 +52,16 @@ struct Spec {
 impl Timer {
     /// Every timer, in the order timers due at the same instant run: the firmware's loop
     /// order, which the transcripts depend on.
-    pub(crate) const VALUES: [Timer; 7] =
-        [Timer::Backlog, Timer::Rules, Timer::Pulse, Timer::Blink, Timer::ButtonWindow, Timer::MqttClient, Timer::Tick];
+    pub(crate) const VALUES: [Timer; 8] = [
+        Timer::Backlog,
+        Timer::Rules,
+        Timer::Pulse,
+        Timer::Blink,
+        Timer::RulesSensors,
+        Timer::ButtonWindow,
+        Timer::MqttClient,
+        Timer::Tick,
+    ];
 
     /// The timer table.
     fn spec(self) -> Spec {
@@ -76,6 +87,14 @@ impl Timer {
                 };
                 Spec { due: |d| (d.blink.mask != 0).then(|| d.blink_due()), run, busy: true }
             }
+            Timer::RulesSensors => Spec {
+                due: Device::rules_100ms_due,
+                run: |d| {
+                    d.scheduled_at = Some(d.now);
+                    d.rules_every_100ms();
+                },
+                busy: false,
+            },
             Timer::ButtonWindow => Spec { due: Device::button_due, run: Device::button_window_closed, busy: true },
             Timer::MqttClient => Spec {
                 due: |d| d.mqtt.client.poll_timeout(),
