@@ -421,7 +421,8 @@ impl Device {
     /// The body of a SENSOR message after `"Time":...` (`MqttShowSensor`): switches, then
     /// sensors, then ENERGY, then TempUnit.
     pub(crate) fn sensor_json(&mut self) -> String {
-        let mut s = format!("{{\"Time\":\"{}\"", iso_time(self.local_secs()));
+        // ResponseAppendTime(): the Time in the format `Time` chose.
+        let mut s = self.response_time(self.settings.time_format);
         for n in 0..self.hw.switches {
             let on = (self.inputs.switches >> n) & 1;
             s.push_str(&format!(",\"Switch{}\":\"{}\"", n + 1, escape(self.settings.state_text(on))));

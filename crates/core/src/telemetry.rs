@@ -112,12 +112,28 @@ impl Device {
         }
     }
 
-    /// `MqttShowState()`: the STATE JSON in the firmware's key order.
+    /// `ResponseGetTime(format)`: the `{"Time":…` a JSON answer starts with, in the
+    /// format `Time 1..4` chose (the firmware stores it as 0..3 in `flag2.time_format`):
+    /// 1 local ISO time, 2 that and `"Epoch":<UTC seconds>`, 3 the UTC seconds as a
+    /// number, 4 local ISO time with milliseconds (`DT_LOCAL_MILLIS`).
+    pub(crate) fn response_time(&self, format: u8) -> String {
+        let local = iso_time(self.local_secs());
+        match format {
+            2 => format!("{{\"Time\":\"{local}\",\"Epoch\":{}", self.utc_secs()),
+            3 => format!("{{\"Time\":{}", self.utc_secs()),
+            // RtcMillis(): the milliseconds since the last RtcSecond, on the 1 s ticks from boot.
+            4 => format!("{{\"Time\":\"{local}.{:03}\"", self.uptime_ms() % 1000),
+            _ => format!("{{\"Time\":\"{local}\""),
+        }
+    }
+
+    /// `MqttShowState()`: the STATE JSON in the firmware's key order, after
+    /// `ResponseAppendTime()`.
     pub(crate) fn mqtt_show_state(&self) -> String {
         let up = u64::from(self.uptime_s);
         let mut s = format!(
-            "{{\"Time\":\"{}\",\"Uptime\":\"{}\",\"UptimeSec\":{up},\"Heap\":{},\"SleepMode\":\"Dynamic\",\"Sleep\":50,\"LoadAvg\":19,\"MqttCount\":{}",
-            iso_time(self.local_secs()),
+            "{},\"Uptime\":\"{}\",\"UptimeSec\":{up},\"Heap\":{},\"SleepMode\":\"Dynamic\",\"Sleep\":50,\"LoadAvg\":19,\"MqttCount\":{}",
+            self.response_time(self.settings.time_format),
             duration_text(up),
             self.free_heap() / 1024,
             self.mqtt.connect_count

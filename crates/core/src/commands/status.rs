@@ -348,14 +348,11 @@ pub(super) fn cmnd_time(d: &mut Device, mb: &mut Mailbox) {
         d.rtc_offset_s = i64::from(mb.payload) - i64::from(d.uptime_s);
         d.rules_flag |= if was_valid { crate::rules::flag::TIME_SET } else { crate::rules::flag::TIME_INIT };
     }
-    let local = iso_time(d.local_secs());
-    // An epoch answers in format 1 (`ResponseGetTime`: Time and Epoch), whatever is set.
+    // An epoch answers in format 1 of the firmware (`Time 2` here: Time and Epoch),
+    // whatever is set (CmndTime: `format = 1` before RtcSetTime).
     let format = if mb.payload >= 1_451_602_800 { 2 } else { d.settings.time_format };
-    d.response = match format {
-        2 | 3 => format!("{{\"Time\":\"{local}\",\"Epoch\":{}}}", d.utc_secs()),
-        4 => format!("{{\"Time\":{}}}", d.utc_secs()),
-        _ => format!("{{\"Time\":\"{local}\"}}"),
-    };
+    d.response = d.response_time(format);
+    d.response.push('}');
 }
 
 /// `CmndTimezone`: any number from -13 sets it; below 15 the minutes after a `:` are
