@@ -217,7 +217,8 @@ pub(super) struct Conn<S> {
     keepalive: Option<Duration>,
     last_in: Instant,
     disconnect_at: Option<Instant>,
-    will: Option<LastWill>,
+    /// Boxed: an MQTT 5 will with its properties is large, and most links have none.
+    will: Option<Box<LastWill>>,
     attached: bool,
     /// The MQTT the client speaks (3.1.1 until its CONNECT says otherwise).
     proto: Protocol,
@@ -629,7 +630,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.log_connected(&c, will.as_ref(), login.as_ref(), &client, attach.taken_over);
         self.next_pkid = attach.next_pkid;
         self.qos2_in = attach.qos2_in;
-        self.will = will;
+        self.will = will.map(Box::new);
         let properties = self.proto.is_v5().then(|| {
             let rules = &self.shared.profile.mqtt5;
             ConnAckProperties {
@@ -795,16 +796,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         loop {
             // Every whole packet already buffered.
             loop {
-                match wire::read(&mut self.rbuf, max, self.proto) {
-                    Ok(p) => {
-                        if let Err(end) = self.on_packet(p) {
-                            let _ = self.flush().await;
-                            return end;
-                        }
-                        // Tokio's cooperative budget: a client flooding us yields now and
-                        // then, so the clients it publishes to get their turn.
-                        tokio::task::consume_budget().await;
-                    }
+                // The packet is read and handled in a block that ends before any await: an
+                // MQTT 5 `Packet` is several hundred bytes, and a value alive across an
+                // await would sit in every idle connection's future.
+                let handled = match wire::read(&mut self.rbuf, max, self.proto) {
+                    Ok(p) => self.on_packet(p),
                     Err(ReadError::Need(n)) => {
                         self.need = n;
                         break;
@@ -813,7 +809,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         return End::Violation(DisconnectReasonCode::MalformedPacket, format!("malformed packet: {e}"))
                     }
                     Err(ReadError::TooLarge(e)) => return self.too_large(format!("packet too large: {e}")),
+                };
+                if let Err(end) = handled {
+                    let _ = self.flush().await;
+                    return end;
                 }
+                // Tokio's cooperative budget: a client flooding us yields now and then, so
+                // the clients it publishes to get their turn.
+                tokio::task::consume_budget().await;
             }
             if let Err(e) = self.flush().await {
                 return End::Lost(format!("write error: {e}"));
@@ -1455,7 +1458,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if self.attached {
             let client = self.client_id();
             let now = Instant::now();
-            let will = if will { self.will.take() } else { None };
+            let will = if will { self.will.take().map(|w| *w) } else { None };
             let mut left = Leftovers {
                 unacked: self.inflight.drain(..).map(|d| Delivery { dup: true, ..d }).collect(),
                 waiting: std::mem::take(&mut self.waiting),
