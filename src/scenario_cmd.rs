@@ -16,7 +16,7 @@ Examples:
   tasmota-sim scenario scenarios/ --junit target/scenarios.xml
 
   # Accept a changed console after checking it (rewrites fixtures/transcripts/<name>.log)
-  tasmota-sim scenario scenarios/backoff.toml --bless
+  tasmota-sim scenario scenarios/backoff-growth.toml --bless
 
   # MQTT 5 operators: user properties, reason codes, a shared subscription
   tasmota-sim scenario scenarios/mqtt5-shared-subscription.toml scenarios/mqtt5-operator.toml

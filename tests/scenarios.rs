@@ -693,3 +693,46 @@ fn an_operator_reaches_a_real_broker_over_websocket_with_broker_url() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("before the first step: operator 'operator'"), "{out}");
 }
+
+/// The files `scenario --help` names in its examples exist (one example named a file that
+/// had been renamed).
+#[test]
+fn the_help_examples_name_files_that_exist() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tasmota-sim"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["scenario", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    let mut named = 0;
+    for line in help.lines().map(str::trim).filter(|l| l.starts_with("tasmota-sim scenario ")) {
+        for arg in line.split_whitespace().filter(|a| a.starts_with("scenarios/")) {
+            assert!(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join(arg).exists(),
+                "`{line}` names {arg}, which does not exist"
+            );
+            named += 1;
+        }
+    }
+    assert!(named >= 4, "the examples name {named} scenario paths:\n{help}");
+}
+
+/// Two operators with one name, and a WebSocket operator with no login on the aws-iot
+/// broker, are bad input (exit 2, the file, line and problem), not a failure at run time.
+#[test]
+fn operator_mistakes_are_caught_when_the_file_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let twice = "transcript = false\n[[broker]]\nhost = \"mqtt.lan\"\n\
+                 [[operator]]\nname = \"w1\"\n[[operator]]\nname = \"w1\"\n\
+                 [[step]]\nadvance = \"1s\"\n";
+    let (code, out) = run_text(dir.path(), "twice.toml", twice, &[]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("twice.toml:6:") && out.contains("a second operator named 'w1'"), "{out}");
+
+    let aws = "transcript = false\n[[broker]]\nprofile = \"aws-iot\"\n\
+               [[operator]]\nname = \"dash\"\nprotocol = 5\nwss_port = 8443\n\
+               [[step]]\nadvance = \"1s\"\n";
+    let (code, out) = run_text(dir.path(), "aws.toml", aws, &[]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("aws.toml:4:") && out.contains("custom authorizer only"), "{out}");
+}

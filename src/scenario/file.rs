@@ -388,10 +388,14 @@ impl Checker<'_> {
         }
 
         let mut operators = Vec::new();
+        let mut operator_names = std::collections::HashSet::new();
         for (i, o) in raw.operators.into_iter().enumerate() {
             let span = o.span();
             let o = o.into_inner();
             let name = o.name.unwrap_or_else(|| if i == 0 { "operator".into() } else { format!("operator{}", i + 1) });
+            if !operator_names.insert(name.clone()) {
+                self.fail(span.clone(), format!("a second operator named '{name}'"));
+            }
             let Some(broker) = self.broker_ref(&brokers, o.broker.as_deref(), span.clone()) else { continue };
             let login = match (o.user, o.password) {
                 (Some(u), p) => Some((u, p.unwrap_or_default())),
@@ -411,6 +415,18 @@ impl Checker<'_> {
                 }),
             };
             let websocket = self.operator_websocket(&o.ws_port, &o.wss_port, &brokers[broker]);
+            // AWS IoT takes a WebSocket client through the custom authorizer only (no client
+            // certificate on WSS): without a login the CONNACK would refuse it at run time.
+            if websocket.is_some() && login.is_none() && brokers[broker].profile == ProfileName::AwsIot {
+                self.fail(
+                    span.clone(),
+                    format!(
+                        "operator '{name}' reaches the aws-iot broker over WebSocket, which takes a client \
+                         through the custom authorizer only: give it user (e.g. \
+                         'tasmota?x-amz-customauthorizer-name=TasmotaAuth') and password"
+                    ),
+                );
+            }
             operators.push(OperatorSpec {
                 name,
                 broker,

@@ -200,7 +200,10 @@ struct RawProperties {
 /// `{ key = "value", ... }` (in key order), or `[["key", "value"], ...]` (in this order;
 /// a key may repeat).
 #[derive(Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "user_properties must be a table of strings ({ key = \"value\" }) or a list of [key, value] pairs"
+)]
 enum RawUserProperties {
     Table(BTreeMap<String, String>),
     Pairs(Vec<(String, String)>),
