@@ -71,6 +71,13 @@ pub struct ScenarioArgs {
 }
 
 pub fn run(args: ScenarioArgs) -> ExitCode {
+    // A report that cannot be written is bad input, said before any scenario runs.
+    if let Some(path) = &args.junit {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+            eprintln!("tasmota-sim: --junit {}: the folder {} does not exist", path.display(), dir.display());
+            return ExitCode::from(2);
+        }
+    }
     let mut files = Vec::new();
     for p in &args.paths {
         if p.is_dir() {

@@ -736,3 +736,15 @@ fn operator_mistakes_are_caught_when_the_file_is_read() {
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("aws.toml:4:") && out.contains("custom authorizer only"), "{out}");
 }
+
+/// A JUnit report with nowhere to go is bad input before anything runs.
+#[test]
+fn a_junit_path_in_a_missing_folder_exits_2_before_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let junit = dir.path().join("no-such-folder/x.xml");
+    let o = sim(&["scenarios/mqttlog.toml", "--junit", junit.to_str().unwrap()], dir.path());
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(out.contains("--junit") && out.contains("does not exist"), "{out}");
+    assert!(!out.contains("PASS"), "it ran the scenario first: {out}");
+}
