@@ -664,15 +664,6 @@ impl Device {
         (self.local_secs() % 86_400) / 60
     }
 
-    /// `SwitchState`: 1 when the switch is on (inverted for the `_INV` modes).
-    fn switch_state(&self, i: u8) -> u32 {
-        let on = (self.inputs.switches >> i) & 1;
-        match self.settings.switchmode.get(usize::from(i)) {
-            Some(2 | 4) => on ^ 1,
-            _ => on,
-        }
-    }
-
     /// Whether the 50 ms tick has an event to give (`RulesEvery50ms`).
     fn rules_50ms_pending(&self) -> bool {
         let Some(r) = self.rules.as_ref() else {

@@ -245,6 +245,18 @@ impl Device {
         }
     }
 
+    /// `SwitchState`: the switch's state as SENSOR, `%switchN%` and `Switch<n>#Boot` show
+    /// it, inverted for the `_INV` switch modes (FOLLOW_INV 2, PUSHBUTTON_INV 4,
+    /// PUSHBUTTONHOLD_INV 6, FOLLOWMULTI_INV 10, PUSHHOLDMULTI_INV 12, PUSHON_INV 14,
+    /// PUSH_IGNORE_INV 16; support_switch.ino of 14.2.0).
+    pub(crate) fn switch_state(&self, i: u8) -> u32 {
+        let on = (self.inputs.switches >> i) & 1;
+        match self.settings.switchmode.get(usize::from(i)) {
+            Some(2 | 4 | 6 | 10 | 12 | 14 | 16) => on ^ 1,
+            _ => on,
+        }
+    }
+
     /// `SwitchHandler` for one switch whose debounced state is `on`.
     fn switch_handler(&mut self, switch: u8, on: bool) {
         let bit = 1u32 << (switch - 1);
@@ -258,8 +270,10 @@ impl Device {
             0 => 2,
             1 => i32::from(on),
             2 => i32::from(!on),
-            // Push-button modes act on closing only.
-            3 | 4 if on => 2,
+            // PUSHBUTTON toggles on one edge, PUSHBUTTON_INV on the other (SwitchHandler:
+            // `PRESSED == button` after NOT_PRESSED, and the reverse).
+            3 if on => 2,
+            4 if !on => 2,
             _ => return,
         };
         if self.settings.flag(so::MQTT_SWITCHES) {
@@ -424,7 +438,7 @@ impl Device {
         // ResponseAppendTime(): the Time in the format `Time` chose.
         let mut s = self.response_time(self.settings.time_format);
         for n in 0..self.hw.switches {
-            let on = (self.inputs.switches >> n) & 1;
+            let on = self.switch_state(n);
             s.push_str(&format!(",\"Switch{}\":\"{}\"", n + 1, escape(self.settings.state_text(on))));
         }
         // XsnsCall order: xsns_05 (DS18x20) before xsns_06 (DHT).
