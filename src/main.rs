@@ -49,12 +49,31 @@ enum Command {
     Fleet(Box<fleet_cmd::FleetArgs>),
 }
 
+/// Crates whose `trace` level prints what crosses a link: tungstenite's frame trace
+/// ("received frame ... payload: 0x...", "Received message ...") shows a WebSocket frame's
+/// bytes, a client's CONNECT with its password or token among them. Their `debug` level
+/// prints no payload (handshake done, close frames, errors). rustls and tokio-rustls trace
+/// handshake messages only (no application data, no secrets) and rumqttc packet ids and
+/// sizes, so they are not capped.
+const PAYLOAD_TRACING: &[&str] = &["tungstenite", "async_tungstenite", "ws_stream_tungstenite"];
+
+/// Whether a diagnostic may be printed whatever RUST_LOG says: not the trace of a crate
+/// in [`PAYLOAD_TRACING`] (`design.md`: diagnostics never print a password).
+fn printable(meta: &tracing::Metadata<'_>) -> bool {
+    *meta.level() < tracing::Level::TRACE
+        || !PAYLOAD_TRACING
+            .iter()
+            .any(|c| meta.target().strip_prefix(c).is_some_and(|rest| rest.is_empty() || rest.starts_with("::")))
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+    use tracing_subscriber::prelude::*;
+    let env = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_filter(tracing_subscriber::filter::filter_fn(printable));
+    tracing_subscriber::registry().with(env).with(fmt).init();
     let cli = Cli::parse();
     match cli.command {
         Command::Broker(args) => broker_cmd::run(*args),

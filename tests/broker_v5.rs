@@ -60,6 +60,46 @@ fn mosquitto_sub_and_pub_speak_mqtt5_to_the_broker() {
     publish("v5/first", "", true);
 }
 
+/// `--record` holds the codes that went on the wire for the client's protocol: a 3.1.1
+/// `mosquitto_pub` with a wrong password gets CONNACK 5 and the record says 5 (not MQTT 5's
+/// 0x87 before the fold to 3.1.1); an MQTT 5 one gets 0x87, as Mosquitto 2.0.11 sends.
+#[test]
+fn the_record_holds_the_connack_code_each_protocol_got_on_the_wire() {
+    if !have("mosquitto_pub") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("record.jsonl");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let broker = BrokerProcess::start(&[
+        "--profile",
+        "plain",
+        "--listen",
+        &listen,
+        "--user",
+        "bob:secret",
+        "--record",
+        record.to_str().unwrap(),
+    ]);
+    let port = broker.listening[0].rsplit(':').next().unwrap().to_string();
+    for (version, id, code) in [("mqttv311", "pub311", 5u64), ("mqttv5", "pub5", 0x87)] {
+        let out = std::process::Command::new("mosquitto_pub")
+            .args(["-V", version, "-h", "127.0.0.1", "-p", &port, "-i", id, "-u", "bob", "-P", "wrongpw"])
+            .args(["-t", "t", "-m", "x"])
+            .output()
+            .expect("run mosquitto_pub");
+        assert!(!out.status.success(), "{version}: a wrong password is refused");
+        // The CONNACK is recorded before it is flushed to the client, so it is in the file.
+        let text = std::fs::read_to_string(&record).unwrap();
+        let connack = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|r| r["kind"] == "CONNACK" && r["client"] == id)
+            .unwrap_or_else(|| panic!("{version}: no CONNACK for {id} in\n{text}"));
+        assert_eq!(connack["codes"], serde_json::json!([code]), "{version}: {connack}");
+    }
+}
+
 // ---- a raw MQTT 5 peer over an in-memory link ----
 
 struct Peer<S> {

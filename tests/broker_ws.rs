@@ -190,3 +190,48 @@ async fn on_aws_iot_a_websocket_link_takes_custom_auth_as_the_plain_port_does() 
     bad.send(Packet::Connect(connect("thing2", Some((user, "wrong")), true, 30))).await;
     bad.expect_closed(WAIT).await;
 }
+
+/// `RUST_LOG=trace` must not print a client's password: tungstenite's frame trace
+/// ("received frame", "Received message") shows a frame's payload, a CONNECT with its
+/// login, so the WebSocket crates are capped at `debug` (which prints no payload)
+/// whatever RUST_LOG says. The password is looked for as text and as the hex the frame
+/// trace prints.
+#[tokio::test]
+async fn a_trace_log_does_not_print_a_websocket_clients_password() {
+    const PASSWORD: &str = "hunter2-ws-secret";
+    let hex: String = PASSWORD.bytes().map(|b| format!("{b:02x}")).collect();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tasmota-sim"))
+        .args(["broker", "-q", "--ws-listen", "127.0.0.1:0", "--user", &format!("bob:{PASSWORD}")])
+        .env("RUST_LOG", "trace")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start tasmota-sim");
+    let stdout = common::read_lines(child.stdout.take().unwrap());
+    let mut stderr_pipe = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut all = String::new();
+        let _ = stderr_pipe.read_to_string(&mut all);
+        all
+    });
+    let listening = stdout.recv_timeout(WAIT).expect("the broker prints its listener");
+    let ws: u16 = listening
+        .strip_prefix("listening on ws://127.0.0.1:")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("{listening}"));
+    let mut link = ws_link(ws, "/mqtt", Some("mqtt")).await;
+    link.send(Message::binary(encode(Packet::Connect(connect("tracer", Some(("bob", PASSWORD)), true, 30)))))
+        .await
+        .unwrap();
+    let mut peer = Peer::new(WsStream::new(link));
+    assert_eq!(peer.expect(WAIT).await, Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false)));
+    drop(peer);
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = stderr.join().unwrap();
+    // RUST_LOG reached the WebSocket crates, which still log at debug.
+    assert!(log.contains("DEBUG tungstenite::handshake::server: Server handshake done."), "{log}");
+    assert!(!log.contains(PASSWORD), "the password in the trace log:\n{log}");
+    assert!(!log.to_lowercase().contains(&hex), "the password (hex) in the trace log:\n{log}");
+}

@@ -347,6 +347,22 @@ fn a_lost_operator_link_and_a_refused_subscription_fail() {
     assert_eq!(code, Some(0), "{out}");
 }
 
+/// A device (MQTT 3.1.1) with a wrong password gets CONNACK 5 and prints rc 5; the record
+/// holds 5 too, the code on its wire, not MQTT 5's 0x87 before the fold to 3.1.1.
+#[test]
+fn a_refused_device_login_is_recorded_with_its_311_connack_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = "transcript = false\n[[broker]]\nhost = \"mqtt.lan\"\nusers = [\"bob:secret\"]\n\
+                [[device]]\nsettings = { mqtt_host = \"mqtt.lan\", mqtt_user = \"bob\", mqtt_pwd = \"wrongpw\" }\n\
+                [[step]]\nexpect = { console = \"MQT: Connect failed to mqtt.lan:1883, rc 5. Retry in 10 sec\" }\n\
+                [[step]]\nexpect = { record = { kind = \"CONNACK\", codes = [5] }, since = \"start\" }\n";
+    let (code, out) = run_text(dir.path(), "wrong-password.toml", toml, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    let mqtt5 = toml.replace("codes = [5]", "codes = [0x87]");
+    let (code, out) = run_text(dir.path(), "wrong-password-0x87.toml", &mqtt5, &[]);
+    assert_eq!(code, Some(1), "{out}");
+}
+
 #[test]
 fn a_new_scenario_outside_the_library_needs_no_transcript_and_blesses_beside_itself() {
     let dir = tempfile::tempdir().unwrap();

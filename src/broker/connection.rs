@@ -1326,10 +1326,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             _ => None,
         };
         let p = folded.as_ref().unwrap_or(p);
-        self.record_packet(Dir::Out, p);
         let start = self.out.len();
         match wire::write(p, self.proto, &mut self.out) {
-            Ok(true) => {}
+            // Recorded only when it goes on the wire (a 3.1.1 client gets no DISCONNECT).
+            Ok(true) => self.record_packet(Dir::Out, p),
             Ok(false) => return,
             Err(e) => {
                 tracing::warn!(conn = self.id, "cannot encode {p:?}: {e}");
@@ -1527,12 +1527,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     fn record_packet(&self, dir: Dir, p: &Packet) {
         self.shared.log.print(LogLevel::Debug, || self.packet_line(dir, p));
         if self.shared.recorder.enabled() {
-            let mut r = Record::packet(dir, p);
-            if !self.proto.is_v5() && wire::ack_codes(p).is_some() {
-                // 3.1.1's PUBACK, PUBREC, PUBREL, PUBCOMP and UNSUBACK carry no reason code.
-                r.codes = None;
-            }
-            self.record(r);
+            // The codes as they go on the wire for this client (3.1.1's fold, or none).
+            self.record(Record::packet_as(dir, p, self.proto));
         }
     }
 
@@ -1659,5 +1655,98 @@ fn remaining_length_len(len: usize) -> usize {
         128..=16_383 => 2,
         16_384..=2_097_151 => 3,
         _ => 4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Broker, Config, Dir, LinkInfo, ProfileName, Record};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    /// A broker keeping its records in memory, `bob:secret` its one user when `users`.
+    fn broker(users: bool, shared_subscriptions: bool) -> Broker {
+        let mut config = Config::new(ProfileName::Plain);
+        config.record_in_memory = true;
+        config.profile.mqtt5.shared_subscriptions = shared_subscriptions;
+        if users {
+            config.users.add("bob:secret").unwrap();
+        }
+        Broker::new(config)
+    }
+
+    /// A CONNECT with client id `c`, keepalive 60, clean, and `bob`'s login if given.
+    fn connect(level: u8, password: Option<&str>) -> Vec<u8> {
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level, if password.is_some() { 0xC2 } else { 0x02 }, 0, 60];
+        if level == 5 {
+            body.push(0); // no properties
+        }
+        body.extend_from_slice(&[0, 1, b'c']);
+        if let Some(pw) = password {
+            body.extend_from_slice(&[0, 3, b'b', b'o', b'b', 0, pw.len() as u8]);
+            body.extend_from_slice(pw.as_bytes());
+        }
+        [vec![0x10, body.len() as u8], body].concat()
+    }
+
+    /// Writes `bytes`, then reads one packet (its first byte and remaining length under 128).
+    async fn exchange(client: &mut DuplexStream, bytes: &[u8]) -> Vec<u8> {
+        client.write_all(bytes).await.unwrap();
+        let mut head = [0u8; 2];
+        client.read_exact(&mut head).await.unwrap();
+        let mut rest = vec![0u8; head[1] as usize];
+        client.read_exact(&mut rest).await.unwrap();
+        [head.to_vec(), rest].concat()
+    }
+
+    fn sent(broker: &Broker, kind: &str) -> Vec<Record> {
+        broker.records().into_iter().filter(|r| r.dir == Some(Dir::Out) && r.kind == kind).collect()
+    }
+
+    /// The record of a refused login holds the CONNACK code on the wire: 5 for 3.1/3.1.1
+    /// (not MQTT 5's 0x87 before the fold), 0x87 for MQTT 5 (Mosquitto 2.0's codes).
+    #[tokio::test]
+    async fn a_refused_login_is_recorded_with_the_connack_code_on_the_wire() {
+        for (level, wire, recorded) in [(4u8, vec![0x20, 2, 0, 5], 5u8), (5, vec![0x20, 3, 0, 0x87, 0], 0x87)] {
+            let broker = broker(true, true);
+            let (mut client, server) = tokio::io::duplex(4096);
+            let serve = broker.serve(server, LinkInfo { peer: "test".into(), tls: None });
+            let talk = async { exchange(&mut client, &connect(level, Some("wrongpw"))).await };
+            let (_, got) = tokio::join!(serve, talk);
+            assert_eq!(got, wire, "level {level}");
+            let connacks = sent(&broker, "CONNACK");
+            assert_eq!(connacks.len(), 1, "{connacks:?}");
+            assert_eq!(connacks[0].codes, Some(vec![recorded]), "level {level}");
+        }
+    }
+
+    /// A refused subscription: SUBACK 0x80 for a 3.1.1 client on the wire and in the
+    /// record, 0x9E (shared subscriptions not supported) for an MQTT 5 one. A 3.1.1
+    /// client's DISCONNECT carries no code, and no DISCONNECT goes to it.
+    #[tokio::test]
+    async fn a_refused_subscription_is_recorded_with_the_suback_code_on_the_wire() {
+        for (level, recorded) in [(4u8, 0x80u8), (5, 0x9E)] {
+            let broker = broker(false, false);
+            let (mut client, server) = tokio::io::duplex(4096);
+            let serve = broker.serve(server, LinkInfo { peer: "test".into(), tls: None });
+            let talk = async {
+                let connack = exchange(&mut client, &connect(level, None)).await;
+                assert_eq!(connack[3], 0, "level {level}: {connack:?}");
+                let mut sub = vec![0x82, 0, 0, 1];
+                if level == 5 {
+                    sub.push(0);
+                }
+                sub.extend_from_slice(b"\x00\x0a$share/g/a\x00");
+                sub[1] = sub.len() as u8 - 2;
+                let suback = exchange(&mut client, &sub).await;
+                client.write_all(&[0xE0, 0]).await.unwrap();
+                suback
+            };
+            let (_, suback) = tokio::join!(serve, talk);
+            assert_eq!(suback.last(), Some(&recorded), "level {level}: {suback:?}");
+            assert_eq!(sent(&broker, "SUBACK")[0].codes, Some(vec![recorded]), "level {level}");
+            let disconnect: Vec<_> = broker.records().into_iter().filter(|r| r.kind == "DISCONNECT").collect();
+            assert_eq!(disconnect.len(), 1, "level {level}: {disconnect:?}");
+            assert_eq!(disconnect[0].codes, (level == 5).then(|| vec![0]), "level {level}");
+        }
     }
 }

@@ -9,6 +9,8 @@ use base64::Engine as _;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use serde::Serialize;
 
+use super::v5::Protocol;
+
 /// Which way a packet went, or an event of the broker's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -45,8 +47,11 @@ pub struct Record {
     pub dup: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pkid: Option<u16>,
-    /// Reason codes: CONNACK's, SUBACK's, DISCONNECT's; for an MQTT 5 client also
-    /// PUBACK's, PUBREC's, PUBREL's, PUBCOMP's and UNSUBACK's.
+    /// Reason codes as they went on the wire for the client's protocol: for an MQTT 5
+    /// client CONNACK's, SUBACK's, PUBACK's, PUBREC's, PUBREL's, PUBCOMP's, UNSUBACK's and
+    /// DISCONNECT's reason codes; for a 3.1/3.1.1 client CONNACK's return code (0..5) and
+    /// SUBACK's return codes (granted QoS or 0x80), and none for the others, which carry
+    /// none in 3.1.1.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub codes: Option<Vec<u8>>,
     /// An MQTT 5 PUBLISH's user properties, in order (`[name, value]` pairs).
@@ -73,8 +78,24 @@ pub struct Record {
 }
 
 impl Record {
-    /// The record of one packet (the password replaced by `<redacted>`).
+    /// The record of one packet as an MQTT 5 client sends or gets it (the password
+    /// replaced by `<redacted>`).
     pub fn packet(dir: Dir, packet: &Packet) -> Record {
+        Record::packet_as(dir, packet, Protocol::Mqtt5)
+    }
+
+    /// The record of one packet as a client speaking `proto` sends or gets it: the broker
+    /// works in MQTT 5's terms and folds to 3.1.1 on the wire ([`super::v5::write`]), and
+    /// the record shows the folded codes, those on the wire.
+    pub fn packet_as(dir: Dir, packet: &Packet, proto: Protocol) -> Record {
+        let mut r = Record::packet_v5(dir, packet);
+        if !proto.is_v5() {
+            r.codes = codes_v4(packet);
+        }
+        r
+    }
+
+    fn packet_v5(dir: Dir, packet: &Packet) -> Record {
         let mut r = Record { dir: Some(dir), ..Record::default() };
         let (kind, pkid) = match packet {
             Packet::Connect(c, will, login) => {
@@ -156,6 +177,16 @@ impl Record {
     /// The record of a broker event.
     pub fn event(kind: &str, detail: impl Into<String>) -> Record {
         Record { dir: Some(Dir::Event), kind: kind.into(), detail: Some(detail.into()), ..Record::default() }
+    }
+}
+
+/// The return codes a 3.1/3.1.1 packet carries: CONNACK's and SUBACK's (3.1.1 §3.2.2.3,
+/// §3.9.3); PUBACK, PUBREC, PUBREL, PUBCOMP, UNSUBACK and DISCONNECT have none.
+fn codes_v4(packet: &Packet) -> Option<Vec<u8>> {
+    match packet {
+        Packet::ConnAck(c) => Some(vec![super::v5::connack_byte_v4(c.code)]),
+        Packet::SubAck(s) => Some(s.return_codes.iter().map(super::v5::suback_code_v4).collect()),
+        _ => None,
     }
 }
 
@@ -256,6 +287,55 @@ mod tests {
         let reasons = vec![UnsubAckReason::Success, UnsubAckReason::NoSubscriptionExisted];
         let ack = UnsubAck { pkid: 4, reasons, properties: None };
         assert_eq!(Record::packet(Dir::Out, &Packet::UnsubAck(ack)).codes, Some(vec![0x00, 0x11]));
+    }
+
+    /// The record holds the codes that went on the wire: a 3.1.1 client's CONNACK and
+    /// SUBACK fold (v5::write), its other acks and DISCONNECT carry none.
+    #[test]
+    fn records_carry_the_codes_of_the_clients_protocol() {
+        use rumqttc::v5::mqttbytes::v5::{
+            ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, PubAck, PubAckReason, PubComp, PubCompReason,
+            PubRec, PubRecReason, PubRel, PubRelReason, SubAck, SubscribeReasonCode as S, UnsubAck, UnsubAckReason,
+        };
+        let connack = |code| Packet::ConnAck(ConnAck { session_present: false, code, properties: None });
+        let suback = Packet::SubAck(SubAck {
+            pkid: 1,
+            return_codes: vec![
+                S::Success(QoS::AtLeastOnce),
+                S::NotAuthorized,
+                S::QuotaExceeded,
+                S::SharedSubscriptionsNotSupported,
+                S::Failure,
+            ],
+            properties: None,
+        });
+        let acks = [
+            Packet::PubAck(PubAck { pkid: 2, reason: PubAckReason::NotAuthorized, properties: None }),
+            Packet::PubRec(PubRec { pkid: 3, reason: PubRecReason::QuotaExceeded, properties: None }),
+            Packet::PubRel(PubRel { pkid: 4, reason: PubRelReason::PacketIdentifierNotFound, properties: None }),
+            Packet::PubComp(PubComp { pkid: 5, reason: PubCompReason::Success, properties: None }),
+            Packet::UnsubAck(UnsubAck { pkid: 6, reasons: vec![UnsubAckReason::Success], properties: None }),
+            Packet::Disconnect(Disconnect::new(DisconnectReasonCode::NormalDisconnection)),
+        ];
+        for proto in [Protocol::Mqtt31, Protocol::Mqtt311] {
+            let codes = |p: &Packet| Record::packet_as(Dir::Out, p, proto).codes;
+            assert_eq!(codes(&connack(ConnectReturnCode::NotAuthorized)), Some(vec![5]), "{proto:?}");
+            assert_eq!(codes(&connack(ConnectReturnCode::BadUserNamePassword)), Some(vec![4]), "{proto:?}");
+            assert_eq!(codes(&connack(ConnectReturnCode::RefusedProtocolVersion)), Some(vec![1]), "{proto:?}");
+            assert_eq!(codes(&connack(ConnectReturnCode::Success)), Some(vec![0]), "{proto:?}");
+            assert_eq!(codes(&suback), Some(vec![1, 0x80, 0x80, 0x80, 0x80]), "{proto:?}");
+            for ack in &acks {
+                assert_eq!(codes(ack), None, "{proto:?} {ack:?}");
+                assert_eq!(Record::packet_as(Dir::In, ack, proto).codes, None, "{proto:?} {ack:?}");
+            }
+        }
+        let codes = |p: &Packet| Record::packet_as(Dir::Out, p, Protocol::Mqtt5).codes;
+        assert_eq!(codes(&connack(ConnectReturnCode::NotAuthorized)), Some(vec![0x87]));
+        assert_eq!(codes(&connack(ConnectReturnCode::RefusedProtocolVersion)), Some(vec![0x84]));
+        assert_eq!(codes(&suback), Some(vec![1, 0x87, 0x97, 0x9E, 0x80]));
+        let v5: Vec<_> = acks.iter().map(codes).collect();
+        let expected = [vec![0x87], vec![0x97], vec![0x92], vec![0x00], vec![0x00], vec![0x00]];
+        assert_eq!(v5, expected.map(Some));
     }
 
     #[test]

@@ -394,6 +394,15 @@ pub fn suback_code(c: &SubscribeReasonCode) -> u8 {
     }
 }
 
+/// A 3.1.1 client's SUBACK return code byte (3.1.1 §3.9.3: the granted QoS, or 0x80 for
+/// any refusal), as [`write`] folds it.
+pub fn suback_code_v4(c: &SubscribeReasonCode) -> u8 {
+    match c {
+        SubscribeReasonCode::Success(q) => *q as u8,
+        _ => 0x80,
+    }
+}
+
 /// The CONNACK reason code byte (§3.2.2.2) as a 5.0 client sees it.
 pub fn connack_byte(code: ConnectReturnCode) -> u8 {
     use ConnectReturnCode as C;
