@@ -505,12 +505,17 @@ fn an_mqtt5_operator_gives_the_same_report() {
         "Power ON@60s",
         "--quiet",
     ];
-    let v4 = without_machine(report(&args));
-    let v5 = without_machine(report(&[&args[..], &["--operator-protocol", "5"]].concat()));
+    // The same but for the protocol the report says the operator spoke.
+    let protocol = |mut r: Value, level: u64| {
+        assert_eq!(r.as_object_mut().unwrap().remove("operator_protocol"), Some(level.into()), "{r}");
+        r
+    };
+    let v4 = protocol(without_machine(report(&args)), 4);
+    let v5 = protocol(without_machine(report(&[&args[..], &["--operator-protocol", "5"]].concat())), 5);
     assert!(v5["commands_answered"].as_u64().unwrap() > 300, "{v5}");
     assert_eq!(v5["group_commands"][0]["answered"], 50);
     assert_eq!(v5, v4);
-    let explicit = without_machine(report(&[&args[..], &["--operator-protocol", "4"]].concat()));
+    let explicit = protocol(without_machine(report(&[&args[..], &["--operator-protocol", "4"]].concat())), 4);
     assert_eq!(explicit, v4);
     for bad in ["3", "6", "five"] {
         let out = fleet(&["--devices", "5", "--virtual", "--operator-protocol", bad]);
