@@ -44,7 +44,8 @@ Examples:
   tasmota-sim fleet --devices 4000 --virtual --for 10m --shard 1/4 --json r1.json
 
 MACs count up from --mac-base (default 5C:CF:7F:00:00:00: topics tasmota_000000,
-tasmota_000001, ...). Exit codes: 0 ok, 1 an --slo term missed or the run failed (or a
+tasmota_000001, ...). Exit codes: 0 ok, 1 an --slo term missed or the run failed (the
+broker cannot be reached or refuses the operator's CONNECT, no device connected, or a
 worker died), 2 bad input, 130 stopped by Ctrl-C or SIGTERM.";
 
 /// Flags of `tasmota-sim fleet`.
@@ -173,6 +174,18 @@ impl std::str::FromStr for Processes {
                 _ => Err(format!("'{s}': a number of processes from 1 to 1024, or auto")),
             },
         }
+    }
+}
+
+/// A run in which no device ever connected fails (exit 1), its report written: the
+/// table says so, and stderr says why it may be.
+fn failed_if_nothing_connected(report: &report::Report, code: ExitCode) -> ExitCode {
+    match report::nothing_connected(report) {
+        Some(why) => {
+            eprintln!("tasmota-sim fleet: {why}");
+            ExitCode::from(1)
+        }
+        None => code,
     }
 }
 
@@ -439,7 +452,9 @@ pub fn run(args: FleetArgs) -> ExitCode {
     // Tasks of the devices and the broker end with the runtime.
     drop(runtime);
     match result {
-        Ok(r) => finish(&r, &args.out),
+        // A worker's parent judges the merged report.
+        Ok(r) if args.progress_lines => finish(&r, &args.out),
+        Ok(r) => failed_if_nothing_connected(&r, finish(&r, &args.out)),
         Err(fleet::FleetError::Input(e)) => bad(e),
         Err(fleet::FleetError::Run(e)) => {
             eprintln!("tasmota-sim fleet: {e}");
@@ -507,7 +522,7 @@ fn run_workers(out: &Outputs, k: u32, devices: u64) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let code = finish(&merged, out);
+    let code = failed_if_nothing_connected(&merged, finish(&merged, out));
     if outcome.died.is_empty() {
         code
     } else {

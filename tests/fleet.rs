@@ -505,12 +505,17 @@ fn an_mqtt5_operator_gives_the_same_report() {
         "Power ON@60s",
         "--quiet",
     ];
-    let v4 = without_machine(report(&args));
-    let v5 = without_machine(report(&[&args[..], &["--operator-protocol", "5"]].concat()));
+    // The same but for the protocol the report says the operator spoke.
+    let protocol = |mut r: Value, level: u64| {
+        assert_eq!(r.as_object_mut().unwrap().remove("operator_protocol"), Some(level.into()), "{r}");
+        r
+    };
+    let v4 = protocol(without_machine(report(&args)), 4);
+    let v5 = protocol(without_machine(report(&[&args[..], &["--operator-protocol", "5"]].concat())), 5);
     assert!(v5["commands_answered"].as_u64().unwrap() > 300, "{v5}");
     assert_eq!(v5["group_commands"][0]["answered"], 50);
     assert_eq!(v5, v4);
-    let explicit = without_machine(report(&[&args[..], &["--operator-protocol", "4"]].concat()));
+    let explicit = protocol(without_machine(report(&[&args[..], &["--operator-protocol", "4"]].concat())), 4);
     assert_eq!(explicit, v4);
     for bad in ["3", "6", "five"] {
         let out = fleet(&["--devices", "5", "--virtual", "--operator-protocol", bad]);
@@ -549,4 +554,117 @@ fn the_fleet_operator_connects_with_the_protocol_asked_for() {
         // The devices speak MQTT 3.1.1 either way.
         assert!(log.iter().any(|l| l.contains("as DVES_000000 (p2, ")), "{log:#?}");
     }
+}
+
+/// A broker that refuses the operator's CONNECT (a wrong password) is the user's error,
+/// like a broker nobody listens on: the fleet stops at once (not at `--for`), names the
+/// broker and the refusal in words, never prints the password, writes no report and
+/// exits 1; with several brokers and worker processes too. The right password still runs.
+#[test]
+fn a_refused_operator_stops_the_fleet_naming_the_broker_and_the_refusal() {
+    let broker = common::BrokerProcess::start(&["--listen", "127.0.0.1:0", "--user", "bob:secret"]);
+    let url = broker.listening[0].clone();
+    let at = url.trim_start_matches("mqtt://").to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    let two = format!("{url},{url}");
+    let cases: [(&[&str], String); 3] = [
+        (&["--broker", &url], format!("refused by {at}: CONNACK 5 (not authorised); check --user/--password")),
+        (
+            &["--broker", &url, "--operator-protocol", "5"],
+            format!("refused by {at}: CONNACK 0x87 (Not authorized), MQTT 5; check --user/--password"),
+        ),
+        (&["--broker", &two, "--processes", "2"], format!("refused by {at}: CONNACK 5 (not authorised)")),
+    ];
+    for (args, want) in cases {
+        let started = std::time::Instant::now();
+        #[rustfmt::skip]
+        let base = ["--devices", "3", "--user", "bob", "--password", "badpw99", "--for", "60s", "--json", json.to_str().unwrap()];
+        let out = fleet(&[&base[..], args].concat());
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stdout}{stderr}");
+        assert!(
+            stderr.contains(&format!("the fleet's operator client was {want}")),
+            "{args:?}: want {want:?} in: {stderr}"
+        );
+        assert!(
+            !stdout.contains("badpw99") && !stderr.contains("badpw99"),
+            "{args:?} printed the password: {stdout}{stderr}"
+        );
+        assert!(!json.exists(), "{args:?}: a fleet whose operator was refused wrote a report");
+        assert!(started.elapsed() < std::time::Duration::from_secs(40), "{args:?} ran to --for 60s");
+    }
+    let r = report(&["--devices", "3", "--broker", &url, "--user", "bob", "--password", "secret", "--for", "6s", "-q"]);
+    assert_eq!((r["connected"].as_u64(), r["operator_link_losses"].as_u64()), (Some(3), Some(0)), "{r}");
+    assert_eq!(r["operator_protocol"], 4);
+}
+
+/// A run in which no device ever connected measured nothing: the table says so, stderr
+/// says what may be why, the report is written, and the run fails (exit 1); also merged
+/// from worker processes.
+#[test]
+fn a_run_where_no_device_connected_fails_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    // The devices' first connect comes 3.5 s after boot.
+    for workers in [&[][..], &["--processes", "2"]] {
+        let base = ["--devices", "4", "--virtual", "--for", "2s", "--json", json.to_str().unwrap()];
+        let out = fleet(&[&base[..], workers].concat());
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(1), "{workers:?}: {stdout}{stderr}");
+        assert!(stdout.contains("connected            0 of 4: NO DEVICE CONNECTED during the run"), "{stdout}");
+        assert!(stdout.contains("connect latency      n/a (no connect measured)"), "{stdout}");
+        let want = "no device connected in 2.0 s of fleet time (4 devices): nothing was measured; no connect attempt \
+                    failed either: --for may end before";
+        assert!(stderr.contains(want), "{workers:?}: {stderr}");
+        let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!((r["devices"].as_u64(), r["connects"].as_u64()), (Some(4), Some(0)), "{r}");
+        std::fs::remove_file(&json).unwrap();
+    }
+}
+
+/// The table names the operator's protocol, shows a latency with nothing measured as
+/// n/a (not 0.00 ms), and the operator's link losses; the JSON has the protocol too.
+#[test]
+fn the_table_shows_the_operator_and_what_was_not_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    let out = fleet(&[
+        "--devices",
+        "3",
+        "--virtual",
+        "--for",
+        "20s",
+        "--operator-protocol",
+        "5",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("\n  operator             MQTT 5 (--operator-protocol 5)\n"), "{stdout}");
+    assert!(stdout.contains("\n  command -> reply     n/a (no reply measured)\n"), "{stdout}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["operator_protocol"], 5);
+    assert_eq!(r["latency_us"]["count"], 0, "the JSON keeps its zeros: {r}");
+
+    // The broker restarts: the operator loses its link too (once, then once a second of
+    // the downtime); the table says how often.
+    let out = fleet(&[
+        "--devices",
+        "3",
+        "--virtual",
+        "--for",
+        "2m",
+        "--broker-outage",
+        "60s/25s",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let lost = r["operator_link_losses"].as_u64().unwrap();
+    assert!(lost > 0, "{r}");
+    assert!(stdout.contains(&format!("\n  operator             MQTT 3.1.1, link lost {lost} times (")), "{stdout}");
 }

@@ -207,6 +207,11 @@ pub fn merge(inputs: &[Input], partial: bool) -> Result<Report, String> {
         messages_in: sum(|r| r.messages_in),
         connects: sum(|r| r.connects),
         operator_link_losses: sum(|r| r.operator_link_losses),
+        // The shards' operators spoke one protocol, or the merge cannot say which.
+        operator_protocol: match reports.first().map(|r| r.operator_protocol) {
+            Some(p) if reports.iter().all(|r| r.operator_protocol == p) => p,
+            _ => None,
+        },
         failures,
         connects_per_second,
         rss_bytes_per_device: per_device(|r| r.rss_bytes_per_device),

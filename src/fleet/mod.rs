@@ -39,7 +39,7 @@ use tokio::time::Instant;
 use crate::broker::ProfileName;
 use crate::host::{Console, Flash, HostDevice, HostSetup, LinkEvent, Network, Timers};
 use crate::link::{BoxStream, Connector};
-use crate::scenario::operator::{self, OperatorEvent};
+use crate::scenario::operator::{self, AckKind, OperatorEvent};
 use crate::scenario::BrokerUrl;
 use embedded::FleetBroker;
 use report::{encode_histogram, new_histogram, GroupResult, Histograms, Percentiles, Report};
@@ -667,13 +667,33 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
                     operators_ready[k] = true;
                     operator_ready = operators_ready.iter().all(|r| *r);
                 }
-                Some(Event::Operator(_, OperatorEvent::Ack(_))) => {}
+                Some(Event::Operator(k, OperatorEvent::Ack(ack))) => {
+                    // A CONNACK refusing the operator's first session is the user's error, like
+                    // a broker it cannot reach: no device boots before every operator is
+                    // subscribed, so the run would measure nothing. (Refused later, after a good
+                    // start, it is a link loss like any other: a broker restarting or busy.)
+                    let refused = ack.codes.first().copied().filter(|c| *c != 0);
+                    if let (AckKind::ConnAck, Some(code), false) = (ack.kind, refused, operators_ready[k]) {
+                        let (host, port, _) = &brokers[k];
+                        let why = connack_refusal(opts.operator_protocol, code, opts.login.is_some());
+                        if let Some(bar) = &progress {
+                            bar.finish_and_clear();
+                        }
+                        return Err(FleetError::Run(format!(
+                            "the fleet's operator client was refused by {host}:{port}: {why}"
+                        )));
+                    }
+                }
                 Some(Event::Operator(_, OperatorEvent::Refused { what, .. })) => {
                     // Without its subscriptions the operator sees no answer: nothing to measure.
+                    if let Some(bar) = &progress {
+                        bar.finish_and_clear();
+                    }
                     return Err(FleetError::Run(format!("the fleet's operator client {what}")));
                 }
-                Some(Event::Operator(_, OperatorEvent::Down(why))) => {
-                    tracing::info!(%why, "the fleet's operator lost its link; it connects again in 1 s");
+                Some(Event::Operator(k, OperatorEvent::Down(why))) => {
+                    let (host, port, _) = &brokers[k];
+                    tracing::info!(%why, "the fleet's operator lost its link to {host}:{port}; it connects again in 1 s");
                     operator_down += 1;
                 }
                 Some(Event::Operator(_, OperatorEvent::Message(m))) => {
@@ -763,6 +783,7 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
         messages_in: delivered + t.connects,
         connects: t.connects,
         operator_link_losses: operator_down,
+        operator_protocol: Some(opts.operator_protocol.level()),
         failures: t.failures.clone(),
         // One entry per second of the run, so a plot spans the whole run.
         connects_per_second: {
@@ -783,6 +804,57 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
 /// The profile as `--embedded`/`--virtual` name it (clap's value names).
 fn profile_name(p: &ProfileName) -> String {
     clap::ValueEnum::to_possible_value(p).map_or_else(|| format!("{p:?}"), |v| v.get_name().to_string())
+}
+
+/// A CONNACK's refusal in words (the specification's name of its code) and what to do
+/// about it: `CONNACK 5 (not authorised); check --user/--password`. Never the password.
+fn connack_refusal(protocol: operator::Protocol, code: u8, login: bool) -> String {
+    let v5 = protocol.is_v5();
+    let name = if v5 {
+        match code {
+            0x80 => "Unspecified error",
+            0x81 => "Malformed Packet",
+            0x82 => "Protocol Error",
+            0x83 => "Implementation specific error",
+            0x84 => "Unsupported Protocol Version",
+            0x85 => "Client Identifier not valid",
+            0x86 => "Bad User Name or Password",
+            0x87 => "Not authorized",
+            0x88 => "Server unavailable",
+            0x89 => "Server busy",
+            0x8A => "Banned",
+            0x8C => "Bad authentication method",
+            0x90 => "Topic Name invalid",
+            0x95 => "Packet too large",
+            0x97 => "Quota exceeded",
+            0x99 => "Payload format invalid",
+            0x9A => "Retain not supported",
+            0x9B => "QoS not supported",
+            0x9C => "Use another server",
+            0x9D => "Server moved",
+            0x9F => "Connection rate exceeded",
+            _ => "a reason code MQTT 5 does not define for CONNACK",
+        }
+    } else {
+        match code {
+            1 => "unacceptable protocol version",
+            2 => "identifier rejected",
+            3 => "server unavailable",
+            4 => "bad user name or password",
+            5 => "not authorised",
+            _ => "a return code MQTT 3.1.1 does not define",
+        }
+    };
+    let shown = if v5 { format!("CONNACK 0x{code:02X} ({name}), MQTT 5") } else { format!("CONNACK {code} ({name})") };
+    let hint = match (v5, code) {
+        (false, 4 | 5) | (true, 0x86 | 0x87 | 0x8C) if login => "; check --user/--password",
+        (false, 4 | 5) | (true, 0x86 | 0x87 | 0x8C) => "; the broker wants a login: --user and --password",
+        (false, 1) => "; the broker does not take MQTT 3.1.1 from it",
+        (true, 0x84) => "; the broker does not take MQTT 5: leave out --operator-protocol 5",
+        (false, 2) | (true, 0x85) => "; the broker does not take its client id (tasmota-sim-fleet-operator...)",
+        _ => "",
+    };
+    format!("{shown}{hint}")
 }
 
 /// How the fleet's operator reaches the broker.

@@ -100,6 +100,11 @@ pub struct Report {
     pub connects: u64,
     /// Times the operator client lost its link (it connects again a second later).
     pub operator_link_losses: u64,
+    /// The MQTT protocol level the operator client spoke (`--operator-protocol`: 4 is
+    /// MQTT 3.1.1, 5 is MQTT 5); absent in reports from before it was recorded, and after
+    /// a merge of shards that differ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_protocol: Option<u8>,
     /// Connect failures by kind: `rc -2`, `rc 5`, `tls 296`...
     pub failures: BTreeMap<String, u64>,
     /// Successful connects in each second of fleet time (the reconnect storm's shape).
@@ -146,29 +151,58 @@ impl Report {
             let list: Vec<String> = self.missing_shards.iter().map(ToString::to_string).collect();
             let _ = writeln!(s, "  MISSING shards       {} (a partial merge)", list.join(", "));
         }
-        let _ = writeln!(
-            s,
-            "  connected            {} of {} (all connected after {connect})",
-            self.connected, self.devices
-        );
+        let mut operator: Vec<String> = Vec::new();
+        match self.operator_protocol {
+            Some(4) => operator.push("MQTT 3.1.1".into()),
+            Some(5) => operator.push("MQTT 5 (--operator-protocol 5)".into()),
+            Some(level) => operator.push(format!("protocol level {level}")),
+            None => {}
+        }
+        if self.operator_link_losses > 0 {
+            let n = self.operator_link_losses;
+            operator.push(format!(
+                "link lost {n} time{} (commands and answers while it was down show as unanswered or slow)",
+                if n == 1 { "" } else { "s" }
+            ));
+        }
+        if !operator.is_empty() {
+            let _ = writeln!(s, "  operator             {}", operator.join(", "));
+        }
+        if self.connects == 0 && self.devices > 0 {
+            let _ = writeln!(s, "  connected            0 of {}: NO DEVICE CONNECTED during the run", self.devices);
+        } else {
+            let _ = writeln!(
+                s,
+                "  connected            {} of {} (all connected after {connect})",
+                self.connected, self.devices
+            );
+        }
         let failed: u64 = self.failures.values().sum();
         let _ = writeln!(s, "  connects             {} made, {failed} attempts failed", self.connects);
         for (kind, n) in &self.failures {
             let _ = writeln!(s, "    {kind:<18} {n}");
         }
         let c = &self.connect_latency_us;
-        let _ = writeln!(s, "  connect latency      p50 {} p99 {} max {}", ms(c.p50), ms(c.p99), ms(c.max));
+        if c.count == 0 {
+            let _ = writeln!(s, "  connect latency      n/a (no connect measured)");
+        } else {
+            let _ = writeln!(s, "  connect latency      p50 {} p99 {} max {}", ms(c.p50), ms(c.p99), ms(c.max));
+        }
         let _ = writeln!(s, "  commands             {} sent, {} answered", self.commands_sent, self.commands_answered);
         let l = &self.latency_us;
-        let _ = writeln!(
-            s,
-            "  command -> reply     p50 {} p90 {} p99 {} p99.9 {} max {}",
-            ms(l.p50),
-            ms(l.p90),
-            ms(l.p99),
-            ms(l.p999),
-            ms(l.max)
-        );
+        if l.count == 0 {
+            let _ = writeln!(s, "  command -> reply     n/a (no reply measured)");
+        } else {
+            let _ = writeln!(
+                s,
+                "  command -> reply     p50 {} p90 {} p99 {} p99.9 {} max {}",
+                ms(l.p50),
+                ms(l.p90),
+                ms(l.p99),
+                ms(l.p999),
+                ms(l.max)
+            );
+        }
         for g in &self.group_commands {
             let _ = writeln!(
                 s,
@@ -307,6 +341,33 @@ fn ms(us: u64) -> String {
     } else {
         format!("{:.2} ms", us as f64 / 1000.0)
     }
+}
+
+/// Why a run in which no device ever connected measured nothing (`None`: some device
+/// connected, or there were none to connect). Such a run fails (exit 1) with its report.
+pub fn nothing_connected(report: &Report) -> Option<String> {
+    if report.connects > 0 || report.devices == 0 {
+        return None;
+    }
+    let failed: u64 = report.failures.values().sum();
+    let why = if failed > 0 {
+        let kinds: Vec<String> = report.failures.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+        format!("every connect attempt failed ({})", kinds.join(", "))
+    } else if report.operator_link_losses > 0 {
+        format!(
+            "the devices boot once the fleet's operator client has connected and subscribed, and it lost its \
+             link {} times",
+            report.operator_link_losses
+        )
+    } else {
+        "no connect attempt failed either: --for may end before the devices' first connect (about 3.5 s after \
+         boot)"
+            .to_string()
+    };
+    Some(format!(
+        "no device connected in {:.1} s of fleet time ({} devices): nothing was measured; {why}",
+        report.run_seconds, report.devices
+    ))
 }
 
 /// One `--slo` term.
