@@ -55,7 +55,8 @@ pub struct FleetArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000), required_unless_present = "fleet")]
     devices: Option<u32>,
     /// Groups of devices from a fleet file (count, profile, mac_base, tele_period,
-    /// settings, setoptions per [[group]]; see the README's "Fleets").
+    /// settings, setoptions, and the rules shorthand rules, rules_enabled, rules_once,
+    /// rules_stop_on_error, vars, mems per [[group]]; see the README's "Fleets").
     #[arg(long, value_name = "FILE.toml", conflicts_with_all = ["devices", "profile", "mac_base", "tele_period"])]
     fleet: Option<PathBuf>,
     /// What every device is built from: a built-in profile or a profile file.
