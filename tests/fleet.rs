@@ -599,6 +599,32 @@ fn a_refused_operator_stops_the_fleet_naming_the_broker_and_the_refusal() {
     assert_eq!(r["operator_protocol"], 4);
 }
 
+/// A broker that accepts the operator's TCP link and closes it before any CONNACK (as AWS
+/// IoT answers a refused custom-auth login) stops the run after three tries, not at --for.
+#[test]
+fn an_operator_closed_before_its_connack_stops_the_fleet() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            drop(s);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let started = std::time::Instant::now();
+    #[rustfmt::skip]
+    let out = fleet(&["--devices", "2", "--broker", &url, "--password", "badpw99", "--user", "u", "--for", "60s", "--json", json.to_str().unwrap()]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let want = format!("never got a session from 127.0.0.1:{port}: its link ended 3 times before it was subscribed");
+    assert!(stderr.contains(&want), "want {want:?} in: {stderr}");
+    assert!(!stdout.contains("badpw99") && !stderr.contains("badpw99"), "{stdout}{stderr}");
+    assert!(!json.exists(), "a fleet whose operator never had a session wrote a report");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "it ran to --for 60s");
+}
+
 /// A run in which no device ever connected measured nothing: the table says so, stderr
 /// says what may be why, the report is written, and the run fails (exit 1); also merged
 /// from worker processes.

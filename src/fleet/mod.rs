@@ -472,6 +472,8 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
         }));
     }
     let mut operators_ready = vec![false; brokers.len()];
+    // Links an operator lost before it was ever ready (subscribed).
+    let mut lost_before_ready = vec![0u32; brokers.len()];
 
     let mut timers = Timers::new(n);
     let mut dirty: Vec<usize> = Vec::new();
@@ -693,6 +695,23 @@ pub async fn run(opts: Options) -> Result<Report, FleetError> {
                 }
                 Some(Event::Operator(k, OperatorEvent::Down(why))) => {
                     let (host, port, _) = &brokers[k];
+                    // A broker that closes the operator's link before it was ever subscribed,
+                    // again and again, refuses it without a CONNACK (AWS IoT closes a refused
+                    // custom-auth login so): the run would measure nothing.
+                    if !operators_ready[k] {
+                        lost_before_ready[k] += 1;
+                        if lost_before_ready[k] >= FIRST_SESSION_TRIES {
+                            if let Some(bar) = &progress {
+                                bar.finish_and_clear();
+                            }
+                            return Err(FleetError::Run(format!(
+                                "the fleet's operator client never got a session from {host}:{port}: its link \
+                                 ended {FIRST_SESSION_TRIES} times before it was subscribed (last: {why}); a \
+                                 broker that closes a refused login without a CONNACK, as AWS IoT does, looks \
+                                 like this: check --user/--password"
+                            )));
+                        }
+                    }
                     tracing::info!(%why, "the fleet's operator lost its link to {host}:{port}; it connects again in 1 s");
                     operator_down += 1;
                 }
@@ -856,6 +875,10 @@ fn connack_refusal(protocol: operator::Protocol, code: u8, login: bool) -> Strin
     };
     format!("{shown}{hint}")
 }
+
+/// How many links in a row the operator may lose before its first session is up before
+/// the run stops (it connects again 1 s after each).
+const FIRST_SESSION_TRIES: u32 = 3;
 
 /// How the fleet's operator reaches the broker.
 struct OperatorRoute {
