@@ -93,6 +93,31 @@ pub struct PublishProperties {
 }
 
 impl PublishProperties {
+    /// The properties as reports show them, each after a space: ` [key=value]`,
+    /// ` (expiry N s)`, ` (response topic T)`, ` (correlation D)`, ` (content type C)`;
+    /// empty without any. Expectations and received messages both use it.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        for (k, v) in &self.user_properties {
+            s.push_str(&format!(" [{k}={v}]"));
+        }
+        if let Some(e) = self.message_expiry {
+            s.push_str(&format!(" (expiry {e} s)"));
+        }
+        if let Some(t) = &self.response_topic {
+            s.push_str(&format!(" (response topic {t})"));
+        }
+        if let Some(c) = &self.correlation_data {
+            s.push_str(&format!(" (correlation {})", String::from_utf8_lossy(c)));
+        }
+        if let Some(c) = &self.content_type {
+            s.push_str(&format!(" (content type {c})"));
+        }
+        s
+    }
+}
+
+impl PublishProperties {
     pub fn is_empty(&self) -> bool {
         *self == PublishProperties::default()
     }

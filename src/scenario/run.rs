@@ -676,24 +676,8 @@ fn publish_matches(p: &PublishPattern, m: &operator::Received) -> bool {
 
 /// A received message as failures show it: `topic = payload`, then its properties.
 fn show_received(m: &operator::Received) -> String {
-    let mut s = format!("{} = {}{}", m.topic, m.payload, if m.retain { " (retained)" } else { "" });
-    let p = &m.properties;
-    for (k, v) in &p.user_properties {
-        s.push_str(&format!(" [{k}={v}]"));
-    }
-    if let Some(e) = p.message_expiry {
-        s.push_str(&format!(" (expiry {e} s)"));
-    }
-    if let Some(t) = &p.response_topic {
-        s.push_str(&format!(" (response topic {t})"));
-    }
-    if let Some(c) = &p.correlation_data {
-        s.push_str(&format!(" (correlation {})", String::from_utf8_lossy(c)));
-    }
-    if let Some(c) = &p.content_type {
-        s.push_str(&format!(" (content type {c})"));
-    }
-    s
+    let retained = if m.retain { " (retained)" } else { "" };
+    format!("{} = {}{retained}{}", m.topic, m.payload, m.properties.describe())
 }
 
 /// Whether `got` has every key of `want` with the same value (objects recursively).

@@ -767,7 +767,7 @@ impl Checker<'_> {
             };
             let props = self.properties(raw, &r.operators[operator], "publish", span.clone())?;
             let mut shown = describe_publish(&p.topic, &p.payload, &payload_regex, &json, p.retain);
-            shown.push_str(&describe_properties(&props));
+            shown.push_str(&props.describe());
             let pattern = PublishPattern {
                 topic: p.topic,
                 payload: p.payload,
@@ -1004,27 +1004,6 @@ fn edit_distance(a: &str, b: &str) -> usize {
         }
     }
     row[b.len()]
-}
-
-/// The properties an expectation looks for, as reports show them.
-fn describe_properties(p: &PublishProperties) -> String {
-    let mut s = String::new();
-    for (k, v) in &p.user_properties {
-        s.push_str(&format!(" [{k}={v}]"));
-    }
-    if let Some(e) = p.message_expiry {
-        s.push_str(&format!(" (expiry {e} s)"));
-    }
-    if let Some(t) = &p.response_topic {
-        s.push_str(&format!(" (response topic {t})"));
-    }
-    if let Some(c) = &p.correlation_data {
-        s.push_str(&format!(" (correlation {})", String::from_utf8_lossy(c)));
-    }
-    if let Some(c) = &p.content_type {
-        s.push_str(&format!(" (content type {c})"));
-    }
-    s
 }
 
 fn describe_publish(
