@@ -8,16 +8,18 @@ mod common;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use common::packets::Recv;
+use common::packets_v5::Peer5;
 use common::{free_port, have, read_lines, BrokerProcess};
 use proptest::prelude::*;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnAck, Connect, ConnectProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Filter, Login, Packet,
-    PubAckReason, PubRel, Publish, PublishProperties, Subscribe, SubscribeProperties, SubscribeReasonCode,
-    UnsubAckReason, Unsubscribe,
+    ConnAck, Connect, ConnectProperties, ConnectReturnCode, DisconnectReasonCode, Filter, Login, Packet, PubAckReason,
+    PubRel, Publish, PublishProperties, Subscribe, SubscribeProperties, SubscribeReasonCode, UnsubAckReason,
+    Unsubscribe,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use tasmota_sim::broker::{Broker, Config, Dir, LinkInfo, ProfileName, RetainPolicy};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, DuplexStream};
 
 const S: Duration = Duration::from_secs(2);
 
@@ -103,41 +105,25 @@ fn the_record_holds_the_connack_code_each_protocol_got_on_the_wire() {
 // ---- a raw MQTT 5 peer over an in-memory link ----
 
 struct Peer<S> {
-    stream: S,
-    buf: BytesMut,
+    raw: Peer5<S>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Peer<S> {
     async fn send(&mut self, p: Packet) {
-        let mut out = BytesMut::new();
-        p.write(&mut out, None).expect("encodable");
-        self.send_raw(&out).await;
+        self.raw.send(p).await;
     }
 
     async fn send_raw(&mut self, bytes: &[u8]) {
-        let _ = self.stream.write_all(bytes).await;
-        let _ = self.stream.flush().await;
+        self.raw.send_raw(bytes).await;
     }
 
-    /// The next packet, or `None` when the link closed or nothing came in time.
+    /// The next packet, or `None` when the link closed or nothing came in time; bytes
+    /// that are not MQTT 5 fail the test.
     async fn recv(&mut self, timeout: Duration) -> Option<Packet> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if self.buf.len() >= 3 && self.buf[0] == 0xE0 && self.buf[1] == 1 {
-                let code = DisconnectReasonCode::try_from(self.buf[2]).ok()?;
-                let _ = self.buf.split_to(3);
-                return Some(Packet::Disconnect(Disconnect::new(code)));
-            }
-            match Packet::read(&mut self.buf, None) {
-                Ok(p) => return Some(p),
-                Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => {}
-                Err(e) => panic!("the broker sent bytes that are not MQTT 5: {e}"),
-            }
-            self.buf.reserve(4096);
-            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return None,
-            }
+        match self.raw.recv(timeout).await {
+            Ok(p) => Some(p),
+            Err(Recv::Malformed(e)) => panic!("the broker sent bytes that are not MQTT 5: {e}"),
+            Err(Recv::Closed | Recv::Timeout) => None,
         }
     }
 
@@ -179,7 +165,7 @@ fn in_memory(broker: &Broker) -> Peer<DuplexStream> {
     let (client, server) = tokio::io::duplex(1 << 20);
     let b = broker.clone();
     tokio::spawn(async move { b.serve(server, LinkInfo { peer: "test".into(), tls: None }).await });
-    Peer { stream: client, buf: BytesMut::new() }
+    Peer { raw: Peer5::new(client) }
 }
 
 // ---- aws-iot ----
@@ -402,7 +388,7 @@ async fn persistent_connect(b: &Broker, id: &str, v5: bool, login: Option<(&str,
         c.write(&mut out).unwrap();
         p.send_raw(&out).await;
         let mut ack = [0u8; 4];
-        tokio::time::timeout(S, p.stream.read_exact(&mut ack)).await.expect("CONNACK in time").expect("CONNACK");
+        tokio::time::timeout(S, p.raw.stream.read_exact(&mut ack)).await.expect("CONNACK in time").expect("CONNACK");
         assert_eq!(&ack[..2], &[0x20, 2]);
         assert_eq!(ack[3], 0, "accepted");
         ack[2] == 1

@@ -11,7 +11,9 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use common::packets::Recv;
+use common::packets_v5::Peer5;
 use common::{free_port, have, password_file, BrokerProcess, Mosquitto};
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, ConnectProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Filter, LastWill,
@@ -19,7 +21,7 @@ use rumqttc::v5::mqttbytes::v5::{
     SubscribeProperties, SubscribeReasonCode, UnsubAckReason, Unsubscribe,
 };
 use rumqttc::v5::mqttbytes::QoS;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 const S: Duration = Duration::from_secs(2);
@@ -65,61 +67,26 @@ impl Target {
     }
 }
 
-/// A raw MQTT 5 client.
+/// A raw MQTT 5 client (tests/common/packets_v5.rs) over TCP.
 struct Peer {
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
-#[derive(Debug, PartialEq)]
-enum Recv {
-    Closed,
-    Timeout,
-    Malformed(String),
+    raw: Peer5<TcpStream>,
 }
 
 impl Peer {
     async fn link(addr: SocketAddr) -> Peer {
-        Peer { stream: TcpStream::connect(addr).await.expect("connect"), buf: BytesMut::new() }
+        Peer { raw: Peer5::new(TcpStream::connect(addr).await.expect("connect")) }
     }
 
     async fn send(&mut self, p: Packet) {
-        let mut out = BytesMut::new();
-        p.write(&mut out, None).expect("encodable");
-        self.send_raw(&out).await;
+        self.raw.send(p).await;
     }
 
     async fn send_raw(&mut self, bytes: &[u8]) {
-        let _ = self.stream.write_all(bytes).await;
-        let _ = self.stream.flush().await;
+        self.raw.send_raw(bytes).await;
     }
 
     async fn recv(&mut self, timeout: Duration) -> Result<Packet, Recv> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if self.buf.len() >= 2 && self.buf[0] == 0xE0 && self.buf[1] == 0 {
-                // rumqttc 0.25.1 cannot read a DISCONNECT with remaining length 0.
-                let _ = self.buf.split_to(2);
-                return Ok(Packet::Disconnect(Disconnect::new(DisconnectReasonCode::NormalDisconnection)));
-            }
-            if self.buf.len() >= 3 && self.buf[0] == 0xE0 && self.buf[1] == 1 {
-                // ... nor one with a reason code and no property length (§3.14.2.2.1).
-                let code = DisconnectReasonCode::try_from(self.buf[2]).expect("a DISCONNECT reason code");
-                let _ = self.buf.split_to(3);
-                return Ok(Packet::Disconnect(Disconnect::new(code)));
-            }
-            match Packet::read(&mut self.buf, None) {
-                Ok(p) => return Ok(p),
-                Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => {}
-                Err(e) => return Err(Recv::Malformed(e.to_string())),
-            }
-            self.buf.reserve(4096);
-            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
-                Err(_) => return Err(Recv::Timeout),
-                Ok(Ok(0)) | Ok(Err(_)) => return Err(Recv::Closed),
-                Ok(Ok(_)) => {}
-            }
-        }
+        self.raw.recv(timeout).await
     }
 
     async fn expect(&mut self) -> Packet {
@@ -613,6 +580,6 @@ async fn mqtt_31_is_accepted(t: &Target) {
     frame.extend_from_slice(&body);
     c.send_raw(&frame).await;
     let mut buf = [0u8; 4];
-    tokio::time::timeout(S, c.stream.read_exact(&mut buf)).await.expect("CONNACK in time").expect("CONNACK");
+    tokio::time::timeout(S, c.raw.stream.read_exact(&mut buf)).await.expect("CONNACK in time").expect("CONNACK");
     assert_eq!(buf, [0x20, 0x02, 0x00, 0x00], "a 3.1.1-shaped CONNACK, accepted");
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod packets;
+pub mod packets_v5;
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
