@@ -478,8 +478,8 @@ async fn subscribe(port: u16, filter: &str, qos: QoS, id: &str, mqtt: Mqtt) -> R
     Ok((s, buf))
 }
 
-async fn count_deliveries(
-    mut s: TcpStream,
+async fn count_deliveries<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
     mut buf: BytesMut,
     count: &AtomicU64,
     stop: &AtomicBool,
@@ -502,7 +502,12 @@ async fn count_deliveries(
         }
         count.fetch_add(seen, Ordering::Relaxed);
         if !acks.is_empty() {
-            match tokio::time::timeout(STEP, s.write_all(&acks)).await {
+            // The flush is a no-op on TCP; a WebSocket stream sends its frame on it.
+            let written = async {
+                s.write_all(&acks).await?;
+                s.flush().await
+            };
+            match tokio::time::timeout(STEP, written).await {
                 Ok(Ok(())) => acks.clear(),
                 Ok(Err(e)) => return Err(format!("PUBACK: {e}")),
                 Err(_) => return Err("PUBACK write blocked for 5 s".into()),

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::client::IntoClientRequest;
 use bytes::{Bytes, BytesMut};
-use rumqttc::mqttbytes::v4::{Packet, PubAck, Publish, Subscribe, SubscribeReasonCode};
-use rumqttc::mqttbytes::{Error as WireError, QoS};
+use rumqttc::mqttbytes::v4::{Packet, Publish, Subscribe, SubscribeReasonCode};
+use rumqttc::mqttbytes::QoS;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
@@ -145,36 +145,8 @@ fn subscriber(via: Via, filter: String, qos: QoS, count: Arc<AtomicU64>, stop: A
                 other => return drop(ready_tx.send(Err(format!("expected SUBACK, got {other:?}")))),
             }
             let _ = ready_tx.send(Ok(()));
-            let mut acks = BytesMut::new();
-            while !stop.load(Ordering::Relaxed) {
-                let mut seen = 0;
-                loop {
-                    match Packet::read(&mut buf, MAX_PACKET) {
-                        Ok(Packet::Publish(p)) => {
-                            seen += 1;
-                            if p.qos == QoS::AtLeastOnce {
-                                let _ = PubAck::new(p.pkid).write(&mut acks);
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(WireError::InsufficientBytes(_)) => break,
-                        Err(_) => return,
-                    }
-                }
-                count.fetch_add(seen, Ordering::Relaxed);
-                if !acks.is_empty() {
-                    if s.write_all(&acks).await.is_err() || s.flush().await.is_err() {
-                        return;
-                    }
-                    acks.clear();
-                }
-                buf.reserve(64 * 1024);
-                use tokio::io::AsyncReadExt;
-                match tokio::time::timeout(Duration::from_millis(200), s.read_buf(&mut buf)).await {
-                    Err(_) | Ok(Ok(1..)) => {}
-                    Ok(_) => return,
-                }
-            }
+            // Ends quietly on an error, as the broker's close ends the row.
+            let _ = super::count_deliveries(s, buf, &count, &stop).await;
         });
     });
     ready_rx.recv_timeout(STEP * 3).map_err(|_| "subscriber: not subscribed within 15 s".to_string())?
